@@ -1,0 +1,165 @@
+"""The synchronous ASGI 1 channel layer of the 2016 design.
+
+Works without Django Channels installed (Channels 4 needs asgiref 3, the
+ASGI 1 conformance suite needs asgiref 1.1.2; they cannot share an
+environment).  Shares the bus, and so every channel and group, with
+``shmchannels.layers.SharedMemoryChannelLayer`` instances of the same prefix.
+"""
+
+import asyncio
+import warnings
+
+from . import bus as bus_mod, names
+from .core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
+from .exceptions import ChannelFull, MessageTooLarge
+
+DEFAULT_BLOCK_TIMEOUT = 5.0
+
+
+class ChannelLayer:
+    """ASGI 1 layer: ``send``, ``receive(channels, block)``, groups, flush, statistics."""
+
+    extensions = ["groups", "flush", "statistics", "asyncio"]
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
+
+    def __init__(
+        self,
+        prefix="asgi",
+        expiry=60,
+        group_expiry=86400,
+        capacity=100,
+        channel_capacity=None,
+        *,
+        ring_size=bus_mod.DEFAULT_RING_SIZE,
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+        slots=bus_mod.DEFAULT_SLOTS,
+        spin_us=DEFAULT_SPIN_US,
+        park_timeout=DEFAULT_PARK_TIMEOUT,
+        block_timeout=DEFAULT_BLOCK_TIMEOUT,
+    ):
+        self.prefix = prefix
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.block_timeout = block_timeout
+        self.core = Core(
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            ring_size=ring_size,
+            max_message_size=max_message_size,
+            slots=slots,
+            spin_us=spin_us,
+            park_timeout=park_timeout,
+            validate=lambda name: names.require_channel(name, v1=True),
+        )
+        self.channel_capacity = self.core.channel_capacity
+
+    def __repr__(self):
+        return f"<shmchannels.ChannelLayer prefix={self.prefix!r}>"
+
+    def get_capacity(self, channel):
+        return self.core.get_capacity(channel)
+
+    # core API
+    def send(self, channel, message):
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        if "__asgi_channel__" in message:
+            raise ValueError("'__asgi_channel__' is reserved for the layer")
+        self.core.send(channel, message)
+
+    def _check_receive(self, channels):
+        if not isinstance(channels, list) or not channels:
+            raise TypeError("channels must be a non-empty list of channel names")
+        for ch in channels:
+            names.require_channel(ch, receive=True, v1=True)
+
+    def receive(self, channels, block=False):
+        """(channel, message) from one of ``channels``, or (None, None).
+
+        With ``block=True`` waits up to ``block_timeout`` seconds, parked in
+        the kernel rather than polling.
+        """
+        self._check_receive(channels)
+        return self.core.receive_blocking(channels, self.block_timeout if block else 0.0)
+
+    def receive_many(self, channels, block=False):
+        warnings.warn("receive_many is deprecated; please use receive", DeprecationWarning, stacklevel=2)
+        return self.receive(channels, block)
+
+    async def receive_async(self, channels):
+        """The ``asyncio`` extension: await the next message on any of ``channels``."""
+        self._check_receive(channels)
+        core = self.core
+        while True:
+            ch, msg = core.receive_blocking(channels, 0.0)
+            if ch is not None:
+                return ch, msg
+            order = [(ch,) + core.ring_for_receive(ch) for ch in channels]
+            waits = [
+                asyncio.ensure_future(core.bus.hub.wait(ring, key, core.ready_check(ch), None if ch == key else ch, core.park_timeout))
+                for ch, ring, key, _ in order
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    def new_channel(self, pattern):
+        """A new single-reader channel name: ``pattern`` must end in ``?``."""
+        if not isinstance(pattern, str) or not pattern.endswith("?") or pattern.count("?") != 1 or "!" in pattern:
+            raise TypeError(f"new_channel() pattern must end in a single '?', got {pattern!r}")
+        name = pattern + names.new_local_part()
+        names.require_channel(name, v1=True)
+        return name
+
+    def process_prefix(self, prefix="process"):
+        """A ``prefix!`` owned by this process, for its reply channels.
+
+        Senders may address ``<result>`` + any local part; ``receive([result])``
+        returns them in order.  The ring dies with this process.
+        """
+        bus = self.core.bus
+        key = f"{prefix}.{names.new_client_prefix(bus.slot, bus.gen)}!"
+        names.require_channel(key, receive=True, v1=True)
+        bus.owned_ring(key)
+        bus.demux.register(key, self.get_capacity, ordered=True)
+        return key
+
+    # groups extension
+    def group_add(self, group, channel):
+        names.require_group(group)
+        names.require_channel(channel, v1=True)
+        self.core.group_add(group, channel)
+
+    def group_discard(self, group, channel):
+        names.require_group(group)
+        names.require_channel(channel, v1=True)
+        self.core.group_discard(group, channel)
+
+    def group_channels(self, group):
+        names.require_group(group)
+        return self.core.group_channels(group)
+
+    def send_group(self, group, message):
+        names.require_group(group)
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        self.core.group_send(group, message)
+
+    # flush extension
+    def flush(self):
+        self.core.flush()
+
+    # statistics extension
+    def global_statistics(self):
+        return self.core.global_statistics()
+
+    def channel_statistics(self, channel):
+        names.require_channel(channel, v1=True)
+        return self.core.channel_statistics(channel)

@@ -1,0 +1,626 @@
+"""A process's attachment to the bus of one prefix.
+
+All layer objects with the same prefix in one process share one ``Bus``: one
+process slot, one wake FIFO, one cache of mapped rings, one registry
+connection.  The bus itself (the files in /dev/shm) is shared by every process
+on the host that uses the prefix; there is no daemon and no broker.
+
+Life cycle
+  attach   take the bus lock, open or create the control segment, reclaim
+           slots of dead processes, claim a free slot (a kernel byte lock),
+           release the bus lock.
+  detach   close the rings this process owns, drop their memberships, free
+           the slot; if no other process is attached and nothing is pending,
+           remove every file of the bus.
+  reclaim  what any survivor does for a dead process: resolve its in-flight
+           ring claim, close and unlink the rings it owned, forget their
+           group memberships, free its slot.
+"""
+
+import atexit
+import contextlib
+import logging
+import os
+import random
+import sys
+import threading
+
+from . import _shm, names, segments
+from .control import STATE_ACTIVE, Control, Liveness, segment_size
+from .exceptions import BusError, ChannelFull, MessageTooLarge
+from .registry import Registry
+
+logger = logging.getLogger("shmchannels.bus")
+
+DEFAULT_RING_SIZE = 8 << 20
+DEFAULT_SLOTS = 256
+#: how long a ring head may stay unready before we look for a dead writer
+STUCK_AFTER_NS = 20_000_000
+#: an unready head that no live claim explains is dropped after this long
+STUCK_RESET_NS = 2_000_000_000
+
+PUT_OK, PUT_WAKE, PUT_FULL, PUT_NOSPACE = _shm.PUT_OK, _shm.PUT_WAKE, _shm.PUT_FULL, _shm.PUT_NOSPACE
+PUT_TOO_BIG, PUT_CLOSED, PUT_FORKED = _shm.PUT_TOO_BIG, _shm.PUT_CLOSED, _shm.PUT_FORKED
+
+_buses = {}
+_buses_lock = threading.Lock()
+
+
+def attach(prefix="asgi", *, ring_size=DEFAULT_RING_SIZE, slots=DEFAULT_SLOTS, kind="process", label=None):
+    """The process's Bus for ``prefix``, attaching on first use."""
+    bus = _buses.get(prefix)
+    if bus is not None and bus.usable:
+        return bus
+    with _buses_lock:
+        bus = _buses.get(prefix)
+        if bus is None or not bus.usable:
+            bus = Bus(prefix, ring_size=ring_size, slots=slots, kind=kind, label=label)
+            _buses[prefix] = bus
+        return bus
+
+
+def attached():
+    return [b for b in _buses.values() if b.usable]
+
+
+def detach_all():
+    """Detach every bus of this process (atexit does this too)."""
+    with _buses_lock:
+        buses = list(_buses.values())
+        _buses.clear()
+    for bus in buses:
+        bus.detach()
+
+
+def _after_fork_in_child():
+    # The child has no slot locks (POSIX locks are not inherited) and must
+    # never act under its parent's identity: forget every bus; the next use
+    # attaches afresh with a slot of its own.
+    global _buses_lock
+    _buses_lock = threading.Lock()
+    for bus in _buses.values():
+        bus._forget_after_fork()
+    _buses.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _default_label():
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return f"{argv0}[{os.getpid()}]"
+
+
+class Bus:
+    def __init__(self, prefix, *, ring_size=DEFAULT_RING_SIZE, slots=DEFAULT_SLOTS, kind="process", label=None):
+        names.require_prefix(prefix)
+        if ring_size < 64 * 1024 or ring_size & (ring_size - 1) or ring_size > 1 << 30:
+            raise ValueError("ring_size must be a power of two between 64 KiB and 1 GiB")
+        if not 1 <= slots <= _shm.MAX_SLOTS:
+            raise ValueError(f"slots must be between 1 and {_shm.MAX_SLOTS}")
+        self.prefix = prefix
+        self.stem = segments.bus_stem(prefix)
+        self.ring_size = ring_size
+        self.pid = os.getpid()
+        self.usable = False
+        self._lock = threading.RLock()
+        self._rings = {}
+        self._owned = {}
+        self._fifo_fds = {}
+        self._stuck = {}
+        self.slot = None
+        self.lock_fd = segments.open_lock_file(self.stem)
+        self.liveness = Liveness(self.lock_fd)
+        try:
+            with self._locked_bus():
+                self.control = self._open_control(slots, ring_size)
+                self.registry = Registry(segments.path(segments.file_name(self.stem, "reg")), self.control)
+                self._reclaim_dead()
+                self.slot = self._claim_slot()
+                self.gen = self.control.activate_slot(self.slot, kind, label or _default_label())
+        except BaseException:
+            os.close(self.lock_fd)
+            raise
+        self.owner_tag = names.owner_tag(self.slot, self.gen)
+        self.writer = _shm.Writer(self.control.mapping, self.control.intent_offset(self.slot), self.slot, self.gen)
+        self.fifo_path = segments.make_fifo(segments.file_name(self.stem, f"w{self.slot:03x}"))
+        # O_RDWR keeps the FIFO open for writing too, so it never reports EOF.
+        self.fifo_fd = os.open(self.fifo_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.drain_fifo()
+        self.flush_epoch = self.control.flush_epoch
+        self.usable = True
+        self._hub = None
+        self._demux = None
+        atexit.register(self.detach)
+
+    def __repr__(self):
+        return f"<Bus {self.prefix!r} slot={getattr(self, 'slot', None)} gen={getattr(self, 'gen', None)}>"
+
+    # ------------------------------------------------------------------ setup
+
+    @contextlib.contextmanager
+    def _locked_bus(self):
+        """Hold the bus lock on the lock file that is currently published.
+
+        The last process out unlinks the lock file while holding its bus
+        lock.  Whoever was blocked on that lock then holds it on an unlinked
+        inode, so after locking we check that the file at the path is still
+        ours, and otherwise start over on the new one.
+        """
+        while True:
+            with self.liveness.bus_lock():
+                try:
+                    current = os.stat(segments.path(segments.file_name(self.stem, "lock"))).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current == os.fstat(self.lock_fd).st_ino:
+                    yield
+                    return
+            os.close(self.lock_fd)
+            self.lock_fd = segments.open_lock_file(self.stem)
+            self.liveness = Liveness(self.lock_fd)
+
+    def _open_control(self, slots, ring_size):
+        size = segment_size(slots)
+        mapping, created = segments.create_published(
+            self.stem, "ctl", size, lambda m: Control.initialise(m, slots, ring_size)
+        )
+        try:
+            return Control(mapping)
+        except BusError:
+            mapping.close()
+            if any(self.liveness.holder(i) for i in range(_shm.MAX_SLOTS)):
+                raise
+            # Left behind by dead processes of another version: start afresh.
+            logger.warning("removing stale incompatible bus %s", self.stem)
+            self._remove_files()
+            mapping, _ = segments.create_published(
+                self.stem, "ctl", size, lambda m: Control.initialise(m, slots, ring_size)
+            )
+            return Control(mapping)
+
+    def _claim_slot(self):
+        n = self.control.nslots
+        start = random.randrange(n)
+        for k in range(n):
+            i = (start + k) % n
+            if self.liveness.try_hold(i):
+                old = self.control.read_slot(i)
+                if old.state == STATE_ACTIVE:  # its process died without detaching
+                    self._reclaim_locked(i, old.gen)
+                return i
+        raise BusError(f"all {n} process slots of bus {self.prefix!r} are taken; raise `slots` when creating it")
+
+    # --------------------------------------------------------------- liveness
+
+    def is_alive(self, slot, gen=None):
+        """Is the process in ``slot`` (of generation ``gen``, if given) alive?"""
+        if slot == self.slot:
+            return gen is None or names.owner_tag(slot, gen) == self.owner_tag
+        if slot >= self.control.nslots or not self.liveness.holder(slot):
+            return False
+        if gen is None:
+            return True
+        cur = self.control.read_slot(slot).gen
+        return (cur & names.GEN_MASK) == (gen & names.GEN_MASK)
+
+    def live_slots(self):
+        return [s for s in range(self.control.nslots) if s == self.slot or self.liveness.holder(s)]
+
+    def reclaim(self, index):
+        """Reclaim slot ``index`` if its process is dead.  True if something was reclaimed."""
+        if index == self.slot:
+            return False
+        with self._lock:
+            if not self.liveness.try_hold(index):
+                return False
+            try:
+                old = self.control.read_slot(index)
+                if old.state != STATE_ACTIVE:
+                    return False
+                self._reclaim_locked(index, old.gen)
+                self.control.free_slot(index)
+                return True
+            finally:
+                self.liveness.release(index)
+
+    def reclaim_dead(self):
+        """Janitor pass: reclaim every slot whose process has died."""
+        reclaimed = 0
+        for i in range(self.control.nslots):
+            if self.control.read_slot(i).state == STATE_ACTIVE and not self.liveness.holder(i):
+                reclaimed += self.reclaim(i)
+        return reclaimed
+
+    _reclaim_dead = reclaim_dead
+
+    def _reclaim_locked(self, index, gen):
+        """Clean up after the dead process that held ``index`` (we hold its lock)."""
+        slot = self.control.read_slot(index)
+        logger.info("reclaiming slot %d (pid %d, %s) of bus %s", index, slot.pid, slot.label or slot.kind, self.prefix)
+        intent = self.control.intent(index)
+        if intent is not None:
+            ring = self._ring_by_id(intent.ring_id)
+            if ring is not None and not ring.recover(intent.pos, intent.total):
+                logger.warning("could not resolve dead claim at %d in ring %s; resetting it", intent.pos, ring.key)
+                ring.reset()
+        tag = names.owner_tag(index, gen)
+        for p in segments.bus_files(self.stem):
+            base = os.path.basename(p)
+            suffix = base[len(self.stem) + 1 :]
+            if suffix.startswith(f"o{tag}."):
+                mapping = segments.open_existing(base)
+                if mapping is not None:
+                    try:
+                        _shm.Ring(mapping).close(index)
+                    except ValueError:
+                        pass
+                segments.unlink(base)
+            elif suffix.startswith("r"):
+                ring = self._open_unowned_by_name(base)
+                if ring is not None:
+                    ring.fifo_remove(index)
+        self.registry.drop_owner(index, gen)
+        with self._lock:
+            fd = self._fifo_fds.pop(index, None)
+            for key in [k for k in self._rings if names.owner_of(k) == (index, gen & names.GEN_MASK)]:
+                del self._rings[key]
+        if fd is not None:
+            os.close(fd)
+
+    def _open_unowned_by_name(self, base):
+        mapping = segments.open_existing(base)
+        if mapping is None:
+            return None
+        try:
+            return _shm.Ring(mapping)
+        except ValueError:
+            return None
+
+    def _ring_by_id(self, ring_id):
+        hexid = f"{ring_id:016x}"
+        for p in segments.bus_files(self.stem):
+            base = os.path.basename(p)
+            if base.endswith(hexid):
+                mapping = segments.open_existing(base)
+                if mapping is not None:
+                    try:
+                        return _shm.Ring(mapping)
+                    except ValueError:
+                        return None
+        return None
+
+    # ------------------------------------------------------------------ rings
+
+    def ring(self, key):
+        """The ring for ``key``, opening (and for unowned keys creating) it.
+
+        None when ``key`` is minted by a process that no longer exists.
+        """
+        ring = self._rings.get(key)
+        if ring is not None:
+            return ring
+        with self._lock:
+            ring = self._rings.get(key)
+            if ring is not None:
+                return ring
+            owner = names.owner_of(key)
+            h = segments.ring_hash(key)
+            if owner is None:
+                suffix = f"r{h}"
+                mapping, _ = segments.create_published(
+                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size, self._initialiser(key, -1, 0)
+                )
+            else:
+                suffix = f"o{names.owner_tag(*owner)}.{h}"
+                mapping = segments.open_existing(segments.file_name(self.stem, suffix))
+                if mapping is None:
+                    return None
+            ring = _shm.Ring(mapping, self.writer)
+            if ring.key != key:
+                raise BusError(f"ring {suffix} holds {ring.key!r}, not {key!r} (hash collision)")
+            if len(self._rings) >= 4096:
+                self._trim_ring_cache()
+            self._rings[key] = ring
+            return ring
+
+    def owned_ring(self, key):
+        """Create (or return) the ring of a ``prefix!`` minted by this process."""
+        ring = self._owned.get(key)
+        if ring is not None:
+            return ring
+        with self._lock:
+            ring = self._owned.get(key)
+            if ring is None:
+                suffix = f"o{self.owner_tag}.{segments.ring_hash(key)}"
+                mapping, _ = segments.create_published(
+                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size,
+                    self._initialiser(key, self.slot, self.gen),
+                )
+                ring = _shm.Ring(mapping, self.writer)
+                self._owned[key] = ring
+                self._rings[key] = ring
+            return ring
+
+    def owns(self, key):
+        return key in self._owned
+
+    def _initialiser(self, key, owner_slot, owner_gen):
+        def initialise(mapping):
+            _shm.ring_init(
+                mapping, self.ring_size, segments.ring_id(key), int.from_bytes(os.urandom(8), "little"),
+                owner_slot, owner_gen, key.encode("utf-8"),
+            )
+        return initialise
+
+    def _trim_ring_cache(self):
+        # Keep our own rings; everything else is reopened on demand.
+        for key in list(self._rings):
+            if key not in self._owned:
+                del self._rings[key]
+
+    def forget_ring(self, key):
+        with self._lock:
+            self._rings.pop(key, None)
+
+    def all_rings(self):
+        """Every ring of the bus (opened read/write), for flush and status."""
+        found = []
+        for p in segments.bus_files(self.stem):
+            base = os.path.basename(p)
+            suffix = base[len(self.stem) + 1 :]
+            if suffix.startswith(("r", "o")) and ".tmp." not in base:
+                mapping = segments.open_existing(base)
+                if mapping is None:
+                    continue
+                try:
+                    found.append(_shm.Ring(mapping, self.writer))
+                except ValueError:
+                    continue
+        return found
+
+    # ------------------------------------------------------------------ send
+
+    def put(self, ring, key, body, meta, expiry_ns, capacity, flags):
+        """Store one record; raises ChannelFull / MessageTooLarge.  False if dropped."""
+        status = ring.put(body, meta, expiry_ns, capacity, flags)
+        if status == PUT_OK:
+            return True
+        if status == PUT_WAKE:
+            self.wake(ring)
+            return True
+        if status in (PUT_FULL, PUT_NOSPACE):
+            owner = ring.owner
+            if owner is not None and not self.is_alive(*owner):
+                # Replies to a process that died: reclaim it now, drop quietly.
+                self.reclaim(owner[0])
+                self.forget_ring(key)
+                return False
+            if status == PUT_FULL:
+                raise ChannelFull(key)
+            raise ChannelFull(f"{key} (ring out of space)")
+        if status == PUT_CLOSED:
+            self.forget_ring(key)
+            return False
+        if status == PUT_TOO_BIG:
+            raise MessageTooLarge(f"{len(body)} byte message does not fit the {ring.data_size} byte ring of {key}")
+        if status == PUT_FORKED:
+            raise BusError("this bus handle belongs to the parent process; the child must re-attach")
+        raise BusError(f"unexpected ring status {status}")
+
+    def wake(self, ring):
+        """Write one byte to the wake FIFO of every process parked on ``ring``."""
+        for slot in ring.fifo_slots():
+            fd = self._fifo_fds.get(slot)
+            if fd is None:
+                try:
+                    fd = os.open(
+                        segments.path(segments.file_name(self.stem, f"w{slot:03x}")),
+                        os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC,
+                    )
+                except OSError:  # no FIFO or no reader: that slot's process is gone
+                    ring.fifo_remove(slot)
+                    continue
+                self._fifo_fds[slot] = fd
+            try:
+                os.write(fd, b"\0")
+            except BlockingIOError:
+                pass  # the FIFO is full, so a wake-up is already pending
+            except OSError:
+                self._fifo_fds.pop(slot, None)
+                os.close(fd)
+
+    def drain_fifo(self):
+        try:
+            while os.read(self.fifo_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --------------------------------------------------------------- recovery
+
+    def unstick(self, ring):
+        """Deal with an unready record at the head of ``ring``.
+
+        Called by receivers that found the head unready.  Returns True if the
+        head may now be consumable.  A writer mid-copy is left alone; a dead
+        writer's claim is reclaimed (with its process), within ~STUCK_AFTER_NS
+        of first sight.
+        """
+        pos, state, _pid, slot, gen, _len = ring.head_state()
+        if state not in ("writing", "unwritten"):
+            self._stuck.pop(ring.ring_id, None)
+            return True
+        now = _shm.monotonic_ns()
+        first = self._stuck.get(ring.ring_id)
+        if first is None or first[0] != pos:
+            self._stuck[ring.ring_id] = (pos, now)
+            return False
+        if now - first[1] < STUCK_AFTER_NS:
+            return False
+        if state == "writing":
+            claimants = [(slot, gen, None)]
+        else:
+            claimants = []
+            for i in range(self.control.nslots):
+                intent = self.control.intent(i)
+                if intent and intent.ring_id == ring.ring_id and intent.pos <= pos < intent.pos + intent.total:
+                    claimants.append((i, None, intent))
+        live = [c for c in claimants if self.is_alive(c[0], c[1])]
+        if live:
+            return False
+        for slot_i, _gen, _intent in claimants:
+            self.reclaim(slot_i)
+        if claimants and ring.head_state()[1] not in ("writing", "unwritten"):
+            self._stuck.pop(ring.ring_id, None)
+            return True
+        if len(claimants) == 1 and claimants[0][2] is not None:
+            intent = claimants[0][2]
+            if ring.recover(intent.pos, intent.total):
+                return True
+        if now - first[1] >= STUCK_RESET_NS:
+            logger.error(
+                "ring %s: head record at %d has no live writer and no claim to recover it; "
+                "dropping the ring's pending records", ring.key, pos,
+            )
+            ring.reset()
+            self._stuck.pop(ring.ring_id, None)
+            return True
+        return False
+
+    # --------------------------------------------------------------- helpers
+
+    @property
+    def hub(self):
+        if self._hub is None:
+            from .wakeup import Hub
+
+            with self._lock:
+                if self._hub is None:
+                    self._hub = Hub(self)
+        return self._hub
+
+    @property
+    def demux(self):
+        if self._demux is None:
+            from .demux import Demux
+
+            with self._lock:
+                if self._demux is None:
+                    self._demux = Demux(self)
+        return self._demux
+
+    def check_flush_epoch(self):
+        epoch = self.control.flush_epoch
+        if epoch != self.flush_epoch:
+            self.flush_epoch = epoch
+            if self._demux is not None:
+                self._demux.clear()
+            return True
+        return False
+
+    def flush(self):
+        """Drop every pending message and membership on the whole bus."""
+        for ring in self.all_rings():
+            ring.discard_all()
+        self.registry.flush()
+        self.control.bump_flush_epoch()
+        self.check_flush_epoch()
+
+    def pending_total(self):
+        return sum(r.pending for r in self.all_rings() if r.owner is None or self.is_alive(*r.owner))
+
+    def status(self):
+        """A snapshot for `shmchannels status` and the statistics extension."""
+        procs = [self.control.read_slot(i) for i in self.live_slots()]
+        rings = []
+        for r in self.all_rings():
+            st = r.stats()
+            st["key"] = r.key
+            st["owner"] = r.owner
+            rings.append(st)
+        return {"prefix": self.prefix, "processes": procs, "rings": rings, "groups": self.registry.counts()}
+
+    # --------------------------------------------------------------- detach
+
+    def detach(self):
+        """Give up this process's slot; remove the bus if we were the last one."""
+        if not self.usable or self.pid != os.getpid():
+            return
+        self.usable = False
+        if _buses.get(self.prefix) is self:
+            _buses.pop(self.prefix, None)
+        try:
+            atexit.unregister(self.detach)
+        except Exception:  # pragma: no cover
+            pass
+        if self._hub is not None:
+            self._hub.close()
+        with self._locked_bus():
+            self._reclaim_locked(self.slot, self.gen)
+            self.control.free_slot(self.slot)
+            last = not any(self.liveness.holder(i) for i in range(self.control.nslots) if i != self.slot)
+            if last:
+                self._reclaim_dead()
+                if self.pending_total() == 0 and self.registry.is_empty():
+                    self.registry.close()
+                    self._remove_files()
+            self.liveness.release(self.slot)
+        self.registry.close()
+        for fd in self._fifo_fds.values():
+            os.close(fd)
+        self._fifo_fds.clear()
+        os.close(self.fifo_fd)
+        self._rings.clear()
+        self._owned.clear()
+        os.close(self.lock_fd)
+
+    def destroy(self):
+        """Remove the whole bus now, whoever is attached (the serve master's exit)."""
+        with self._locked_bus():
+            for ring in self.all_rings():
+                ring.close(self.slot)
+            self.registry.close()
+            self._remove_files()
+        self.usable = False
+        if _buses.get(self.prefix) is self:
+            _buses.pop(self.prefix, None)
+        try:
+            atexit.unregister(self.detach)
+        except Exception:  # pragma: no cover
+            pass
+        os.close(self.fifo_fd)
+        for fd in self._fifo_fds.values():
+            os.close(fd)
+        self._fifo_fds.clear()
+        self._rings.clear()
+        self._owned.clear()
+        os.close(self.lock_fd)
+
+    def _remove_files(self):
+        """Unlink every file of the bus.  Caller holds the bus lock (see _locked_bus)."""
+        for p in segments.bus_files(self.stem):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def _forget_after_fork(self):
+        self.usable = False
+        for fd in list(self._fifo_fds.values()) + [self.fifo_fd, self.lock_fd]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fifo_fds = {}
+        self._rings = {}
+        self._owned = {}
+        self._lock = threading.RLock()
+        if self._hub is not None:
+            self._hub.forget_after_fork()
+        self.registry.reset_after_fork()
+        try:
+            atexit.unregister(self.detach)
+        except Exception:  # pragma: no cover
+            pass
+

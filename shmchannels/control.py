@@ -1,0 +1,257 @@
+"""The control segment and process liveness.
+
+The control segment holds the bus header, one slot per attached process and
+the version counters that let processes cache group membership.  A slot
+records who the process is (pid, kind, generation) and its in-flight ring
+claim (the *intent*, written by the C ring before every claim).
+
+Liveness never comes from pids: each process holds a POSIX byte-range lock
+on byte <slot> of the bus's lock file for as long as it lives, and the kernel
+drops that lock when the process dies, however it dies.  A test with
+``F_GETLK`` or a non-blocking ``lockf`` tells any other process whether the
+owner of a slot is alive, immune to pid reuse.  POSIX locks are not inherited
+across fork(), so a child can never keep its parent's slot alive.
+
+The one blocking lock is the *bus lock* (another byte of the same file),
+taken only while a process attaches, detaches or destroys the bus: rare,
+short, and released by the kernel if its holder dies.
+"""
+
+import contextlib
+import fcntl
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+from . import _shm
+from .exceptions import BusError
+
+MAGIC = int.from_bytes(b"SHMCTRL1", "little")
+VERSION = 1
+HEADER_SIZE = 4096
+SLOT_SIZE = 128
+GROUP_BUCKETS = 4096
+
+# header words
+H_MAGIC = 0
+H_VERSION = 8  # low 32 bits: version, high 32 bits: number of slots
+H_CREATED = 16  # time.time_ns() at creation
+H_BOOT = 24  # random id of this incarnation of the bus
+H_FLUSH_EPOCH = 32  # bumped by flush(); processes drop local buffers when it moves
+H_MASTER = 40  # slot + 1 of the serve master, 0 if none
+H_RING_SIZE = 48  # default ring data size chosen by the bus creator
+
+# slot words (relative to the slot)
+S_STATE = 0  # 0 free, 1 active
+S_GEN = 8  # bumped each time the slot is claimed
+S_PID = 16
+S_KIND = 24
+S_STARTED = 32  # time.time_ns()
+S_HEARTBEAT = 40  # CLOCK_MONOTONIC ns, written by the process's supervision tick
+S_INTENT = 64  # 32 bytes owned by the C ring: iseq, ring_id, pos, total
+S_LABEL = 96  # 32 bytes of UTF-8: a human name for `shmchannels status`
+
+KINDS = {0: "process", 1: "master", 2: "protocol", 3: "worker", 4: "cli"}
+KIND_CODES = {v: k for k, v in KINDS.items()}
+
+STATE_FREE = 0
+STATE_ACTIVE = 1
+
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86-64 / arm64
+BUS_LOCK_BYTE = 1 << 20  # beyond any slot byte
+
+
+def segment_size(nslots):
+    return HEADER_SIZE + nslots * SLOT_SIZE + GROUP_BUCKETS * 8
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    state: int
+    gen: int
+    pid: int
+    kind: str
+    started_ns: int
+    heartbeat_ns: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    slot: int
+    ring_id: int
+    pos: int
+    total: int
+
+
+class Control:
+    """Typed access to one mapped control segment."""
+
+    def __init__(self, mapping):
+        self.mapping = mapping
+        self.mem = _shm.Mem(mapping)
+        if self.mem.load(H_MAGIC) != MAGIC:
+            raise BusError("not a shmchannels control segment (bad magic)")
+        word = self.mem.load(H_VERSION)
+        if word & 0xFFFFFFFF != VERSION:
+            raise BusError(
+                f"bus was created by an incompatible shmchannels (control version {word & 0xFFFFFFFF}, "
+                f"this one speaks {VERSION}); stop its processes or use another prefix"
+            )
+        self.nslots = word >> 32
+        self.slots_offset = HEADER_SIZE
+        self.buckets_offset = HEADER_SIZE + self.nslots * SLOT_SIZE
+
+    @staticmethod
+    def initialise(mapping, nslots, ring_size):
+        mem = _shm.Mem(mapping)
+        mem.store(H_VERSION, VERSION | (nslots << 32))
+        mem.store(H_CREATED, time.time_ns())
+        mem.store(H_BOOT, int.from_bytes(os.urandom(8), "little"))
+        mem.store(H_RING_SIZE, ring_size)
+        mem.store(H_MAGIC, MAGIC)  # last: the segment is valid from here on
+
+    # header
+    @property
+    def boot_id(self):
+        return self.mem.load(H_BOOT)
+
+    @property
+    def created_ns(self):
+        return self.mem.load(H_CREATED)
+
+    @property
+    def default_ring_size(self):
+        return self.mem.load(H_RING_SIZE)
+
+    @property
+    def flush_epoch(self):
+        return self.mem.load(H_FLUSH_EPOCH)
+
+    def bump_flush_epoch(self):
+        return self.mem.add(H_FLUSH_EPOCH, 1) + 1
+
+    @property
+    def master_slot(self):
+        v = self.mem.load(H_MASTER)
+        return v - 1 if v else None
+
+    def set_master_slot(self, slot):
+        self.mem.store(H_MASTER, 0 if slot is None else slot + 1)
+
+    # slots
+    def slot_offset(self, index):
+        return self.slots_offset + index * SLOT_SIZE
+
+    def intent_offset(self, index):
+        return self.slot_offset(index) + S_INTENT
+
+    def read_slot(self, index):
+        base = self.slot_offset(index)
+        load = self.mem.load
+        raw_label = bytes(self.mapping[base + S_LABEL : base + S_LABEL + 32])
+        return Slot(
+            index=index,
+            state=load(base + S_STATE),
+            gen=load(base + S_GEN),
+            pid=load(base + S_PID),
+            kind=KINDS.get(load(base + S_KIND), "process"),
+            started_ns=load(base + S_STARTED),
+            heartbeat_ns=load(base + S_HEARTBEAT),
+            label=raw_label.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        )
+
+    def activate_slot(self, index, kind, label):
+        """Mark a slot (whose lock we hold) as ours; returns its new generation."""
+        base = self.slot_offset(index)
+        gen = self.mem.add(base + S_GEN, 1) + 1
+        self.mem.store(base + S_PID, os.getpid())
+        self.mem.store(base + S_KIND, KIND_CODES.get(kind, 0))
+        self.mem.store(base + S_STARTED, time.time_ns())
+        self.mem.store(base + S_HEARTBEAT, _shm.monotonic_ns())
+        self.set_label(index, label)
+        for off in range(0, 32, 8):  # no intent carries over from a previous owner
+            self.mem.store(base + S_INTENT + off, 0)
+        self.mem.store(base + S_STATE, STATE_ACTIVE)
+        return gen
+
+    def set_label(self, index, label):
+        base = self.slot_offset(index) + S_LABEL
+        raw = label.encode("utf-8")[:31]
+        self.mapping[base : base + 32] = raw + b"\0" * (32 - len(raw))
+
+    def set_kind(self, index, kind):
+        self.mem.store(self.slot_offset(index) + S_KIND, KIND_CODES.get(kind, 0))
+
+    def free_slot(self, index):
+        base = self.slot_offset(index)
+        for off in range(0, 32, 8):
+            self.mem.store(base + S_INTENT + off, 0)
+        self.mem.store(base + S_STATE, STATE_FREE)
+
+    def beat(self, index):
+        self.mem.store(self.slot_offset(index) + S_HEARTBEAT, _shm.monotonic_ns())
+
+    def intent(self, index):
+        """The slot's in-flight claim, or None.  Read as a seqlock."""
+        base = self.intent_offset(index)
+        load = self.mem.load
+        for _ in range(100):
+            seq = load(base)
+            if seq & 1:
+                continue
+            ring_id, pos, total = load(base + 8), load(base + 16), load(base + 24)
+            if load(base) == seq:
+                return Intent(index, ring_id, pos, total) if total else None
+        return None  # writer is mid-update right now; it is alive
+
+    # group version buckets
+    def bucket_offset(self, bucket):
+        return self.buckets_offset + (bucket % GROUP_BUCKETS) * 8
+
+    def bucket_version(self, bucket):
+        return self.mem.load(self.bucket_offset(bucket))
+
+    def bump_bucket(self, bucket):
+        self.mem.add(self.bucket_offset(bucket), 1)
+
+    def bump_all_buckets(self):
+        for b in range(GROUP_BUCKETS):
+            self.mem.add(self.buckets_offset + b * 8, 1)
+
+
+class Liveness:
+    """Kernel-managed liveness: byte i of the lock file is held by slot i's process."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def try_hold(self, index):
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, index)
+            return True
+        except (BlockingIOError, PermissionError):
+            return False
+
+    def release(self, index):
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, index)
+
+    def holder(self, index):
+        """The pid holding slot ``index``'s lock, or 0 when nobody does.
+
+        Our own locks are invisible to F_GETLK (it reports conflicts only),
+        so callers check their own slot separately.
+        """
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, index, 1, 0)
+        kind, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(self.fd, fcntl.F_GETLK, probe))
+        return 0 if kind == fcntl.F_UNLCK else pid
+
+    @contextlib.contextmanager
+    def bus_lock(self):
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, BUS_LOCK_BYTE)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, BUS_LOCK_BYTE)

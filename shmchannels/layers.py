@@ -1,0 +1,127 @@
+"""Channels 4 backend::
+
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "shmchannels.layers.SharedMemoryChannelLayer",
+            "CONFIG": {"prefix": "mysite", "capacity": 100},
+        }
+    }
+
+Every process on the host that builds a layer with the same ``prefix`` sees
+the same channels and groups.  The methods are coroutines that never bind
+anything to an event loop, so ``async_to_sync`` from views, Celery tasks or
+management commands works from any thread and any loop.
+"""
+
+from channels.layers import BaseChannelLayer
+
+from . import bus as bus_mod, names
+from .core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
+from .exceptions import ChannelFull, MessageTooLarge
+
+__all__ = ["SharedMemoryChannelLayer", "ChannelFull", "MessageTooLarge"]
+
+
+class SharedMemoryChannelLayer(BaseChannelLayer):
+    """A channels_redis-compatible layer over the shared-memory bus."""
+
+    extensions = ["groups", "flush"]
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
+
+    def __init__(
+        self,
+        prefix="asgi",
+        expiry=60,
+        group_expiry=86400,
+        capacity=100,
+        channel_capacity=None,
+        *,
+        ring_size=bus_mod.DEFAULT_RING_SIZE,
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+        slots=bus_mod.DEFAULT_SLOTS,
+        spin_us=DEFAULT_SPIN_US,
+        park_timeout=DEFAULT_PARK_TIMEOUT,
+    ):
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        # Channels 4 keeps channel_capacity raw; get_capacity needs it compiled.
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.core = Core(
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=self.channel_capacity,
+            ring_size=ring_size,
+            max_message_size=max_message_size,
+            slots=slots,
+            spin_us=spin_us,
+            park_timeout=park_timeout,
+            validate=self.require_valid_channel_name,
+        )
+        self._client_prefix = None
+        self._prefix_bus = None
+
+    def __repr__(self):
+        return f"<SharedMemoryChannelLayer prefix={self.prefix!r}>"
+
+    @property
+    def client_prefix(self):
+        """This instance's prefix for process-specific names (re-minted after fork)."""
+        bus = self.core.bus
+        if self._prefix_bus is not bus:
+            self._client_prefix = names.new_client_prefix(bus.slot, bus.gen)
+            self._prefix_bus = bus
+        return self._client_prefix
+
+    async def send(self, channel, message):
+        assert isinstance(message, dict), "message is not a dict"
+        assert "__asgi_channel__" not in message
+        self.core.send(channel, message)
+
+    async def receive(self, channel):
+        if channel not in self.core._recv_rings:
+            self.require_valid_channel_name(channel)
+            if "!" in channel:
+                assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (
+                    f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
+                )
+        return await self.core.receive(channel)
+
+    async def new_channel(self, prefix="specific"):
+        key = f"{prefix}.{self.client_prefix}!"
+        name = key + names.new_local_part()
+        self.require_valid_channel_name(name)
+        bus = self.core.bus
+        bus.owned_ring(key)
+        bus.demux.register(key, self.get_capacity)
+        return name
+
+    async def group_add(self, group, channel):
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self.core.group_add(group, channel)
+
+    async def group_discard(self, group, channel):
+        self.require_valid_channel_name(channel)
+        self.require_valid_group_name(group)
+        self.core.group_discard(group, channel)
+
+    async def group_send(self, group, message):
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_group_name(group)
+        self.core.group_send(group, message)
+
+    async def flush(self):
+        self.core.flush()
+
+    async def close(self):
+        """Nothing to release per instance: the process's bus detaches at exit."""
+
+    close_pools = close  # channels_redis spelling
+
+    def discard_channel(self, channel):
+        """Drop buffered messages of a channel this process will not read again."""
+        self.core.discard_channel(channel)

@@ -1,0 +1,107 @@
+"""Channel and group names: validation rules of both API generations, and
+the mapping from a channel name to the ring that carries it.
+
+A *ring key* names one ring on the bus:
+
+* a normal channel (``http.request``) or a single-reader channel
+  (``http.request.body?Ab3``) is its own ring;
+* a process-specific channel (``websocket.send.shm…!Xy``) travels in the ring
+  of its non-local part (``websocket.send.shm…!``), and the full name rides in
+  the record so the receiver can route it.  Capacity is therefore counted per
+  ``prefix!``, as the ASGI spec says.
+
+Prefixes minted by a layer instance end in ``shm`` + 20 hex digits: the
+owner's process slot (3), its slot generation (7, modulo 2**28) and 40
+random bits, so two instances in one process never share one.  The ring
+behind such a prefix is *owned* by the process that minted it and dies with
+it.  Any other ``prefix!`` (``spr_test!``, a Daphne-1 style
+``daphne.response.X!``) is an unowned ring that any process may read.
+"""
+
+import re
+import secrets
+
+MAX_NAME_LENGTH = 100  # names must be shorter than this, as in Channels and asgiref
+
+_V4_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+(!([\d\w\-_.]*))?$")
+_V1_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+([?!][\d\w\-_.]*)?$")
+_GROUP = re.compile(r"^[a-zA-Z\d\-_.]+$")
+_MINTED = re.compile(r"(?:^|\.)shm([0-9a-f]{3})([0-9a-f]{7})[0-9a-f]{10}!$")
+GEN_MASK = (1 << 28) - 1
+_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+
+CHANNEL_RULE = (
+    "a str shorter than 100 characters: ASCII letters, digits, '-', '_' or '.', "
+    "optionally followed by one '!' (process-specific) and a local part of word "
+    "characters, '-' or '.'"
+)
+V1_CHANNEL_RULE = CHANNEL_RULE.replace("one '!' (process-specific)", "one '?' (single-reader) or '!' (process-specific)")
+GROUP_RULE = "a str shorter than 100 characters of ASCII letters, digits, '-', '_' or '.'"
+
+
+def _describe(name):
+    text = repr(name)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def require_channel(name, receive=False, v1=False):
+    """Raise TypeError (stating the rule) unless ``name`` is a valid channel name.
+
+    With ``receive=True`` a process-specific name must end at the ``!``
+    (ASGI 1 receives a whole ``prefix!``); Channels 4 receives full names and
+    passes ``receive=False``.
+    """
+    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH:
+        raise TypeError(f"Invalid channel name {_describe(name)}: a channel name must be {V1_CHANNEL_RULE if v1 else CHANNEL_RULE}.")
+    if not (_V1_CHANNEL if v1 else _V4_CHANNEL).match(name):
+        raise TypeError(f"Invalid channel name {_describe(name)}: a channel name must be {V1_CHANNEL_RULE if v1 else CHANNEL_RULE}.")
+    if v1 and name.endswith("?"):
+        raise TypeError(f"Invalid channel name {_describe(name)}: single-reader channel names must not end with '?'.")
+    if receive and "!" in name and not name.endswith("!"):
+        raise TypeError(f"Invalid channel name {_describe(name)}: process-specific names in receive() must end at the '!'.")
+    return True
+
+
+def require_group(name):
+    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _GROUP.match(name):
+        raise TypeError(f"Invalid group name {_describe(name)}: a group name must be {GROUP_RULE}.")
+    return True
+
+
+def require_prefix(prefix):
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise TypeError(
+            f"Invalid layer prefix {_describe(prefix)}: a prefix must be 1-64 ASCII letters, digits, "
+            "'_', '-' or '.', not starting with '-' or '.'"
+        )
+    return prefix
+
+
+def ring_key(channel):
+    """The ring carrying ``channel``: its non-local part if process-specific."""
+    bang = channel.find("!")
+    return channel if bang < 0 else channel[: bang + 1]
+
+
+def owner_of(key):
+    """(slot, gen & GEN_MASK) of the process owning a minted ring key, else None."""
+    m = _MINTED.search(key)
+    return (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+
+
+def owner_tag(slot, gen):
+    return f"{slot:03x}{gen & GEN_MASK:07x}"
+
+
+def new_client_prefix(slot, gen):
+    """A per-instance prefix naming its owning process slot.
+
+    The random part comes from os.urandom, so reseeding ``random`` cannot
+    make two instances share a prefix.
+    """
+    return f"shm{owner_tag(slot, gen)}{secrets.token_hex(5)}"
+
+
+def new_local_part():
+    """128 random bits, URL-safe base64: only characters the local-part rule allows."""
+    return secrets.token_urlsafe(16)

@@ -1,0 +1,41 @@
+import glob
+import itertools
+import os
+
+import pytest
+
+from shmchannels import bus as bus_mod
+
+_counter = itertools.count()
+
+
+def bus_files_of(prefix):
+    return sorted(glob.glob(f"/dev/shm/shmch-{os.getuid()}-{prefix}@*"))
+
+
+def all_test_files():
+    return sorted(glob.glob(f"/dev/shm/shmch-{os.getuid()}-t{os.getpid()}x*"))
+
+
+@pytest.fixture
+def prefix():
+    """A bus prefix of this test alone; its files must be gone afterwards."""
+    p = f"t{os.getpid()}x{next(_counter)}"
+    yield p
+    bus = bus_mod._buses.get(p)
+    if bus is not None:
+        bus.detach()
+    leftover = bus_files_of(p)
+    for f in leftover:
+        os.unlink(f)
+    assert not leftover, f"test left shared memory behind: {leftover}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_left_behind():
+    yield
+    bus_mod.detach_all()
+    leftover = all_test_files()
+    for f in leftover:
+        os.unlink(f)
+    assert not leftover, f"the test session left shared memory behind: {leftover}"

@@ -1,0 +1,1 @@
+"""Workers: run consumers synchronously on messages from the bus."""
