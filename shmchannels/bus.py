@@ -20,6 +20,7 @@ Life cycle
 import atexit
 import contextlib
 import logging
+import multiprocessing.util
 import os
 import random
 import sys
@@ -132,6 +133,9 @@ class Bus:
         self._hub = None
         self._demux = None
         atexit.register(self.detach)
+        # multiprocessing children leave through os._exit(), skipping atexit,
+        # but they do run multiprocessing's own exit finalizers.
+        self._mp_finalizer = multiprocessing.util.Finalize(self, Bus.detach, args=(self,), exitpriority=0)
 
     def __repr__(self):
         return f"<Bus {self.prefix!r} slot={getattr(self, 'slot', None)} gen={getattr(self, 'gen', None)}>"
@@ -396,6 +400,13 @@ class Bus:
                 self.reclaim(owner[0])
                 self.forget_ring(key)
                 return False
+            if self.unstick(ring, grace=False):
+                # The ring was held up by a dead writer's claim; it is free now.
+                status = ring.put(body, meta, expiry_ns, capacity, flags)
+                if status in (PUT_OK, PUT_WAKE):
+                    if status == PUT_WAKE:
+                        self.wake(ring)
+                    return True
             if status == PUT_FULL:
                 raise ChannelFull(key)
             raise ChannelFull(f"{key} (ring out of space)")
@@ -439,24 +450,25 @@ class Bus:
 
     # --------------------------------------------------------------- recovery
 
-    def unstick(self, ring):
+    def unstick(self, ring, grace=True):
         """Deal with an unready record at the head of ``ring``.
 
-        Called by receivers that found the head unready.  Returns True if the
-        head may now be consumable.  A writer mid-copy is left alone; a dead
-        writer's claim is reclaimed (with its process), within ~STUCK_AFTER_NS
-        of first sight.
+        Receivers call this when the head is unready; they pass ``grace`` so
+        that a writer mid-copy (microseconds) costs no liveness checks: only
+        a head unready for STUCK_AFTER_NS is examined.  Senders whose ring is
+        full call it without grace.  A live writer is left alone; a dead
+        writer's claim is reclaimed together with its process.  Returns True
+        if the head record may now be consumable.
         """
         pos, state, _pid, slot, gen, _len = ring.head_state()
         if state not in ("writing", "unwritten"):
             self._stuck.pop(ring.ring_id, None)
-            return True
+            return state != "empty"
         now = _shm.monotonic_ns()
         first = self._stuck.get(ring.ring_id)
         if first is None or first[0] != pos:
-            self._stuck[ring.ring_id] = (pos, now)
-            return False
-        if now - first[1] < STUCK_AFTER_NS:
+            first = self._stuck[ring.ring_id] = (pos, now)
+        if grace and now - first[1] < STUCK_AFTER_NS:
             return False
         if state == "writing":
             claimants = [(slot, gen, None)]
@@ -550,10 +562,7 @@ class Bus:
         self.usable = False
         if _buses.get(self.prefix) is self:
             _buses.pop(self.prefix, None)
-        try:
-            atexit.unregister(self.detach)
-        except Exception:  # pragma: no cover
-            pass
+        self._unregister_exit_hooks()
         if self._hub is not None:
             self._hub.close()
         with self._locked_bus():
@@ -585,10 +594,7 @@ class Bus:
         self.usable = False
         if _buses.get(self.prefix) is self:
             _buses.pop(self.prefix, None)
-        try:
-            atexit.unregister(self.detach)
-        except Exception:  # pragma: no cover
-            pass
+        self._unregister_exit_hooks()
         os.close(self.fifo_fd)
         for fd in self._fifo_fds.values():
             os.close(fd)
@@ -619,8 +625,11 @@ class Bus:
         if self._hub is not None:
             self._hub.forget_after_fork()
         self.registry.reset_after_fork()
-        try:
-            atexit.unregister(self.detach)
-        except Exception:  # pragma: no cover
-            pass
+        self._unregister_exit_hooks()
+
+    def _unregister_exit_hooks(self):
+        atexit.unregister(self.detach)
+        finalizer, self._mp_finalizer = getattr(self, "_mp_finalizer", None), None
+        if finalizer is not None:
+            finalizer.cancel()
 
