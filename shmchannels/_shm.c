@@ -347,13 +347,14 @@ Ring_dealloc(RingObject *self)
 #define CHECK_RING(self) \
     do { if (!(self)->h) { PyErr_SetString(PyExc_ValueError, "ring not initialised"); return NULL; } } while (0)
 
-/* Consume expired records at the head.  Stops at the first record that is
- * live, not ready, or at the tail.  Returns how many were dropped. */
+/* Consume expired records (and padding) at the head.  Stops at the first
+ * record that is live, not ready, or at the tail.  Returns nonzero if head
+ * moved, i.e. if bytes or message slots were freed. */
 static uint64_t
 purge_expired(RingObject *self, uint64_t now)
 {
     ring_hdr_t *h = self->h;
-    uint64_t dropped = 0;
+    uint64_t progress = 0;
     for (;;) {
         uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
         uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
@@ -367,7 +368,7 @@ purge_expired(RingObject *self, uint64_t now)
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             if (load64(&r->seal) != seal)
                 continue;
-            cas128(&h->head_pos, hp, hs, hp + skip, hs + counted);
+            progress += cas128(&h->head_pos, hp, hs, hp + skip, hs + counted);
             continue;
         }
         if (seal != seal_of(h, hp, ST_READY))
@@ -379,10 +380,10 @@ purge_expired(RingObject *self, uint64_t now)
             break;
         if (cas128(&h->head_pos, hp, hs, hp + align_up(REC_HDR + len, REC_ALIGN), hs + 1)) {
             __atomic_fetch_add(&h->expired_total, 1, __ATOMIC_RELAXED);
-            dropped++;
+            progress++;
         }
     }
-    return dropped;
+    return progress;
 }
 
 static int

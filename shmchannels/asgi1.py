@@ -99,10 +99,10 @@ class ChannelLayer:
             ch, msg = core.receive_blocking(channels, 0.0)
             if ch is not None:
                 return ch, msg
-            order = [(ch,) + core.ring_for_receive(ch) for ch in channels]
+            order = [(ch,) + core.ring_for_receive(ch)[:2] for ch in channels]
             waits = [
                 asyncio.ensure_future(core.bus.hub.wait(ring, key, core.ready_check(ch), None if ch == key else ch, core.park_timeout))
-                for ch, ring, key, _ in order
+                for ch, ring, key in order
             ]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -388,6 +388,12 @@ class Bus:
     def put(self, ring, key, body, meta, expiry_ns, capacity, flags):
         """Store one record; raises ChannelFull / MessageTooLarge.  False if dropped."""
         status = ring.put(body, meta, expiry_ns, capacity, flags)
+        return status == PUT_OK or self.settle_put(status, ring, key, body, meta, expiry_ns, capacity, flags)
+
+    def settle_put(self, status, ring, key, body, meta, expiry_ns, capacity, flags):
+        """Everything after a put that did not simply succeed: wake parked
+        processes, recover a dead writer's claim, or raise.  False if the
+        message was dropped because its channel's owner is gone."""
         if status == PUT_OK:
             return True
         if status == PUT_WAKE:
@@ -400,7 +406,7 @@ class Bus:
                 self.reclaim(owner[0])
                 self.forget_ring(key)
                 return False
-            if self.unstick(ring, grace=False):
+            if ring.head_state()[1] in ("writing", "unwritten") and self.unstick(ring, grace=False):
                 # The ring was held up by a dead writer's claim; it is free now.
                 status = ring.put(body, meta, expiry_ns, capacity, flags)
                 if status in (PUT_OK, PUT_WAKE):

@@ -128,7 +128,8 @@ class Core:
             raise MessageTooLarge(
                 f"message for {channel!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
             )
-        if bus.put(ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
+        status = ring.put(body, meta, self.expiry_ns, capacity, MSGPACK)
+        if status == bus_mod.PUT_OK or bus.settle_put(status, ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
             return True
         self._send_routes.pop(channel, None)
         return False
@@ -136,7 +137,11 @@ class Core:
     # -------------------------------------------------------------- receive
 
     def ring_for_receive(self, channel):
-        """(ring, key, specific) for a full channel name or a ``prefix!``."""
+        """(ring, key, specific, own_meta) for a full channel name or a ``prefix!``.
+
+        ``own_meta`` is the record meta a message addressed to this channel
+        alone carries (its UTF-8 name), compared as bytes on the hot path.
+        """
         hit = self._recv_rings.get(channel)
         bus = self._bus
         if hit is not None and bus is not None and bus.usable:
@@ -149,7 +154,7 @@ class Core:
             raise LookupError(f"channel {channel!r} belongs to a process that no longer exists")
         if specific:
             bus.demux.register(key, self.get_capacity, ordered=channel == key)
-        hit = (ring, key, specific)
+        hit = (ring, key, specific, channel.encode("utf-8") if specific else None)
         if len(self._recv_rings) >= _ROUTE_CACHE:
             self._recv_rings.clear()
         self._recv_rings[channel] = hit
@@ -160,38 +165,27 @@ class Core:
 
         ``channel`` is a full name (normal, single-reader or process-specific).
         """
-        ring, key, specific = self.ring_for_receive(channel)
-        if specific:
-            demux = self._bus.demux
-            got = demux.pop(channel)
-            if got is None:
-                self._bus.check_flush_epoch()
-                if ring.has_data():
-                    demux.drain(ring, key)
-                    got = demux.pop(channel)
-                elif ring.pending:
-                    self._bus.unstick(ring)
-                if got is None:
-                    return None
-            self._last_rx = _shm.monotonic_ns()
-            return decode(got[1])
+        ring, key, specific, own_meta = self.ring_for_receive(channel)
         while True:
-            rec = ring.get()
-            if rec:
+            if specific:
+                got = self._bus.demux.take(ring, key, channel, own_meta)
+            else:
+                got = ring.get()
+            if got:
                 self._last_rx = _shm.monotonic_ns()
-                return decode(rec[1])
-            if rec is None or not self._bus.unstick(ring):
+                return decode(got[1])
+            if got is None or not self._bus.unstick(ring):
                 return None
 
     def take_prefix(self, key):
         """ASGI 1: (full channel, message) from any channel behind ``prefix!``, or None."""
-        ring, key, _ = self.ring_for_receive(key)
+        ring, key, _, _ = self.ring_for_receive(key)
         demux = self._bus.demux
         got = demux.pop_ordered(key)
         if got is None:
             self._bus.check_flush_epoch()
             if ring.has_data():
-                demux.drain(ring, key)
+                demux.drain(ring, key, (key,))
                 got = demux.pop_ordered(key)
             elif ring.pending:
                 self._bus.unstick(ring)
@@ -201,7 +195,7 @@ class Core:
         return got[0], decode(got[2])
 
     def ready_check(self, channel):
-        ring, key, specific = self.ring_for_receive(channel)
+        ring, key, specific, _ = self.ring_for_receive(channel)
         if not specific:
             return ring.has_data
         demux = self._bus.demux
@@ -233,15 +227,18 @@ class Core:
         msg = self.take(channel)
         if msg is not None:
             return msg
-        ready = self.ready_check(channel)
-        ring, key, specific = self.ring_for_receive(channel)
+        return await self.wait_and_take(channel)
+
+    async def wait_and_take(self, channel):
+        """Park until ``channel`` has a message (``take`` found none), then take it."""
         while True:
+            ring, key, specific, _ = self.ring_for_receive(channel)  # the bus may have been re-attached
+            ready = self.ready_check(channel)
             if not self.spin(ready):
                 await self._bus.hub.wait(ring, key, ready, channel if specific else None, self.park_timeout)
             msg = self.take(channel)
             if msg is not None:
                 return msg
-            ring, key, specific = self.ring_for_receive(channel)  # the bus may have been re-attached
 
     def receive_blocking(self, channels, timeout):
         """ASGI 1: wait up to ``timeout`` seconds on several channels.

@@ -2,23 +2,33 @@
 
 A record in a ``prefix!`` ring names its target channels (one for a send, many
 for a group send that reached several channels behind the same prefix).  The
-process that receives from the ring drains records into per-channel buffers
-here, and ``receive(channel)`` pops from its buffer.  Draining happens only
-when somebody receives, so a channel nobody reads keeps its messages in the
-ring, where they count against the sender's capacity; once drained, each
-channel's buffer keeps its newest ``capacity`` messages (as channels_redis's
-receive buffer does).
+process that receives from the ring moves records into per-channel buffers
+here, and ``receive(channel)`` pops from its buffer.
+
+Records are taken lazily: only until every channel somebody is waiting for
+has a message.  A backlog therefore stays in the ring, where it counts
+against the senders' ``capacity`` and makes them raise ChannelFull; it is
+never silently trimmed.  Messages for channels nobody is waiting on right
+now, met on the way, go to their buffer, which keeps its newest ``capacity``
+messages (channels_redis's rule: one consumer that stopped reading must not
+stall every other channel of the process).  Such drops are counted and
+logged.
 
 ASGI 1 receivers ask for a whole ``prefix!`` and get (full name, message) in
-arrival order; such ring keys are drained into one ordered queue instead.
+arrival order; such ring keys are drained one record at a time into an
+ordered queue instead.
 """
 
 import collections
+import logging
 import threading
 
 from . import _shm
 
+logger = logging.getLogger("shmchannels.layers")
+
 _PURGE_EVERY_NS = 1_000_000_000
+_WARN_EVERY_NS = 60_000_000_000
 
 
 class Demux:
@@ -28,7 +38,9 @@ class Demux:
         self.buffers = {}  # channel -> deque[(deadline_ns, flags, body)]
         self.ordered = {}  # ring key -> deque[(channel, deadline_ns, flags, body)]
         self.capacity_of = {}  # ring key -> callable(channel) -> int
+        self.overflowed = 0  # messages dropped from full buffers of unread channels
         self._last_purge = 0
+        self._last_warning = 0
 
     def register(self, key, capacity_of, ordered=False):
         """Declare how records of ``key`` are buffered in this process."""
@@ -37,39 +49,96 @@ class Demux:
             if ordered:
                 self.ordered.setdefault(key, collections.deque())
 
-    def drain(self, ring, key):
-        """Move every consumable record of ``ring`` into local buffers.
+    def take(self, ring, key, channel, own_meta):
+        """The next message for ``channel``: from its buffer, else from the ring.
 
-        Returns the set of channel names (or, for ordered keys, {key}) that
-        received something.
+        Records met on the way that are for other channels are buffered.
+        Returns (flags, body), None when there is nothing, or False when the
+        ring's head record is not ready (a writer is mid-copy or died).
+        """
+        if self.buffers.get(channel):
+            self.bus.check_flush_epoch()
+            got = self.pop(channel)
+            if got is not None:
+                return got
+        stashed = False
+        with self.lock:
+            get = ring.get
+            while True:
+                rec = get()
+                if not rec:
+                    break
+                flags, body, meta, deadline = rec
+                if meta == own_meta:  # the common case: a message for us alone
+                    break
+                mine = False
+                for target in meta.decode("utf-8").split("\n") if meta else (key,):
+                    if target == channel and not mine:
+                        mine = True
+                    else:
+                        self._buffer(key, target, deadline, flags, body)
+                        stashed = True
+                if mine:
+                    break
+        if stashed:
+            ring.notify()
+        return (rec[0], rec[1]) if rec else rec
+
+    def drain(self, ring, key, wanted):
+        """Move records of ``ring`` into local buffers until every channel in
+        ``wanted`` has a message (or, for an ordered key, one record moved),
+        or the ring has no consumable record.
+
+        Returns the set of channel names (or {key}) that received something.
         """
         touched = set()
-        capacity_of = self.capacity_of.get(key)
         with self.lock:
             ordered = self.ordered.get(key)
-            while True:
-                records, status = ring.get_many(256)
-                for flags, body, meta, deadline in records:
-                    targets = meta.decode("utf-8").split("\n") if meta else (key,)
-                    if ordered is not None:
-                        ordered.extend((t, deadline, flags, body) for t in targets)
-                        touched.add(key)
-                        continue
-                    for target in targets:
-                        buf = self.buffers.get(target)
-                        if buf is None:
-                            cap = capacity_of(target) if capacity_of else 100
-                            buf = self.buffers[target] = collections.deque(maxlen=max(1, cap))
-                        buf.append((deadline, flags, body))
-                        touched.add(target)
-                if status is not True:
+            if ordered is not None:
+                missing = set() if ordered else {key}
+            else:
+                missing = {c for c in wanted if not self.buffers.get(c)}
+            get = ring.get
+            while missing:
+                rec = get()
+                if not rec:
                     break
+                flags, body, meta, deadline = rec
+                targets = meta.decode("utf-8").split("\n") if meta else (key,)
+                if ordered is not None:
+                    ordered.extend((t, deadline, flags, body) for t in targets)
+                    touched.add(key)
+                    break
+                for target in targets:
+                    self._buffer(key, target, deadline, flags, body)
+                    touched.add(target)
+                    missing.discard(target)
             now = _shm.monotonic_ns()
             if now - self._last_purge > _PURGE_EVERY_NS:
                 self._purge(now)
         if touched:
             ring.notify()  # threads parked on this ring re-check their buffers
         return touched
+
+    def _buffer(self, key, target, deadline, flags, body):
+        buf = self.buffers.get(target)
+        if buf is None:
+            capacity_of = self.capacity_of.get(key)
+            cap = capacity_of(target) if capacity_of else 100
+            buf = self.buffers[target] = collections.deque(maxlen=max(1, cap))
+        elif len(buf) == buf.maxlen:
+            self._overflow(target)
+        buf.append((deadline, flags, body))
+
+    def _overflow(self, channel):
+        self.overflowed += 1
+        now = _shm.monotonic_ns()
+        if now - self._last_warning > _WARN_EVERY_NS:
+            self._last_warning = now
+            logger.warning(
+                "channel %s is not being read: its buffer is at capacity, dropping its oldest message "
+                "(%d dropped in this process so far)", channel, self.overflowed,
+            )
 
     def pop(self, channel):
         """(flags, body) of the oldest live message buffered for ``channel``."""

@@ -82,13 +82,17 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         self.core.send(channel, message)
 
     async def receive(self, channel):
-        if channel not in self.core._recv_rings:
+        core = self.core
+        if channel not in core._recv_rings:
             self.require_valid_channel_name(channel)
             if "!" in channel:
                 assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (
                     f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
                 )
-        return await self.core.receive(channel)
+        msg = core.take(channel)
+        if msg is not None:
+            return msg
+        return await core.wait_and_take(channel)
 
     async def new_channel(self, prefix="specific"):
         key = f"{prefix}.{self.client_prefix}!"

@@ -86,7 +86,7 @@ class Hub:
         demux = self.bus._demux
         for ring, key, ws in items:
             if key.endswith("!") and demux is not None and key in demux.capacity_of:
-                touched = demux.drain(ring, key)
+                touched = demux.drain(ring, key, {w[2] for w in ws if w[2] is not None})
                 if key in demux.ordered:
                     wake = [w for w in ws if demux.has_ordered(key)]
                 else:

@@ -39,3 +39,26 @@ def no_shared_memory_left_behind():
     for f in leftover:
         os.unlink(f)
     assert not leftover, f"the test session left shared memory behind: {leftover}"
+
+
+@pytest.fixture(scope="session")
+def django_settings():
+    """Django's settings, minimally configured if nothing configured them yet.
+
+    Enough for ``channels.layers.channel_layers`` / ``get_channel_layer()``
+    and consumers driven by ``channels.testing`` communicators; tests set
+    ``CHANNEL_LAYERS`` themselves with ``django.test.override_settings``.
+    """
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            SECRET_KEY="shmchannels-tests",
+            INSTALLED_APPS=[],
+            DATABASES={},
+            USE_TZ=True,
+            CHANNEL_LAYERS={},
+        )
+        django.setup()
+    return settings
