@@ -99,7 +99,8 @@ typedef struct {
     /* 256: producers */
     uint64_t tail_pos __attribute__((aligned(64)));
     uint64_t tail_seq;
-    uint8_t _pad1[48];
+    uint64_t last_put_ns; /* on the producers' line: costs them nothing extra */
+    uint8_t _pad1[40];
     /* 320: consumers */
     uint64_t head_pos __attribute__((aligned(64)));
     uint64_t head_seq;
@@ -451,6 +452,7 @@ ring_put(RingObject *self, const char *meta, uint32_t mlen, const char *body, ui
     r->gen = w->gen;
     r->deadline_ns = now + expiry_ns;
     r->sent_ns = now;
+    __atomic_store_n(&h->last_put_ns, now, __ATOMIC_RELAXED);
     r->meta_len = mlen;
     __atomic_store_n(&r->seal, seal_of(h, p, ST_WRITING), __ATOMIC_RELEASE);
     FAULT(FAULT_AFTER_HEADER);
@@ -821,11 +823,49 @@ Ring_close(RingObject *self, PyObject *arg)
     if (PyErr_Occurred())
         return NULL;
     ring_hdr_t *h = self->h;
-    __atomic_store_n(&h->closer, closer, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->closer, closer + 1, __ATOMIC_RELEASE);
     __atomic_fetch_or(&h->tail_pos, CLOSED_BIT, __ATOMIC_SEQ_CST);
     __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
     futex_wake_all(&h->wake_seq);
     Py_RETURN_NONE;
+}
+
+/* retire(idle_ns) closes the ring if it is empty and nothing was put for
+ * idle_ns.  The CAS on tail makes "empty" and "closed" one step, so no put
+ * can slip in between.  Returns True if the ring is closed afterwards. */
+static PyObject *
+Ring_retire(RingObject *self, PyObject *args)
+{
+    CHECK_RING(self);
+    unsigned long long idle_ns;
+    unsigned int closer;
+    if (!PyArg_ParseTuple(args, "KI", &idle_ns, &closer))
+        return NULL;
+    ring_hdr_t *h = self->h;
+    uint64_t tp = load64(&h->tail_pos), ts = load64(&h->tail_seq);
+    if (tp & CLOSED_BIT)
+        Py_RETURN_TRUE;
+    uint64_t last = __atomic_load_n(&h->last_put_ns, __ATOMIC_RELAXED);
+    if (!last)
+        last = h->created_ns;
+    if (load64(&h->head_pos) != tp || now_ns() - last < idle_ns)
+        Py_RETURN_FALSE;
+    __atomic_store_n(&h->closer, (uint64_t)closer + 1, __ATOMIC_RELEASE);
+    if (!cas128(&h->tail_pos, tp, ts, tp | CLOSED_BIT, ts))
+        Py_RETURN_FALSE;
+    __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
+    futex_wake_all(&h->wake_seq);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Ring_get_closer(RingObject *self, void *closure)
+{
+    CHECK_RING(self);
+    uint64_t c = __atomic_load_n(&self->h->closer, __ATOMIC_ACQUIRE);
+    if (!c)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c - 1);
 }
 
 static PyObject *
@@ -997,7 +1037,7 @@ Ring_stats(RingObject *self, PyObject *unused)
         break;
     }
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsIsIsO}",
+        "{sKsKsKsKsKsKsKsKsKsKsIsIsO}",
         "sent", (unsigned long long)ts,
         "pending", (unsigned long long)(ts > hs ? ts - hs : 0),
         "bytes_used", (unsigned long long)((tp & ~CLOSED_BIT) - hp),
@@ -1007,6 +1047,7 @@ Ring_stats(RingObject *self, PyObject *unused)
         "recovered", (unsigned long long)__atomic_load_n(&h->recovered_total, __ATOMIC_RELAXED),
         "oldest_sent_ns", (unsigned long long)oldest,
         "created_ns", (unsigned long long)h->created_ns,
+        "last_put_ns", (unsigned long long)__atomic_load_n(&h->last_put_ns, __ATOMIC_RELAXED),
         "fifo_waiters", __atomic_load_n(&h->fifo_waiters, __ATOMIC_RELAXED),
         "futex_waiters", __atomic_load_n(&h->futex_waiters, __ATOMIC_RELAXED),
         "closed", (tp & CLOSED_BIT) ? Py_True : Py_False);
@@ -1024,6 +1065,7 @@ static PyMethodDef Ring_methods[] = {
     {"discard_all", (PyCFunction)Ring_discard_all, METH_NOARGS, "drop every consumable record"},
     {"reset", (PyCFunction)Ring_reset, METH_NOARGS, "drop everything up to the tail"},
     {"close", (PyCFunction)Ring_close, METH_O, "close(closer_id): refuse further puts"},
+    {"retire", (PyCFunction)Ring_retire, METH_VARARGS, "retire(idle_ns, closer_slot): close if empty and idle"},
     {"fifo_add", (PyCFunction)Ring_fifo_add, METH_O, "register a slot parked on its FIFO"},
     {"fifo_remove", (PyCFunction)Ring_fifo_remove, METH_O, "unregister a parked slot"},
     {"fifo_slots", (PyCFunction)Ring_fifo_slots, METH_NOARGS, "slots parked on this ring"},
@@ -1034,6 +1076,7 @@ static PyMethodDef Ring_methods[] = {
 
 static PyGetSetDef Ring_getset[] = {
     {"closed", (getter)Ring_get_closed, NULL, "ring refuses puts", NULL},
+    {"closer", (getter)Ring_get_closer, NULL, "slot that closed the ring, or None", NULL},
     {"pending", (getter)Ring_pending, NULL, "claims not yet consumed", NULL},
     {"fifo_waiters", (getter)Ring_get_fifo_waiters, NULL, NULL, NULL},
     {"futex_waiters", (getter)Ring_get_futex_waiters, NULL, NULL, NULL},

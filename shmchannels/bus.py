@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import threading
+import time
 
 from . import _shm, names, segments
 from .control import STATE_ACTIVE, Control, Liveness, segment_size
@@ -39,6 +40,9 @@ DEFAULT_SLOTS = 256
 STUCK_AFTER_NS = 20_000_000
 #: an unready head that no live claim explains is dropped after this long
 STUCK_RESET_NS = 2_000_000_000
+#: single-reader (``?``) rings empty and unused this long are retired
+RETIRE_IDLE_NS = 120_000_000_000
+_RETIRE_SWEEP_EVERY_NS = 10_000_000_000
 
 PUT_OK, PUT_WAKE, PUT_FULL, PUT_NOSPACE = _shm.PUT_OK, _shm.PUT_WAKE, _shm.PUT_FULL, _shm.PUT_NOSPACE
 PUT_TOO_BIG, PUT_CLOSED, PUT_FORKED = _shm.PUT_TOO_BIG, _shm.PUT_CLOSED, _shm.PUT_FORKED
@@ -109,6 +113,7 @@ class Bus:
         self._owned = {}
         self._fifo_fds = {}
         self._stuck = {}
+        self._last_retire_sweep = 0
         self.slot = None
         self.lock_fd = segments.open_lock_file(self.stem)
         self.liveness = Liveness(self.lock_fd)
@@ -326,7 +331,57 @@ class Bus:
             if len(self._rings) >= 4096:
                 self._trim_ring_cache()
             self._rings[key] = ring
-            return ring
+        if "?" in key:
+            now = _shm.monotonic_ns()
+            if now - self._last_retire_sweep > _RETIRE_SWEEP_EVERY_NS:
+                self._last_retire_sweep = now
+                self.retire_idle()
+        return ring
+
+    def reopen(self, key, ring):
+        """A fresh handle for an unowned ring found closed (retired by a janitor).
+
+        The janitor unlinks the name right after closing the ring; if the name
+        still maps the closed ring after a short wait, the janitor died in
+        between and we unlink it ourselves.
+        """
+        self.forget_ring(key)
+        for attempt in range(200):
+            fresh = self.ring(key)
+            if fresh is None or not fresh.closed:
+                return fresh
+            self.forget_ring(key)
+            if attempt > 20:
+                closer = fresh.closer
+                if closer is not None and not self.is_alive(closer):
+                    segments.unlink(segments.file_name(self.stem, f"r{segments.ring_hash(key)}"))
+                    continue
+            os.sched_yield() if attempt < 100 else time.sleep(0.001)
+        raise BusError(f"ring {key!r} stays closed under its name")
+
+    def retire_idle(self, idle_ns=RETIRE_IDLE_NS):
+        """Close and unlink single-reader rings that are empty and unused.
+
+        Their names are minted per request, so without this a long-running
+        server would keep one ring per request ever made.
+        """
+        retired = 0
+        for p in segments.bus_files(self.stem):
+            base = os.path.basename(p)
+            if not base[len(self.stem) + 1 :].startswith("r"):
+                continue
+            ring = self._open_unowned_by_name(base)
+            if ring is None or "?" not in ring.key:
+                continue
+            if ring.closed:
+                continue  # its closer unlinks it (or reopen() finds it dead)
+            if ring.retire(idle_ns, self.slot):
+                if ring.fifo_waiters:
+                    self.wake(ring)
+                segments.unlink(base)
+                self.forget_ring(ring.key)
+                retired += 1
+        return retired
 
     def owned_ring(self, key):
         """Create (or return) the ring of a ``prefix!`` minted by this process."""
@@ -417,6 +472,8 @@ class Bus:
                 raise ChannelFull(key)
             raise ChannelFull(f"{key} (ring out of space)")
         if status == PUT_CLOSED:
+            if ring.owner is None and (ring := self.reopen(key, ring)) is not None:
+                return self.put(ring, key, body, meta, expiry_ns, capacity, flags)
             self.forget_ring(key)
             return False
         if status == PUT_TOO_BIG:

@@ -90,16 +90,18 @@ class Control:
     """Typed access to one mapped control segment."""
 
     def __init__(self, mapping):
-        self.mapping = mapping
-        self.mem = _shm.Mem(mapping)
-        if self.mem.load(H_MAGIC) != MAGIC:
+        # Validate before exporting the mapping to Mem, so that a refused
+        # segment can still be closed.
+        magic, word = struct.unpack_from("QQ", mapping, H_MAGIC)
+        if magic != MAGIC:
             raise BusError("not a shmchannels control segment (bad magic)")
-        word = self.mem.load(H_VERSION)
         if word & 0xFFFFFFFF != VERSION:
             raise BusError(
                 f"bus was created by an incompatible shmchannels (control version {word & 0xFFFFFFFF}, "
                 f"this one speaks {VERSION}); stop its processes or use another prefix"
             )
+        self.mapping = mapping
+        self.mem = _shm.Mem(mapping)
         self.nslots = word >> 32
         self.slots_offset = HEADER_SIZE
         self.buckets_offset = HEADER_SIZE + self.nslots * SLOT_SIZE

@@ -174,7 +174,14 @@ class Core:
             if got:
                 self._last_rx = _shm.monotonic_ns()
                 return decode(got[1])
-            if got is None or not self._bus.unstick(ring):
+            if got is None:
+                if ring.closed and ring.owner is None:  # retired: follow the name
+                    self._recv_rings.pop(channel, None)
+                    self._bus.reopen(key, ring)
+                    ring, key, specific, own_meta = self.ring_for_receive(channel)
+                    continue
+                return None
+            if not self._bus.unstick(ring):
                 return None
 
     def take_prefix(self, key):

@@ -1,0 +1,204 @@
+"""SharedMemoryChannelLayer behaviour beyond the peer suites: limits, types,
+cancellation, several instances, threads and event loops, no polling."""
+
+import asyncio
+import math
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from shmchannels import ChannelFull, MessageTooLarge
+from shmchannels.layers import SharedMemoryChannelLayer
+
+
+@pytest.fixture
+def layer(prefix):
+    return SharedMemoryChannelLayer(prefix=prefix, capacity=10)
+
+
+async def test_bytes_and_str_stay_distinct_and_values_round_trip(layer):
+    msg = {
+        "type": "t",
+        "bytes": b"\xc2\xa3\x00\xff",
+        "text": "\u00a3\U0001F612",
+        "nested": {"list": [1, 2.5, None, True, b"x", "y"], "big": 2**63 - 1, "neg": -(2**63)},
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "tuple": (1, 2),
+    }
+    await layer.send("types", msg)
+    got = await layer.receive("types")
+    assert type(got["bytes"]) is bytes and got["bytes"] == msg["bytes"]
+    assert type(got["text"]) is str and got["text"] == msg["text"]
+    assert got["nested"] == msg["nested"]
+    assert math.isnan(got["nan"]) and got["inf"] == float("-inf")
+    assert got["tuple"] == [1, 2]  # ASGI allows tuples to come back as lists
+
+
+async def test_a_one_mebibyte_message_works_and_bigger_ones_raise(layer):
+    one_mib = b"\x01" * (1 << 20)
+    await layer.send("big", {"type": "x", "bytes": one_mib, "reply_channel": "a" * 99})
+    assert (await layer.receive("big"))["bytes"] == one_mib
+    with pytest.raises(MessageTooLarge, match="max_message_size"):
+        await layer.send("big", {"type": "x", "bytes": b"\0" * ((1 << 20) + (64 << 10))})
+    # the refused message cost nothing: the channel still works
+    await layer.send("big", {"type": "after"})
+    assert (await layer.receive("big"))["type"] == "after"
+
+
+async def test_max_message_size_is_configurable_and_checked_against_ring_size(prefix):
+    small = SharedMemoryChannelLayer(prefix=prefix, max_message_size=1000)
+    await small.send("c", {"b": b"x" * 900})
+    with pytest.raises(MessageTooLarge):
+        await small.send("c", {"b": b"x" * 1000})
+    with pytest.raises(ValueError, match="ring_size"):
+        SharedMemoryChannelLayer(prefix=prefix, ring_size=1 << 20, max_message_size=1 << 20)
+    await small.flush()
+
+
+async def test_unserializable_values_raise_type_error(layer):
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        await layer.send("c", {"obj": object()})
+    with pytest.raises(AssertionError):
+        await layer.send("c", ["not", "a", "dict"])
+
+
+async def test_invalid_names_raise_type_error_stating_the_rule(layer):
+    with pytest.raises(TypeError, match="ASCII alphanumerics"):
+        await layer.send("bad name", {})
+    with pytest.raises(TypeError):
+        await layer.send("q?x", {})  # Channels 4 has no single-reader channels
+    with pytest.raises(TypeError, match="Group"):
+        await layer.group_add("bad group!", "chan")
+
+
+async def test_channel_capacity_patterns(prefix):
+    import re
+
+    lay = SharedMemoryChannelLayer(prefix=prefix, capacity=5, channel_capacity={"tiny*": 1, re.compile(r"^exact$"): 2})
+    await lay.send("tiny.one", {})
+    with pytest.raises(ChannelFull):
+        await lay.send("tiny.one", {})
+    await lay.send("exact", {})
+    await lay.send("exact", {})
+    with pytest.raises(ChannelFull):
+        await lay.send("exact", {})
+    for _ in range(5):
+        await lay.send("other", {})
+    with pytest.raises(ChannelFull):
+        await lay.send("other", {})
+    await lay.flush()
+
+
+async def test_channel_full_leaves_queued_messages_intact(layer):
+    for i in range(10):
+        await layer.send("full", {"i": i})
+    with pytest.raises(ChannelFull):
+        await layer.send("full", {"i": 10})
+    assert [(await layer.receive("full"))["i"] for _ in range(10)] == list(range(10))
+
+
+async def test_cancelled_receives_lose_and_duplicate_nothing(layer):
+    ch = await layer.new_channel()
+    for channel in (ch, "plain.cancel"):
+        expected = []
+        got = []
+        for i in range(200):
+            task = asyncio.ensure_future(layer.receive(channel))
+            await asyncio.sleep(0)
+            if i % 3 == 0:
+                await layer.send(channel, {"i": i})
+                expected.append(i)
+            task.cancel()
+            try:
+                got.append((await task)["i"])
+            except asyncio.CancelledError:
+                pass
+        while len(got) < len(expected):
+            got.append((await asyncio.wait_for(layer.receive(channel), 2))["i"])
+        assert got == expected
+
+
+async def test_group_expiry_ends_memberships_but_message_expiry_does_not(prefix):
+    lay = SharedMemoryChannelLayer(prefix=prefix, expiry=0.2, group_expiry=1)
+    ch = await lay.new_channel()
+    await lay.group_add("g", ch)
+    await lay.group_send("g", {"n": 1})
+    await asyncio.sleep(0.4)  # message 1 expires unread
+    await lay.group_send("g", {"n": 2})
+    assert (await lay.receive(ch))["n"] == 2  # still a member
+    await asyncio.sleep(1.0)  # past group_expiry
+    await lay.group_send("g", {"n": 3})
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(lay.receive(ch), 0.3)
+    await lay.flush()
+
+
+async def test_instances_with_one_prefix_share_a_bus_and_prefixes_are_isolated(prefix):
+    a = SharedMemoryChannelLayer(prefix=prefix)
+    b = SharedMemoryChannelLayer(prefix=prefix)
+    other = SharedMemoryChannelLayer(prefix=prefix + "o")
+    assert a.client_prefix != b.client_prefix
+    await a.send("shared", {"from": "a"})
+    assert (await b.receive("shared")) == {"from": "a"}
+    await other.send("shared", {"from": "other"})
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.receive("shared"), 0.2)
+    ch = await b.new_channel()
+    await a.send(ch, {"to": "b"})
+    assert await b.receive(ch) == {"to": "b"}
+    with pytest.raises(AssertionError, match="new_channel"):
+        await a.receive(ch)  # only the instance that made it may receive
+    await other.flush()
+    await a.flush()
+    other.core.bus.detach()
+
+
+def test_receivers_on_many_threads_and_loops(layer):
+    chans = [async_to_sync(layer.new_channel)() for _ in range(6)]
+    results = {}
+
+    def wait(ch):
+        results[ch] = async_to_sync(layer.receive)(ch)
+
+    threads = [threading.Thread(target=wait, args=(ch,)) for ch in chans]
+    for t in threads:
+        t.start()
+    for i, ch in enumerate(reversed(chans)):
+        async_to_sync(layer.send)(ch, {"i": i})
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(m["i"] for m in results.values()) == list(range(6))
+
+
+async def test_a_parked_receiver_is_not_woken_without_traffic(layer):
+    ch = await layer.new_channel()
+    hub = layer.core.bus.hub
+    wakes = []
+    original = hub._on_readable
+    hub._on_readable = lambda: (wakes.append(1), original())
+    try:
+        task = asyncio.ensure_future(layer.receive(ch))
+        await asyncio.sleep(0.5)
+        assert wakes == []  # parked in epoll: nothing woke the loop
+        await layer.send(ch, {"ok": 1})
+        assert (await asyncio.wait_for(task, 2)) == {"ok": 1}
+    finally:
+        hub._on_readable = original
+
+
+async def test_flush_empties_channels_groups_and_local_buffers(layer):
+    ch = await layer.new_channel()
+    other = await layer.new_channel()
+    await layer.group_add("g", ch)
+    await layer.send(ch, {"n": 1})
+    await layer.send(other, {"n": 2})
+    await layer.send("named", {"n": 3})
+    await layer.receive(other)  # drains other's record; ch's stays buffered or in the ring
+    await layer.flush()
+    await layer.group_send("g", {"n": 4})
+    for c in (ch, other, "named"):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(c), 0.2)
