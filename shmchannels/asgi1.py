@@ -110,6 +110,27 @@ class ChannelLayer:
                 for w in waits:
                     w.cancel()
 
+    async def stream(self, prefix):
+        """Yield (channel, message) from a ``prefix!`` of this process, forever.
+
+        The reply reader of a protocol server: it takes without waiting while
+        records are there (spinning briefly while traffic flows) and parks on
+        the process's wake FIFO when there are none.
+        """
+        names.require_channel(prefix, receive=True, v1=True)
+        if not prefix.endswith("!"):
+            raise TypeError(f"stream() reads a process prefix ending in '!', not {prefix!r}")
+        core = self.core
+        while True:
+            got = core.take_prefix(prefix)
+            if got is not None:
+                yield got
+                continue
+            ring, key = core.ring_for_receive(prefix)[:2]
+            ready = core.ready_check(prefix)
+            if not core.spin(ready):
+                await core.bus.hub.wait(ring, key, ready, None, core.park_timeout)
+
     def new_channel(self, pattern):
         """A new single-reader channel name: ``pattern`` must end in ``?``."""
         if not isinstance(pattern, str) or not pattern.endswith("?") or pattern.count("?") != 1 or "!" in pattern:

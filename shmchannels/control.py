@@ -193,8 +193,18 @@ class Control:
             self.mem.store(base + S_INTENT + off, 0)
         self.mem.store(base + S_STATE, STATE_FREE)
 
-    def beat(self, index):
-        self.mem.store(self.slot_offset(index) + S_HEARTBEAT, _shm.monotonic_ns())
+    def beat(self, index, value_ns=None):
+        """Record a heartbeat: CLOCK_MONOTONIC ns of the last sign of health
+        (for a worker: when its oldest running consumer started)."""
+        self.mem.store(self.slot_offset(index) + S_HEARTBEAT, _shm.monotonic_ns() if value_ns is None else value_ns)
+
+    def find_pid(self, pid):
+        """The active slot of process ``pid``, or None."""
+        for i in range(self.nslots):
+            base = self.slot_offset(i)
+            if self.mem.load(base + S_PID) == pid and self.mem.load(base + S_STATE) == STATE_ACTIVE:
+                return i
+        return None
 
     def intent(self, index):
         """The slot's in-flight claim, or None.  Read as a seqlock."""

@@ -32,6 +32,14 @@ def configure(**config):
     return _default
 
 
+def use_layer(layer):
+    """Make ``layer`` the default (workers do this with their own layer)."""
+    global _default
+    with _default_lock:
+        _default = layer
+    return layer
+
+
 def _django_config():
     try:
         from django.conf import settings

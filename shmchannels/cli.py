@@ -1,0 +1,410 @@
+"""The `shmchannels` command.
+
+    shmchannels serve      master + protocol servers + workers (gunicorn-style)
+    shmchannels worker     one standalone worker against a running bus
+    shmchannels dev        one process: protocol server + worker threads + autoreload
+    shmchannels send       send a JSON message to a channel
+    shmchannels group-send send a JSON message to a group
+    shmchannels status     processes, channels and groups of a bus
+    shmchannels reload     HUP (workers) or roll protocol servers of a running master
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+import orjson
+from gunicorn.errors import AppImportError, ConfigError
+
+from . import __version__, config as config_mod, control, objects, segments
+
+RELOAD_EXIT = 75  # a dev child asking its parent to restart it
+
+
+def _prefix_arg(parser):
+    parser.add_argument(
+        "--prefix", default=None,
+        help="bus prefix (default: from the config file, SHMCHANNELS_PREFIX, else 'asgi')",
+    )
+
+
+def _config_arg(parser):
+    parser.add_argument("-c", "--config", default=None, metavar="FILE",
+                        help="TOML config file (default: ./shmchannels.toml, else [tool.shmchannels] in ./pyproject.toml)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="shmchannels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"shmchannels {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the master with protocol servers and workers")
+    _config_arg(serve)
+    serve.add_argument("--check-config", action="store_true", help="load the config and the application, then exit")
+    serve.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    config_mod.add_arguments(serve)
+
+    worker = sub.add_parser("worker", help="run one standalone worker against a running bus")
+    _config_arg(worker)
+    config_mod.add_arguments(worker, [
+        "routing", "wsgi", "prefix", "threads", "only_channels", "exclude_channels", "capacity",
+        "expiry", "group_expiry", "ring_size", "reply_capacity", "loglevel", "timeout", "graceful_timeout",
+        "pythonpath", "chdir",
+    ])
+
+    dev = sub.add_parser("dev", help="one process for development: protocol server + worker threads + autoreload")
+    _config_arg(dev)
+    dev.add_argument("--no-reload", action="store_true", help="do not restart when source files change")
+    config_mod.add_arguments(dev, [
+        "routing", "wsgi", "prefix", "bind", "threads", "capacity", "expiry", "group_expiry", "ring_size",
+        "loglevel", "root_path", "http_timeout", "pythonpath", "chdir",
+    ])
+
+    send = sub.add_parser("send", help="send a JSON object as a message to a channel")
+    _prefix_arg(send)
+    send.add_argument("channel")
+    send.add_argument("json", help='the message, e.g. \'{"text": "hello"}\'')
+
+    gsend = sub.add_parser("group-send", help="send a JSON object as a message to a group")
+    _prefix_arg(gsend)
+    gsend.add_argument("group")
+    gsend.add_argument("json")
+
+    status = sub.add_parser("status", help="show processes, channels and groups of a bus")
+    _prefix_arg(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    reload = sub.add_parser("reload", help="roll the workers (HUP) or the protocol servers of a running master")
+    _prefix_arg(reload)
+    reload.add_argument("--protocol-servers", action="store_true",
+                        help="roll protocol servers instead (their WebSockets close with 1012)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args) or 0
+    except BrokenPipeError:  # `shmchannels status | head`
+        sys.stderr.close()
+        return 0
+    except (ConfigError, AppImportError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError) as exc:
+        if args.command in ("send", "group-send", "status", "reload"):
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args):
+    from .application import ShmApplication
+
+    app = ShmApplication(config_file=args.config, cli=config_mod.cli_values(args))
+    if args.print_config:
+        print(f"# config file: {app.shm.config_file or '(none)'}")
+        print(app.shm.describe())
+        return 0
+    if args.check_config:
+        app.load()  # imports the routing and the WSGI app, as a worker would
+        print(f"Config OK ({app.shm.config_file or 'no config file'}); application loaded.")
+        return 0
+    app.run()
+    return 0
+
+
+# --------------------------------------------------------------- worker
+
+
+def _load_shm_config(args):
+    shm = config_mod.ShmConfig().load(args.config, cli=config_mod.cli_values(args))
+    cfg = shm.cfg
+    if cfg.chdir and os.getcwd() != cfg.chdir:
+        os.chdir(cfg.chdir)
+    if cfg.pythonpath:
+        for path in reversed(cfg.pythonpath.split(",")):
+            sys.path.insert(0, path)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return shm
+
+
+def _setup_logging(level):
+    import logging
+
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+
+
+def cmd_worker(args):
+    import shmchannels
+
+    from .application import WorkerBundle
+    from .processes import layer_options
+    from .workers.runner import ConsumerRunner, select_channels
+
+    shm = _load_shm_config(args)
+    cfg = shm.cfg
+    _setup_logging(cfg.loglevel)
+    bundle = WorkerBundle(cfg)
+    layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
+    objects.use_layer(layer)
+    bus = layer.core.bus
+    bus.control.set_kind(bus.slot, "worker")
+    bus.control.set_label(bus.slot, "standalone worker")
+    channels = select_channels(bundle.router.channels(), cfg.only_channels, cfg.exclude_channels)
+    runner = ConsumerRunner(layer, bundle.router, channels, threads=cfg.threads)
+    stopping = []
+
+    def stop(signum, frame):
+        if stopping:  # a second signal: leave now
+            os._exit(1)
+        stopping.append(signum)
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"shmchannels worker on bus {cfg.prefix!r}: {', '.join(channels)} ({cfg.threads} thread(s))", flush=True)
+    runner.start()
+    while runner.alive:
+        busy = runner.busy_since()
+        bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
+        runner.join(timeout=1.0)
+    runner.stop()
+    runner.join(timeout=cfg.graceful_timeout)
+    return 0
+
+
+# ------------------------------------------------------------------ dev
+
+
+def cmd_dev(args):
+    if args.no_reload or os.environ.get("SHMCHANNELS_DEV_CHILD"):
+        return _dev_child(args)
+    return _dev_parent()
+
+
+def _dev_parent():
+    """Bind once, then run the dev server in a child, restarting it when its
+    sources change (the child watches its own modules and exits with
+    RELOAD_EXIT).  Binding here keeps the port across restarts."""
+    import subprocess
+
+    from gunicorn import sock as gsock
+
+    shm = config_mod.ShmConfig().load(None)
+    argv = [sys.executable, "-m", "shmchannels"] + sys.argv[1:]
+    bind = _dev_bind_from_argv(sys.argv[1:]) or shm.cfg.bind
+    shm.cfg.set("bind", bind)
+    listeners = gsock.create_sockets(shm.cfg, _PrintLog())
+    fds = [lst.sock.fileno() for lst in listeners]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    env = dict(os.environ, SHMCHANNELS_DEV_CHILD="1", SHMCHANNELS_DEV_FDS=",".join(map(str, fds)))
+    while True:
+        child = subprocess.Popen(argv, env=env, pass_fds=fds)
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            return child.wait()
+        if rc != RELOAD_EXIT:
+            return rc
+        print("shmchannels dev: source changed, restarting", flush=True)
+
+
+def _dev_bind_from_argv(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-b", "--bind", action="append")
+    known, _ = parser.parse_known_args(argv)
+    return known.bind
+
+
+class _PrintLog:
+    def info(self, msg, *args):
+        print(msg % args, flush=True)
+
+    debug = warning = error = info
+
+
+def _dev_child(args):
+    import asyncio
+    import socket
+
+    import shmchannels
+
+    from .application import WorkerBundle
+    from .processes import layer_options
+    from .server.config import ProtocolConfig
+    from .server.server import ProtocolServer
+    from .workers.runner import ConsumerRunner
+
+    shm = _load_shm_config(args)
+    cfg = shm.cfg
+    _setup_logging(cfg.loglevel)
+    bundle = WorkerBundle(cfg)
+    layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
+    objects.use_layer(layer)
+    runner = ConsumerRunner(layer, bundle.router, threads=max(cfg.threads, 4))
+    runner.start()
+    fds = os.environ.get("SHMCHANNELS_DEV_FDS")
+    sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")] if fds else []
+    pconfig = ProtocolConfig(prefix=cfg.prefix, bind=[] if sockets else list(cfg.bind), root_path=cfg.root_path,
+                             http_timeout=cfg.http_timeout)
+    if not args.no_reload:
+        from gunicorn.reloader import Reloader
+
+        Reloader(callback=lambda filename: os._exit(RELOAD_EXIT)).start()
+
+    async def main():
+        server = ProtocolServer(layer, pconfig, sockets)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.begin_shutdown)
+        await server.serve()
+        where = ", ".join(str(s.getsockname()) for s in sockets) or ", ".join(cfg.bind)
+        print(f"shmchannels dev: serving on {where} (bus {cfg.prefix!r}); Ctrl-C to stop", flush=True)
+        await server.wait_closed()
+
+    asyncio.run(main())
+    runner.stop()
+    runner.join(timeout=5)
+    return 0
+
+
+# ------------------------------------------------------------- one-shots
+
+
+def _resolve_prefix(args):
+    if args.prefix:
+        return args.prefix
+    _, table = config_mod.find_config_file()
+    return os.environ.get("SHMCHANNELS_PREFIX") or table.get("prefix") or "asgi"
+
+
+def _json_dict(text):
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the message is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("the message must be a JSON object")
+    return value
+
+
+def cmd_send(args):
+    import shmchannels
+
+    layer = shmchannels.ChannelLayer(prefix=_resolve_prefix(args))
+    layer.send(args.channel, _json_dict(args.json))
+    print(f"sent to {args.channel}")
+
+
+def cmd_group_send(args):
+    import shmchannels
+
+    layer = shmchannels.ChannelLayer(prefix=_resolve_prefix(args))
+    layer.send_group(args.group, _json_dict(args.json))
+    print(f"sent to group {args.group}")
+
+
+def _existing_bus(prefix):
+    stem = segments.bus_stem(prefix)
+    if not os.path.exists(segments.path(segments.file_name(stem, "ctl"))):
+        print(f"No bus with prefix {prefix!r} on this host (nothing in /dev/shm).", file=sys.stderr)
+        return None
+    from . import bus as bus_mod
+
+    return bus_mod.attach(prefix, kind="cli", label="shmchannels status")
+
+
+def cmd_status(args):
+    prefix = _resolve_prefix(args)
+    bus = _existing_bus(prefix)
+    if bus is None:
+        return 1
+    from . import _shm
+
+    now = _shm.monotonic_ns()
+    snap = bus.status()
+    procs = [p for p in snap["processes"] if p.index != bus.slot]
+    master = bus.control.master_slot
+    if args.json:
+        out = {
+            "prefix": prefix,
+            "processes": [
+                {"slot": p.index, "pid": p.pid, "kind": p.kind, "label": p.label,
+                 "heartbeat_age": round((now - p.heartbeat_ns) / 1e9, 3), "master": p.index == master}
+                for p in procs
+            ],
+            "channels": [
+                {"channel": r["key"], "pending": r["pending"], "sent": r["sent"], "full": r["full"],
+                 "expired": r["expired"], "oldest_age": round((now - r["oldest_sent_ns"]) / 1e9, 3) if r["oldest_sent_ns"] else None,
+                 "owner_slot": r["owner"][0] if r["owner"] else None}
+                for r in snap["rings"]
+            ],
+            "groups": snap["groups"],
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(f"bus {prefix!r}: {len(procs)} process(es), {len(snap['rings'])} channel ring(s), {len(snap['groups'])} group(s)")
+    print("\nPROCESSES")
+    print(f"  {'slot':>4}  {'pid':>7}  {'kind':<9} {'heartbeat':>9}  label")
+    for p in sorted(procs, key=lambda p: (p.kind, p.index)):
+        age = (now - p.heartbeat_ns) / 1e9
+        print(f"  {p.index:>4}  {p.pid:>7}  {p.kind:<9} {age:>8.1f}s  {p.label}")
+    print("\nCHANNELS")
+    print(f"  {'pending':>7}  {'oldest':>8}  {'sent':>9}  {'full':>6}  {'expired':>7}  channel")
+    for r in sorted(snap["rings"], key=lambda r: r["key"]):
+        oldest = f"{(now - r['oldest_sent_ns']) / 1e9:.1f}s" if r["oldest_sent_ns"] else "-"
+        print(f"  {r['pending']:>7}  {oldest:>8}  {r['sent']:>9}  {r['full']:>6}  {r['expired']:>7}  {r['key']}")
+    print("\nGROUPS")
+    for group, count in snap["groups"].items():
+        print(f"  {count:>7}  {group}")
+    if not snap["groups"]:
+        print("  (none)")
+    return 0
+
+
+def cmd_reload(args):
+    prefix = _resolve_prefix(args)
+    stem = segments.bus_stem(prefix)
+    mapping = segments.open_existing(segments.file_name(stem, "ctl"))
+    if mapping is None:
+        print(f"No bus with prefix {prefix!r}: is `shmchannels serve` running?", file=sys.stderr)
+        return 1
+    ctl = control.Control(mapping)
+    slot = ctl.master_slot
+    if slot is None:
+        print(f"Bus {prefix!r} has no master (started without `shmchannels serve`?)", file=sys.stderr)
+        return 1
+    pid = ctl.read_slot(slot).pid
+    sig = signal.SIGUSR2 if args.protocol_servers else signal.SIGHUP
+    os.kill(pid, sig)
+    what = "protocol servers" if args.protocol_servers else "workers"
+    print(f"asked master {pid} to roll its {what}")
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "dev": cmd_dev,
+    "send": cmd_send,
+    "group-send": cmd_group_send,
+    "status": cmd_status,
+    "reload": cmd_reload,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""Configuration of `shmchannels serve` / `worker` / `dev`.
+
+Settings are gunicorn ``Setting`` classes: the ones shmchannels adds are
+defined here, and a curated subset of gunicorn's own (bind, workers,
+timeouts, limits, logging, pidfile ...) is exposed with gunicorn's names,
+flags, validators and meaning.  Values are applied in gunicorn's order of
+precedence, lowest first:
+
+1. defaults;
+2. the config file: ``-c FILE``, else ``./shmchannels.toml``, else
+   ``[tool.shmchannels]`` in ``./pyproject.toml`` (TOML; keys are setting
+   names, ``-`` or ``_``);
+3. environment variables ``SHMCHANNELS_<NAME>`` (lists comma-separated);
+4. command-line flags.
+
+An unknown key or an invalid value is an error naming the setting.
+"""
+
+import argparse
+import os
+import tomllib
+
+from gunicorn import config as gconfig
+from gunicorn.config import Setting, validate_bool, validate_pos_int, validate_string
+from gunicorn.errors import ConfigError
+
+ENV_PREFIX = "SHMCHANNELS_"
+CONFIG_FILE = "shmchannels.toml"
+
+
+def validate_float(val):
+    if isinstance(val, bool):
+        raise TypeError("Not a number: %r" % val)
+    try:
+        val = float(val)
+    except (TypeError, ValueError):
+        raise TypeError("Not a number: %r" % val) from None
+    if val < 0:
+        raise ValueError("Value must be non-negative: %s" % val)
+    return val
+
+
+def validate_optional_string(val):
+    return None if val is None or val == "" else validate_string(val)
+
+
+def validate_glob_list(val):
+    if val is None:
+        return []
+    if isinstance(val, str):
+        val = [v.strip() for v in val.split(",")]
+    if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) for v in val):
+        raise TypeError("Not a list of channel name globs: %r" % (val,))
+    return [v for v in val if v]
+
+
+class ShmSetting:
+    """Mixin marking settings that belong to shmchannels (gunicorn's metaclass
+    registers every Setting subclass, so the marker cannot be a Setting)."""
+
+
+class ProtocolServers(ShmSetting, Setting):
+    name = "protocol_servers"
+    section = "Processes"
+    cli = ["--protocol-servers"]
+    meta = "INT"
+    validator = validate_pos_int
+    type = int
+    default = 1
+    desc = """\
+        The number of protocol-server processes (HTTP/WebSocket termination).
+
+        They share the listening sockets; one per core is a good start.
+        """
+
+
+class Wsgi(ShmSetting, Setting):
+    name = "wsgi"
+    section = "Application"
+    cli = ["--wsgi"]
+    meta = "MODULE:APP"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        A WSGI application to serve HTTP through the workers, e.g.
+        ``mysite.wsgi:application`` (Django) or ``app:app`` (Flask).
+
+        It becomes the default ``http.request`` consumer.
+        """
+
+
+class Routing(ShmSetting, Setting):
+    name = "routing"
+    section = "Application"
+    cli = ["--routing"]
+    meta = "MODULE:ROUTES"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        The channel routing: a dict ``{channel: consumer}`` or a list of
+        ``route()`` / ``include()``, e.g. ``myapp.routing:routes``.
+
+        Without ``routing`` and ``wsgi`` the built-in demo is served.
+        """
+
+
+class Prefix(ShmSetting, Setting):
+    name = "prefix"
+    section = "Channel layer"
+    cli = ["--prefix"]
+    meta = "NAME"
+    validator = validate_string
+    default = "asgi"
+    desc = """\
+        The bus prefix: processes with the same prefix share channels and groups.
+        """
+
+
+class RingSize(ShmSetting, Setting):
+    name = "ring_size"
+    section = "Channel layer"
+    cli = ["--ring-size"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = 8 << 20
+    desc = """\
+        Bytes of message space per channel ring (a power of two).
+        """
+
+
+class Capacity(ShmSetting, Setting):
+    name = "capacity"
+    section = "Channel layer"
+    cli = ["--capacity"]
+    meta = "INT"
+    validator = validate_pos_int
+    type = int
+    default = 100
+    desc = """\
+        Messages a channel holds before senders get ChannelFull.
+        """
+
+
+class ReplyCapacity(ShmSetting, Setting):
+    name = "reply_capacity"
+    section = "Channel layer"
+    cli = ["--reply-capacity"]
+    meta = "INT"
+    validator = validate_pos_int
+    type = int
+    default = 10000
+    desc = """\
+        Capacity of each protocol server's reply rings (all its connections share one).
+        """
+
+
+class Expiry(ShmSetting, Setting):
+    name = "expiry"
+    section = "Channel layer"
+    cli = ["--expiry"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = 60.0
+    desc = """\
+        Seconds after which an unread message is dropped.
+        """
+
+
+class GroupExpiry(ShmSetting, Setting):
+    name = "group_expiry"
+    section = "Channel layer"
+    cli = ["--group-expiry"]
+    meta = "SECONDS"
+    validator = validate_pos_int
+    type = int
+    default = 86400
+    desc = """\
+        Seconds after which a group membership ends.
+        """
+
+
+class OnlyChannels(ShmSetting, Setting):
+    name = "only_channels"
+    section = "Processes"
+    cli = ["--only-channels"]
+    meta = "GLOBS"
+    validator = validate_glob_list
+    default = []
+    desc = """\
+        Workers listen only on routed channels matching these globs (comma-separated).
+        """
+
+
+class ExcludeChannels(ShmSetting, Setting):
+    name = "exclude_channels"
+    section = "Processes"
+    cli = ["--exclude-channels"]
+    meta = "GLOBS"
+    validator = validate_glob_list
+    default = []
+    desc = """\
+        Workers do not listen on routed channels matching these globs.
+        """
+
+
+class ProtocolTimeout(ShmSetting, Setting):
+    name = "protocol_timeout"
+    section = "Processes"
+    cli = ["--protocol-timeout"]
+    meta = "SECONDS"
+    validator = validate_pos_int
+    type = int
+    default = 30
+    desc = """\
+        A protocol server whose event loop has not ticked for this long is
+        stuck: it is aborted (SIGABRT, then SIGKILL) and replaced.
+        """
+
+
+class HttpTimeout(ShmSetting, Setting):
+    name = "http_timeout"
+    section = "HTTP"
+    cli = ["--http-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = 60.0
+    desc = """\
+        Seconds to wait for a worker's response before answering 504.
+        """
+
+
+class LimitRequestBody(ShmSetting, Setting):
+    name = "limit_request_body"
+    section = "HTTP"
+    cli = ["--limit-request-body"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = 1 << 30
+    desc = """\
+        Largest request body accepted (413 above it); 0 means no limit.
+        """
+
+
+class ProxyHeaders(ShmSetting, Setting):
+    name = "proxy_headers"
+    section = "HTTP"
+    cli = ["--proxy-headers"]
+    validator = validate_bool
+    action = "store_true"
+    type = bool
+    default = False
+    desc = """\
+        Trust X-Forwarded-For/-Proto/-Host/-Port from ``forwarded_allow_ips``.
+        """
+
+
+class WsMaxSize(ShmSetting, Setting):
+    name = "ws_max_size"
+    section = "WebSocket"
+    cli = ["--ws-max-size"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = 1 << 20
+    desc = """\
+        Largest WebSocket message; bigger ones close the socket with 1009.
+        """
+
+
+class WsPingInterval(ShmSetting, Setting):
+    name = "ws_ping_interval"
+    section = "WebSocket"
+    cli = ["--ws-ping-interval"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = 20.0
+    desc = """\
+        Seconds between keep-alive pings (0 disables them).
+        """
+
+
+class WsPingTimeout(ShmSetting, Setting):
+    name = "ws_ping_timeout"
+    section = "WebSocket"
+    cli = ["--ws-ping-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = 20.0
+    desc = """\
+        Seconds to wait for a pong before closing with 1011.
+        """
+
+
+class WebsocketConnectTimeout(ShmSetting, Setting):
+    name = "websocket_connect_timeout"
+    section = "WebSocket"
+    cli = ["--websocket-connect-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = 5.0
+    desc = """\
+        Seconds a consumer has to accept a WebSocket before it is rejected (403).
+        """
+
+
+class Uvloop(ShmSetting, Setting):
+    name = "uvloop"
+    section = "Processes"
+    cli = ["--uvloop"]
+    meta = "auto|on|off"
+    validator = validate_string
+    default = "auto"
+    desc = """\
+        Use uvloop in protocol servers: ``auto`` when it is installed.
+        """
+
+
+#: gunicorn settings exposed unchanged (name, flags, validation, meaning).
+GUNICORN_SETTINGS = [
+    "bind", "backlog", "workers", "threads", "timeout", "graceful_timeout", "keepalive",
+    "max_requests", "max_requests_jitter", "limit_request_line", "limit_request_fields",
+    "limit_request_field_size", "forwarded_allow_ips", "root_path", "pidfile", "umask",
+    "user", "group", "loglevel", "accesslog", "errorlog", "access_log_format", "logconfig",
+    "capture_output", "proc_name", "reuse_port", "chdir", "pythonpath", "raw_env",
+    "preload_app", "worker_tmp_dir",
+]
+
+SHM_SETTINGS = [cls.name for cls in gconfig.KNOWN_SETTINGS if issubclass(cls, ShmSetting)]
+EXPOSED = SHM_SETTINGS + GUNICORN_SETTINGS
+
+
+def _key(name):
+    return name.replace("-", "_").lower()
+
+
+def find_config_file(explicit=None, cwd=None):
+    """(path, table) of the config file in effect, or (None, {})."""
+    cwd = cwd or os.getcwd()
+    if explicit:
+        with open(explicit, "rb") as f:
+            data = tomllib.load(f)
+        if os.path.basename(explicit) == "pyproject.toml":
+            data = data.get("tool", {}).get("shmchannels", {})
+        return explicit, data
+    path = os.path.join(cwd, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return path, tomllib.load(f)
+    path = os.path.join(cwd, "pyproject.toml")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            data = tomllib.load(f).get("tool", {}).get("shmchannels")
+        if data is not None:
+            return path, data
+    return None, {}
+
+
+def env_values(environ=None):
+    environ = os.environ if environ is None else environ
+    values = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = _key(key[len(ENV_PREFIX):])
+        if name in EXPOSED:
+            values[name] = raw
+    return values
+
+
+class ShmConfig:
+    """A gunicorn Config plus where each value came from."""
+
+    def __init__(self):
+        self.cfg = gconfig.Config(prog="shmchannels")
+        self.sources = {}
+        self.config_file = None
+        # shmchannels' own defaults for gunicorn settings
+        self.cfg.set("keepalive", 5)
+        self.cfg.set("proc_name", "shmchannels")
+        self.cfg.set("worker_class", "sync")  # unused: the arbiter picks the classes
+        # gunicorn's control socket drives its single pool; ours is the bus
+        # (`shmchannels status`) and the signals.
+        self.cfg.set("control_socket_disable", True)
+
+    def set(self, name, value, source):
+        name = _key(name)
+        if name not in EXPOSED:
+            raise ConfigError(
+                f"unknown setting {name!r} (from {source}); known settings: {', '.join(sorted(EXPOSED))}"
+            )
+        setting = self.cfg.settings[name]
+        if isinstance(value, str) and name in ("bind", "raw_env", "forwarded_allow_ips"):
+            value = [v.strip() for v in value.split(",") if v.strip()] if name != "forwarded_allow_ips" else value
+        if setting.validator is validate_bool and not isinstance(value, bool):
+            value = str(value).strip().lower() in ("1", "true", "yes", "on")
+        try:
+            self.cfg.set(name, value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid value {value!r} for {name} (from {source}): {exc}") from None
+        self.sources[name] = source
+
+    def load(self, config_file=None, environ=None, cli=None):
+        path, table = find_config_file(config_file)
+        self.config_file = path
+        for key, value in table.items():
+            self.set(key, value, f"config file {path}")
+        for key, value in env_values(environ).items():
+            self.set(key, value, f"environment {ENV_PREFIX}{key.upper()}")
+        for key, value in (cli or {}).items():
+            self.set(key, value, "command line")
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.cfg, name)
+
+    def describe(self):
+        """Lines of ``name = value  (source)`` for --print-config."""
+        lines = []
+        width = max(len(n) for n in EXPOSED)
+        for name in EXPOSED:
+            value = self.cfg.settings[name].get()
+            lines.append(f"{name:{width}} = {value!r}  ({self.sources.get(name, 'default')})")
+        return "\n".join(lines)
+
+
+def add_arguments(parser, names=None):
+    """Add the flags of the exposed settings to an argparse parser.
+
+    Values are collected as strings/booleans into ``args.settings`` and are
+    validated when applied (so a bad flag reports the setting it belongs to).
+    """
+    group_by_section = {}
+    for name in names or EXPOSED:
+        setting = gconfig.KNOWN_SETTINGS[[s.name for s in gconfig.KNOWN_SETTINGS].index(name)]
+        if not setting.cli:
+            continue
+        section = setting.section or "Other"
+        group = group_by_section.get(section)
+        if group is None:
+            group = group_by_section[section] = parser.add_argument_group(section)
+        kwargs = {"dest": "setting__" + name, "default": argparse.SUPPRESS, "help": setting.short}
+        if setting.action in ("store_true", "store_const"):
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+        elif setting.action == "append" or name in ("bind", "raw_env"):
+            kwargs["action"] = "append"
+            kwargs["metavar"] = setting.meta
+        else:
+            kwargs["metavar"] = setting.meta
+        group.add_argument(*setting.cli, **kwargs)
+
+
+def cli_values(args):
+    return {k[len("setting__"):]: v for k, v in vars(args).items() if k.startswith("setting__")}

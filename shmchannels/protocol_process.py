@@ -1,0 +1,111 @@
+"""The protocol-server process: gunicorn's Worker running the asyncio server.
+
+It never imports the application.  Signals, translated for an event loop:
+TERM drains (stop accepting, finish HTTP, close WebSockets 1001); USR2 is the
+master rolling protocol servers (the same, with 1012); QUIT/INT exit at once;
+USR1 reopens logs; ABRT (a stuck loop, sent by the master) exits 1.  A timer
+on the event loop stamps the heartbeat: if the loop stops running, the stamp
+ages and the master aborts the process.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+
+from gunicorn.workers.base import Worker
+
+import shmchannels
+from shmchannels import processes
+
+TICK = 1.0
+
+
+class ProtocolServerProcess(Worker):
+    kind = "protocol"
+
+    def init_process(self):
+        processes.die_with_parent()
+        processes.set_title(f"shmchannels: protocol [{self.cfg.proc_name}]")
+        processes.wire_logging(self.log, self.cfg.loglevel)
+        super().init_process()
+
+    def load_wsgi(self):
+        """Protocol servers run no application code."""
+
+    def init_signals(self):
+        super().init_signals()
+        signal.set_wakeup_fd(-1)  # asyncio installs its own
+
+    def protocol_config(self):
+        from shmchannels.server.config import ProtocolConfig
+
+        cfg = self.cfg
+        return ProtocolConfig(
+            prefix=cfg.prefix,
+            root_path=cfg.root_path,
+            proxy_headers=cfg.proxy_headers,
+            forwarded_allow_ips=cfg.forwarded_allow_ips,
+            keepalive=cfg.keepalive,
+            limit_request_line=cfg.limit_request_line or 1 << 20,
+            limit_request_fields=cfg.limit_request_fields or 32768,
+            limit_request_field_size=cfg.limit_request_field_size or 1 << 20,
+            limit_request_body=cfg.limit_request_body,
+            http_timeout=cfg.http_timeout,
+            ws_max_size=cfg.ws_max_size,
+            ws_ping_interval=cfg.ws_ping_interval,
+            ws_ping_timeout=cfg.ws_ping_timeout,
+            websocket_connect_timeout=cfg.websocket_connect_timeout,
+            ack_timeout=cfg.timeout + 5,
+            graceful_timeout=cfg.graceful_timeout,
+        )
+
+    def run(self):
+        use_uvloop = self.cfg.uvloop
+        if use_uvloop in ("auto", "on"):
+            try:
+                import uvloop
+
+                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            except ImportError:
+                if use_uvloop == "on":
+                    raise
+        asyncio.run(self._main())
+
+    async def _main(self):
+        from shmchannels.server.server import ProtocolServer
+
+        loop = asyncio.get_running_loop()
+        layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg))
+        bus = layer.core.bus
+        bus.control.set_kind(bus.slot, "protocol")
+        bus.control.set_label(bus.slot, f"protocol {self.age}")
+        self.server = server = ProtocolServer(layer, self.protocol_config(), self.sockets, log=processes.logging.getLogger("shmchannels.server"))
+
+        def shutdown(code):
+            self.alive = False
+            server.begin_shutdown(ws_close_code=code)
+
+        loop.add_signal_handler(signal.SIGTERM, shutdown, 1001)
+        loop.add_signal_handler(signal.SIGUSR2, shutdown, 1012)
+        loop.add_signal_handler(signal.SIGINT, os._exit, 0)
+        loop.add_signal_handler(signal.SIGQUIT, os._exit, 0)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        loop.add_signal_handler(signal.SIGABRT, self._abort)
+
+        def beat():
+            self.notify()
+            bus.control.beat(bus.slot)
+            if not processes.parent_alive(self.ppid) and self.alive:
+                self.log.info("Parent changed, shutting down: %s", self)
+                shutdown(1001)
+            loop.call_later(TICK, beat)
+
+        beat()
+        await server.serve()
+        self.log.info("protocol server %s listening on %s", self.pid, ", ".join(str(s.getsockname()) for s in self.sockets))
+        await server.wait_closed()
+
+    def _abort(self):
+        self.cfg.worker_abort(self)
+        sys.exit(1)

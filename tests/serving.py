@@ -1,0 +1,92 @@
+"""Run `shmchannels serve` as a real process in tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import shmchannels
+from shmchannels import segments
+
+APPS = os.path.join(os.path.dirname(__file__), "apps")
+
+
+def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Served:
+    """A running `shmchannels serve`, observed through its bus."""
+
+    def __init__(self, prefix, args=(), env=None, cwd=None):
+        self.prefix = prefix
+        self.stem = segments.bus_stem(prefix)
+        self.log_path = f"/tmp/shmchannels-serve-{prefix}.log"
+        self.log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "shmchannels", "serve", "--prefix", prefix, "--pythonpath", APPS,
+               "--graceful-timeout", "10", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=cwd or os.getcwd())
+        self.layer = None
+
+    def attach(self):
+        """Our own layer on the bus (once the master created it)."""
+        wait_for(lambda: os.path.exists(segments.path(segments.file_name(self.stem, "ctl"))) or self.proc.poll() is not None,
+                 what="the bus")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.output()}")
+        self.layer = shmchannels.ChannelLayer(prefix=self.prefix, capacity=100_000, block_timeout=0.5)
+        return self.layer
+
+    def processes(self, kind=None):
+        bus = self.layer.core.bus
+        procs = [bus.control.read_slot(i) for i in bus.live_slots() if i != bus.slot]
+        return [p for p in procs if kind is None or p.kind == kind]
+
+    def pids(self, kind):
+        return sorted(p.pid for p in self.processes(kind))
+
+    def wait_workers(self, n, kind="worker"):
+        return wait_for(lambda: len(self.pids(kind)) == n and self.pids(kind), what=f"{n} {kind}(s)")
+
+    @property
+    def master_pid(self):
+        return self.proc.pid
+
+    def send_signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def output(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def request(self, channel, content, timeout=10.0):
+        """Send to ``channel`` with a reply channel and wait for the reply."""
+        reply = self.layer.new_channel("test.reply?")
+        self.layer.send(channel, {**content, "reply_channel": reply})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ch, msg = self.layer.receive([reply], block=True)
+            if ch is not None:
+                return msg
+        raise AssertionError(f"no reply on {channel} within {timeout}s:\n{self.output()[-3000:]}")

@@ -1,0 +1,180 @@
+"""`shmchannels serve` end to end: real processes, real signals.
+
+These run the master without protocol servers (``--protocol-servers 0``, a
+worker-only pool) and drive workers through the bus; HTTP and WebSocket
+through protocol servers are in tests/test_e2e_*.py.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from shmchannels import segments
+
+from serving import Served, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def serve(prefix, tmp_path):
+    running = []
+
+    def start(*args, env=None):
+        s = Served(prefix, ["--protocol-servers", "0", "--bind", "127.0.0.1:0", "--routing", "workapp:routes", *args],
+                   env={"WORKAPP_VERSION_FILE": str(tmp_path / "version"), **(env or {})})
+        running.append(s)
+        s.attach()
+        return s
+
+    (tmp_path / "version").write_text("v1")
+    yield start
+    for s in running:
+        s.stop()
+        if s.layer is not None:
+            s.layer.core.bus.detach()
+
+
+def test_serve_runs_workers_and_term_removes_the_bus(serve, prefix):
+    s = serve("--workers", "2")
+    s.wait_workers(2)
+    assert s.request("work", {"n": 1})["n"] == 1
+    assert len(s.processes("master")) == 1
+    s.layer.core.bus.detach()
+    s.layer = None
+    assert s.stop(signal.SIGTERM) == 0
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+def test_hup_rolls_workers_with_new_code_and_loses_no_message(serve, tmp_path):
+    s = serve("--workers", "2", "--capacity", "100000")
+    old = s.wait_workers(2)
+    reply = s.layer.new_channel("test.reply?")
+    total = 300
+
+    def produce():
+        for i in range(total):
+            s.layer.send("work", {"n": i, "reply_channel": reply, "sleep": 0.003})
+            time.sleep(0.003)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)
+    (tmp_path / "version").write_text("v2")
+    s.send_signal(signal.SIGHUP)
+    got = {}
+    deadline = time.monotonic() + 60
+    while len(got) < total and time.monotonic() < deadline:
+        ch, msg = s.layer.receive([reply], block=True)
+        if ch is not None:
+            got[msg["n"]] = msg
+    producer.join()
+    assert sorted(got) == list(range(total)), "a message was lost across the HUP"
+    versions = [got[i]["version"] for i in range(total)]
+    assert versions[-1] == "v2" and "v1" in versions  # new code took over mid-stream
+    first_v2 = versions.index("v2")
+    assert all(v == "v2" for v in versions[first_v2 + 4 :])  # old workers finished, then left
+    new = s.wait_workers(2)
+    assert not set(new) & set(old)
+
+
+def test_killed_worker_is_respawned_and_its_channels_and_memberships_reclaimed(serve, prefix):
+    s = serve("--workers", "1")
+    (pid,) = s.wait_workers(1)
+    owned = s.request("join", {"group": "watchers"})
+    assert owned["pid"] == pid
+    assert s.layer.group_channels("watchers") == [owned["channel"]]
+    assert any("@o" in f for f in segments.bus_files(segments.bus_stem(prefix)))
+    os.kill(pid, signal.SIGKILL)
+    (new_pid,) = wait_for(lambda: (p := s.pids("worker")) and p != [pid] and p, what="a respawned worker")
+    assert new_pid != pid
+    # The master reclaimed the dead worker at once: membership and ring gone.
+    assert s.layer.group_channels("watchers") == []
+    assert not any("@o" in f for f in segments.bus_files(segments.bus_stem(prefix)))
+    assert s.request("work", {"n": 7})["pid"] == new_pid
+
+
+def test_killed_master_takes_its_children_and_the_next_start_recovers(serve, prefix):
+    s = serve("--workers", "2")
+    children = s.wait_workers(2)
+    s.layer.core.bus.detach()
+    s.layer = None
+    os.kill(s.master_pid, signal.SIGKILL)
+    s.proc.wait(10)
+    for pid in children:  # PR_SET_PDEATHSIG: children shut down with the master
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                 what=f"child {pid} to exit")
+    again = serve("--workers", "1")  # no manual /dev/shm cleanup
+    again.wait_workers(1)
+    assert again.request("work", {"n": 3})["n"] == 3
+
+
+def test_ttin_and_ttou_scale_workers(serve):
+    s = serve("--workers", "1")
+    s.wait_workers(1)
+    s.send_signal(signal.SIGTTIN)
+    s.wait_workers(2)
+    s.send_signal(signal.SIGTTIN)
+    s.wait_workers(3)
+    s.send_signal(signal.SIGTTOU)
+    s.wait_workers(2)
+
+
+def test_boot_error_halts_instead_of_restarting(prefix):
+    s = Served(prefix, ["--protocol-servers", "0", "--bind", "127.0.0.1:0", "--routing", "badapp:routes", "--workers", "2"])
+    try:
+        rc = s.proc.wait(30)
+    finally:
+        s.stop()
+    out = s.output()
+    assert rc == 4, out
+    assert "this_module_does_not_exist" in out
+    assert out.count("Booting worker") <= 2, "the master kept restarting a worker that cannot boot"
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+def test_consumer_past_its_timeout_is_aborted_and_replaced(serve):
+    s = serve("--workers", "1", "--timeout", "2")
+    (pid,) = s.wait_workers(1)
+    reply = s.layer.new_channel("test.reply?")
+    s.layer.send("work", {"n": 1, "sleep": 30, "reply_channel": reply})
+    wait_for(lambda: s.pids("worker") and s.pids("worker") != [pid], timeout=20, what="the stuck worker's replacement")
+    assert "WORKER TIMEOUT" in s.output() and "past timeout" in s.output()
+    assert s.request("work", {"n": 2})["n"] == 2
+
+
+def test_max_requests_recycles_workers(serve):
+    s = serve("--workers", "1", "--max-requests", "5")
+    (pid,) = s.wait_workers(1)
+    pids = {s.request("whoami", {})["pid"] for _ in range(12)}
+    assert len(pids) >= 2 and pid in pids
+
+
+def test_threads_run_consumers_concurrently(serve):
+    s = serve("--workers", "1", "--threads", "4")
+    s.wait_workers(1)
+    reply = s.layer.new_channel("test.reply?")
+    t0 = time.monotonic()
+    for i in range(4):
+        s.layer.send("work", {"n": i, "sleep": 0.5, "reply_channel": reply})
+    got = []
+    while len(got) < 4 and time.monotonic() - t0 < 10:
+        ch, msg = s.layer.receive([reply], block=True)
+        if ch:
+            got.append(msg)
+    assert len({m["thread"] for m in got}) == 4
+    assert time.monotonic() - t0 < 1.8  # four 0.5 s consumers overlapped
+
+
+def test_consumer_exception_is_logged_and_the_worker_keeps_going(serve):
+    s = serve("--workers", "1")
+    (pid,) = s.wait_workers(1)
+    s.layer.send("boom", {})
+    assert s.request("work", {"n": 5})["pid"] == pid
+    wait_for(lambda: "consumer failure on purpose" in s.output(), what="the traceback in the log")
+    out = s.output()
+    assert "Traceback" in out and "consumer boom raised on boom" in out
+    assert s.pids("worker") == [pid]

@@ -1,0 +1,79 @@
+"""The channel-worker process: gunicorn's Worker running consumers.
+
+Subclassing gunicorn's Worker keeps its signal semantics (TERM: finish the
+current consumers and exit; QUIT/INT: exit now; ABRT: exit 1 after a
+timeout; USR1: reopen logs), ``max_requests`` with jitter, and the boot and
+app-load exit codes that make the master halt instead of looping.
+"""
+
+import os
+import select
+import time
+
+from gunicorn.workers.base import Worker
+
+import shmchannels
+from shmchannels import objects, processes
+
+from .runner import ConsumerRunner, select_channels
+
+TICK = 1.0
+
+
+class ChannelWorkerProcess(Worker):
+    kind = "worker"
+    #: the master's listening sockets, closed in the child: workers never accept
+    listeners_to_close = ()
+
+    def init_process(self):
+        processes.die_with_parent()
+        processes.close_fds(self.listeners_to_close)
+        self.sockets = []
+        processes.set_title(f"shmchannels: worker [{self.cfg.proc_name}]")
+        super().init_process()
+
+    def load_wsgi(self):
+        # gunicorn calls this "the WSGI app"; for us it is the routing bundle
+        # (router + channels), loaded here so import errors exit with
+        # APP_LOAD_ERROR and halt the master.
+        self.bundle = self.app.wsgi()
+
+    def notify(self):
+        super().notify()
+        bus = getattr(self, "bus", None)
+        if bus is not None and bus.usable:
+            busy = self.runner.busy_since()
+            bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
+
+    def run(self):
+        cfg = self.cfg
+        self.layer = shmchannels.ChannelLayer(**processes.layer_options(cfg, block_timeout=TICK))
+        objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
+        self.bus = self.layer.core.bus
+        self.bus.control.set_kind(self.bus.slot, "worker")
+        self.bus.control.set_label(self.bus.slot, f"worker {self.age}")
+        router = self.bundle.router
+        channels = select_channels(router.channels(), cfg.only_channels, cfg.exclude_channels)
+        self.runner = ConsumerRunner(
+            self.layer, router, channels, threads=cfg.threads,
+            max_messages=self.max_requests if cfg.max_requests else None,
+        )
+        self.log.info("worker %s listening on %s with %d thread(s)", self.pid, ", ".join(channels), cfg.threads)
+        self.runner.start()
+        while self.alive and self.runner.alive:
+            self.notify()
+            if not processes.parent_alive(self.ppid):
+                self.log.info("Parent changed, shutting down: %s", self)
+                break
+            try:
+                select.select([self.PIPE[0]], [], [], TICK)  # woken early by signals
+                os.read(self.PIPE[0], 4096)
+            except (BlockingIOError, InterruptedError):
+                pass
+        self.runner.stop()
+        deadline = time.monotonic() + cfg.graceful_timeout
+        while not self.runner.join(timeout=TICK):
+            self.notify()
+            if time.monotonic() > deadline:
+                self.log.warning("consumers still running after graceful_timeout; exiting anyway")
+                break
