@@ -128,7 +128,7 @@ class ChannelLayer:
                 continue
             ring, key = core.ring_for_receive(prefix)[:2]
             ready = core.ready_check(prefix)
-            if not core.spin(ready):
+            if not core.spin(ready, asyncio.get_running_loop()):
                 await core.bus.hub.wait(ring, key, ready, None, core.park_timeout)
 
     def new_channel(self, pattern):

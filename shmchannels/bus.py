@@ -28,7 +28,7 @@ import threading
 import time
 
 from . import _shm, names, segments
-from .control import STATE_ACTIVE, Control, Liveness, segment_size
+from .control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
 from .exceptions import BusError, ChannelFull, MessageTooLarge
 from .registry import Registry
 
@@ -121,6 +121,7 @@ class Bus:
             with self._locked_bus():
                 self.control = self._open_control(slots, ring_size)
                 self.registry = Registry(segments.path(segments.file_name(self.stem, "reg")), self.control)
+                self.registry.initialise()
                 self._reclaim_dead()
                 self.slot = self._claim_slot()
                 self.gen = self.control.activate_slot(self.slot, kind, label or _default_label())
@@ -628,6 +629,11 @@ class Bus:
         self._unregister_exit_hooks()
         if self._hub is not None:
             self._hub.close()
+        if not self._still_published():
+            # Somebody destroyed this bus (the serve master at exit): its
+            # files are gone, there is nothing shared left to clean.
+            self._close_local()
+            return
         with self._locked_bus():
             self._reclaim_locked(self.slot, self.gen)
             self.control.free_slot(self.slot)
@@ -638,6 +644,19 @@ class Bus:
                     self.registry.close()
                     self._remove_files()
             self.liveness.release(self.slot)
+        self._close_local()
+
+    def _still_published(self):
+        """Is the control segment at our bus's name still the one we attached to?"""
+        mapping = segments.open_existing(segments.file_name(self.stem, "ctl"))
+        if mapping is None:
+            return False
+        try:
+            return int.from_bytes(mapping[H_BOOT : H_BOOT + 8], "little") == self.control.boot_id
+        finally:
+            mapping.close()
+
+    def _close_local(self):
         self.registry.close()
         for fd in self._fifo_fds.values():
             os.close(fd)

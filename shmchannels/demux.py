@@ -39,6 +39,10 @@ class Demux:
         self.ordered = {}  # ring key -> deque[(channel, deadline_ns, flags, body)]
         self.capacity_of = {}  # ring key -> callable(channel) -> int
         self.overflowed = 0  # messages dropped from full buffers of unread channels
+        from .control import H_FLUSH_EPOCH
+
+        self._epoch_load = bus.control.mem.load  # one shared-memory load per buffered pop
+        self._epoch_offset = H_FLUSH_EPOCH
         self._last_purge = 0
         self._last_warning = 0
 
@@ -57,7 +61,8 @@ class Demux:
         ring's head record is not ready (a writer is mid-copy or died).
         """
         if self.buffers.get(channel):
-            self.bus.check_flush_epoch()
+            if self._epoch_load(self._epoch_offset) != self.bus.flush_epoch:
+                self.bus.check_flush_epoch()  # flushed elsewhere: buffers were cleared
             got = self.pop(channel)
             if got is not None:
                 return got
@@ -92,12 +97,13 @@ class Demux:
         Returns the set of channel names (or {key}) that received something.
         """
         touched = set()
+        buffers = self.buffers
         with self.lock:
             ordered = self.ordered.get(key)
             if ordered is not None:
                 missing = set() if ordered else {key}
             else:
-                missing = {c for c in wanted if not self.buffers.get(c)}
+                missing = {c for c in wanted if not buffers.get(c)}
             get = ring.get
             while missing:
                 rec = get()
@@ -113,12 +119,69 @@ class Demux:
                     self._buffer(key, target, deadline, flags, body)
                     touched.add(target)
                     missing.discard(target)
-            now = _shm.monotonic_ns()
-            if now - self._last_purge > _PURGE_EVERY_NS:
-                self._purge(now)
+            self._maybe_purge()
         if touched:
             ring.notify()  # threads parked on this ring re-check their buffers
         return touched
+
+    def deliver(self, ring, key, waiters, current, elsewhere):
+        """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [(loop,
+        future, channel)].  Takes records only until every waiting channel has
+        a message.  A waiter on ``current`` (the dispatching loop) whose
+        buffer is empty gets the message as its future's result; others are
+        resolved to look again (``elsewhere`` collects those of other loops).
+        Called with the hub's lock held.
+        """
+        buffers = self.buffers
+        stashed = False
+        with self.lock:
+            missing = 0
+            for channel, lst in waiters.items():
+                if channel is None:
+                    continue
+                if buffers.get(channel):  # already has data: just wake it
+                    self._signal(lst, current, elsewhere)
+                else:
+                    missing += 1
+            get = ring.get
+            while missing:
+                rec = get()
+                if not rec:
+                    break
+                flags, body, meta, deadline = rec
+                entry = (deadline, flags, body)
+                for target in meta.decode("utf-8").split("\n") if meta else (key,):
+                    lst = waiters.get(target)
+                    if lst and not buffers.get(target):
+                        missing -= 1
+                        for w in lst:
+                            if w[0] is current and not w[1].done():
+                                w[1].set_result(entry)
+                                break
+                        else:
+                            self._buffer(key, target, deadline, flags, body)
+                            stashed = True
+                            self._signal(lst, current, elsewhere)
+                    else:
+                        self._buffer(key, target, deadline, flags, body)
+                        stashed = True
+            self._maybe_purge()
+        if stashed:
+            ring.notify()
+
+    @staticmethod
+    def _signal(lst, current, elsewhere):
+        for loop, fut, _channel in lst:
+            if loop is current:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                elsewhere.append((loop, fut))
+
+    def _maybe_purge(self):
+        now = _shm.monotonic_ns()
+        if now - self._last_purge > _PURGE_EVERY_NS:
+            self._purge(now)
 
     def _buffer(self, key, target, deadline, flags, body):
         buf = self.buffers.get(target)
@@ -139,6 +202,20 @@ class Demux:
                 "channel %s is not being read: its buffer is at capacity, dropping its oldest message "
                 "(%d dropped in this process so far)", channel, self.overflowed,
             )
+
+    def requeue(self, channel, entry):
+        """Put back a message handed to a receiver that was cancelled, first in line."""
+        with self.lock:
+            buf = self.buffers.get(channel)
+            if buf is None:
+                buf = self.buffers[channel] = collections.deque(maxlen=max(1, self._capacity(channel)))
+            buf.appendleft(entry)
+
+    def _capacity(self, channel):
+        from .names import ring_key
+
+        capacity_of = self.capacity_of.get(ring_key(channel))
+        return capacity_of(channel) if capacity_of else 100
 
     def pop(self, channel):
         """(flags, body) of the oldest live message buffered for ``channel``."""

@@ -83,16 +83,19 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
 
     async def receive(self, channel):
         core = self.core
-        if channel not in core._recv_rings:
+        route = core._recv_rings.get(channel)
+        if route is None or not core._bus.usable:
             self.require_valid_channel_name(channel)
             if "!" in channel:
                 assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (
                     f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
                 )
-        msg = core.take(channel)
-        if msg is not None:
-            return msg
-        return await core.wait_and_take(channel)
+            route = core.ring_for_receive(channel)
+        if route[4]():  # something buffered or in the ring: try without parking
+            msg = core.take(channel, route)
+            if msg is not None:
+                return msg
+        return await core.wait_and_take(channel, route)
 
     async def new_channel(self, prefix="specific"):
         key = f"{prefix}.{self.client_prefix}!"

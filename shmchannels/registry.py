@@ -50,15 +50,33 @@ class Registry:
         self._lock = threading.Lock()
         self._cache = {}
 
+    def initialise(self):
+        """Create the database in WAL mode with its schema.
+
+        Called once by whoever attaches to the bus, under the bus lock:
+        switching a database to WAL needs an exclusive lock, and two
+        processes doing it at once can get SQLITE_BUSY without the busy
+        handler being consulted.  WAL mode is persistent, so later opens
+        never switch modes.
+        """
+        # Create the file 0600 ourselves: SQLite would use 0644 & ~umask,
+        # and gives its -wal and -shm files the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
     def _db(self):
         # One connection per process: SQLite connections must not cross fork().
         if self._conn is None or self._pid != os.getpid():
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
             # Durability across power loss is meaningless for a tmpfs bus;
             # atomicity across a killed writer is what WAL still gives us.
             conn.execute("PRAGMA synchronous=OFF")
-            conn.executescript(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
             self._cache.clear()
         return self._conn

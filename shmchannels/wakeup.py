@@ -10,18 +10,22 @@ channel buffers and resolves exactly the futures whose channel (or ring) now
 has data.  Waking a loop costs one kernel wake-up per burst, not per message,
 and an idle process sleeps in epoll: no polling.
 
-The waiter itself never receives: a woken task pops its own message, so a
-task cancelled while parked loses and duplicates nothing.
+A task parked on a process-specific channel of the dispatching loop is
+handed its message directly (its future's result), skipping the buffer; if
+it is cancelled before it resumes, it puts the message back at the head of
+its buffer, so cancellation loses and duplicates nothing.  Other waiters are
+only told to look again, and take their own message.
 
-Every park also has a long safety timeout (``park_timeout``).  It only
-matters if a producer was killed between committing a record and writing the
-wake byte, or if a ring's head record belongs to a writer that died, which
-the re-check then hands to ``Bus.unstick``.
+Parks are bounded by a safety timeout (``park_timeout``): one watchdog timer
+per event loop, not one per waiter (500 parked consumers would otherwise
+churn 500 timers through the loop's heap on every message).  It only matters
+if a producer was killed between committing a record and writing the wake
+byte, or if a ring's head record belongs to a writer that died, which the
+re-check then hands to ``Bus.unstick``.
 """
 
 import asyncio
 import threading
-import weakref
 
 
 def _resolve(fut):
@@ -33,12 +37,23 @@ class Hub:
     def __init__(self, bus):
         self.bus = bus
         self.lock = threading.Lock()
-        self.waiters = {}  # ring -> {waiter: None}   (dict as an ordered set)
+        # ring -> {channel (None for ring-level waiters): [waiter, ...]}, where
+        # a waiter is (loop, future, channel).  Indexed by channel so that a
+        # dispatch delivers a group message to 500 parked consumers in one pass.
+        self.waiters = {}
         self.keys = {}  # ring -> ring key
-        self.loops = weakref.WeakSet()
+        # Plain dicts keyed by loop (weak containers cost a weakref per
+        # lookup on the hot path); closed loops are pruned as they pile up.
+        self.loops = {}  # loop -> watchdog TimerHandle or None
 
-    async def wait(self, ring, key, ready, channel=None, timeout=None):
-        """Return when ``ready()`` may be true, or after ``timeout`` seconds."""
+    def park(self, ring, key, channel=None, timeout=None):
+        """Register a waiter on the running loop; returns (future, token).
+
+        The caller re-checks for data, awaits the future, and always calls
+        ``unpark(token)``.  The future's result is the (deadline, flags,
+        body) of a message handed over on wake-up, or None (look again).
+        Split from awaiting so that a receive costs one coroutine frame less.
+        """
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         waiter = (loop, fut, channel)
@@ -48,68 +63,114 @@ class Hub:
                 ws = self.waiters[ring] = {}
                 self.keys[ring] = key
                 ring.fifo_add(self.bus.slot)
-            ws[waiter] = None
-            if loop not in self.loops:
-                loop.add_reader(self.bus.fifo_fd, self._on_readable)
-                self.loops.add(loop)
-        handle = loop.call_later(timeout, _resolve, fut) if timeout else None
+            lst = ws.get(channel)
+            if lst is None:
+                ws[channel] = [waiter]
+            else:
+                lst.append(waiter)
+            loops = self.loops
+            if loop not in loops:
+                self._watch(loop)
+            if timeout and loops[loop] is None:
+                loops[loop] = loop.call_later(timeout, self._watchdog, loop)
+        return fut, (ring, ws, waiter)
+
+    def unpark(self, token):
+        ring, ws, waiter = token
+        channel = waiter[2]
+        with self.lock:
+            lst = ws.get(channel)
+            if lst is not None:
+                lst.remove(waiter)
+                if not lst:
+                    del ws[channel]
+            if not ws and self.waiters.get(ring) is ws:
+                del self.waiters[ring]
+                del self.keys[ring]
+                ring.fifo_remove(self.bus.slot)
+
+    def cancelled(self, fut, channel):
+        """A parked receive was cancelled: a message handed over goes back."""
+        if fut.done() and not fut.cancelled() and fut.result() is not None:
+            self.bus.demux.requeue(channel, fut.result())
+
+    async def wait(self, ring, key, ready, channel=None, timeout=None):
+        """Park until ``ready()`` may be true (or the watchdog fires).
+        Returns a handed-over (deadline, flags, body), or None."""
+        fut, token = self.park(ring, key, channel, timeout)
         try:
             # A record committed before our bit was visible woke nobody:
             # look again now that it is.
             if not ready():
-                await fut
+                return await fut
+            return None
+        except asyncio.CancelledError:
+            self.cancelled(fut, channel)
+            raise
         finally:
-            if handle is not None:
-                handle.cancel()
-            with self.lock:
-                ws.pop(waiter, None)
-                if not ws and self.waiters.get(ring) is ws:
-                    del self.waiters[ring]
-                    del self.keys[ring]
-                    ring.fifo_remove(self.bus.slot)
+            self.unpark(token)
+
+    def _watch(self, loop):
+        if len(self.loops) > 32:
+            for old in [lp for lp in self.loops if lp.is_closed()]:
+                del self.loops[old]
+        loop.add_reader(self.bus.fifo_fd, self._on_readable)
+        self.loops[loop] = None
+
+    def _watchdog(self, loop):
+        """Wake every waiter of ``loop`` to look again (they re-arm by parking)."""
+        with self.lock:
+            if loop in self.loops:
+                self.loops[loop] = None
+            futures = [w[1] for ws in self.waiters.values() for lst in ws.values() for w in lst if w[0] is loop]
+        for fut in futures:
+            _resolve(fut)
 
     def _on_readable(self):
         self.bus.drain_fifo()
         self.dispatch()
 
     def dispatch(self):
-        """Resolve the futures of every waiter whose ring or channel has data."""
-        with self.lock:
-            items = [(ring, self.keys[ring], list(ws)) for ring, ws in self.waiters.items()]
-        if not items:
-            return
-        self.bus.check_flush_epoch()
+        """Hand over or signal data to every waiter whose ring or channel has some."""
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
+        self.bus.check_flush_epoch()
         demux = self.bus._demux
-        for ring, key, ws in items:
-            if key.endswith("!") and demux is not None and key in demux.capacity_of:
-                touched = demux.drain(ring, key, {w[2] for w in ws if w[2] is not None})
-                if key in demux.ordered:
-                    wake = [w for w in ws if demux.has_ordered(key)]
-                else:
-                    wake = [w for w in ws if w[2] in touched or (w[2] is not None and demux.has(w[2]))]
-            elif ring.has_data() or ring.closed:
-                wake = ws
-            else:
-                continue
-            for loop, fut, _channel in wake:
-                self._wake(current, loop, fut)
-
-    @staticmethod
-    def _wake(current, loop, fut):
-        if loop is current:
-            _resolve(fut)
-        else:
+        elsewhere = []  # waiters of other event loops: told to look again, outside the lock
+        with self.lock:
+            for ring, ws in list(self.waiters.items()):
+                key = self.keys[ring]
+                if key.endswith("!") and demux is not None and key in demux.capacity_of:
+                    if key in demux.ordered:
+                        demux.drain(ring, key, (key,))
+                        if demux.has_ordered(key):
+                            self._signal(ws, current, elsewhere)
+                    else:
+                        demux.deliver(ring, key, ws, current, elsewhere)
+                elif ring.has_data() or ring.closed:
+                    self._signal(ws, current, elsewhere)
+        for loop, fut in elsewhere:
             try:
                 loop.call_soon_threadsafe(_resolve, fut)
             except RuntimeError:  # that loop is closed; its waiter is gone with it
                 pass
 
+    @staticmethod
+    def _signal(ws, current, elsewhere):
+        for lst in ws.values():
+            for loop, fut, _channel in lst:
+                if loop is current:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    elsewhere.append((loop, fut))
+
     def close(self):
-        for loop in list(self.loops):
+        for loop, watchdog in list(self.loops.items()):
+            if watchdog is not None:
+                watchdog.cancel()
             try:
                 if not loop.is_closed():
                     loop.remove_reader(self.bus.fifo_fd)
@@ -127,4 +188,4 @@ class Hub:
         self.lock = threading.Lock()
         self.waiters = {}
         self.keys = {}
-        self.loops = weakref.WeakSet()
+        self.loops = {}
