@@ -634,6 +634,15 @@ class Bus:
             # files are gone, there is nothing shared left to clean.
             self._close_local()
             return
+        try:
+            self._detach_shared()
+        except BusError as exc:
+            # Leave the shared clean-up to whoever attaches next (they
+            # reclaim dead slots); never hang a process's exit on it.
+            logger.warning("detaching from bus %s: %s", self.prefix, exc)
+        self._close_local()
+
+    def _detach_shared(self):
         with self._locked_bus():
             self._reclaim_locked(self.slot, self.gen)
             self.control.free_slot(self.slot)
@@ -644,7 +653,6 @@ class Bus:
                     self.registry.close()
                     self._remove_files()
             self.liveness.release(self.slot)
-        self._close_local()
 
     def _still_published(self):
         """Is the control segment at our bus's name still the one we attached to?"""

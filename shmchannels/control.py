@@ -60,6 +60,7 @@ STATE_ACTIVE = 1
 
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86-64 / arm64
 BUS_LOCK_BYTE = 1 << 20  # beyond any slot byte
+BUS_LOCK_TIMEOUT = 30.0
 
 
 def segment_size(nslots):
@@ -261,8 +262,28 @@ class Liveness:
         return 0 if kind == fcntl.F_UNLCK else pid
 
     @contextlib.contextmanager
-    def bus_lock(self):
-        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, BUS_LOCK_BYTE)
+    def bus_lock(self, timeout=BUS_LOCK_TIMEOUT):
+        """Hold the bus lock (attach, detach, destroy; never the message path).
+
+        Its holder's death releases it, but a holder that hangs would block
+        every attach on the host; so waiting is bounded and the error names
+        the holder.  Waiting polls with a growing sleep: this lock is taken
+        a handful of times in a process's life.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, BUS_LOCK_BYTE)
+                break
+            except (BlockingIOError, PermissionError):
+                if time.monotonic() > deadline:
+                    raise BusError(
+                        f"the bus lock has been held for over {timeout:.0f} s by pid {self.holder(BUS_LOCK_BYTE)}; "
+                        "is that process hung?"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
         try:
             yield
         finally:

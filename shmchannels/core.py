@@ -105,7 +105,8 @@ class Core:
         bus = self.bus
         key = names.ring_key(channel)
         ring = bus.ring(key)
-        meta = None if key == channel else channel.encode("utf-8")
+        # A record in a ``prefix!`` ring names its target by local part only.
+        meta = None if key == channel else channel[len(key):].encode("utf-8")
         route = (ring, key, meta, self.get_capacity(channel))
         if ring is not None:
             if len(self._send_routes) >= _ROUTE_CACHE:
@@ -141,7 +142,7 @@ class Core:
         """(ring, key, specific, own_meta, ready) for a full channel name or a ``prefix!``.
 
         ``own_meta`` is the record meta a message addressed to this channel
-        alone carries (its UTF-8 name), compared as bytes on the hot path;
+        alone carries (its UTF-8 local part), compared as bytes on the hot path;
         ``ready()`` tells a parked receiver whether to look again.
         """
         hit = self._recv_rings.get(channel)
@@ -164,7 +165,7 @@ class Core:
         else:
             buffers = bus.demux.buffers
             ready = lambda: bool(buffers.get(channel)) or ring.has_data()  # noqa: E731
-        hit = (ring, key, specific, channel.encode("utf-8") if specific else None, ready)
+        hit = (ring, key, specific, channel[len(key):].encode("utf-8") if specific else None, ready)
         if len(self._recv_rings) >= _ROUTE_CACHE:
             self._recv_rings.clear()
         self._recv_rings[channel] = hit
@@ -339,12 +340,11 @@ class Core:
                 f"group message for {group!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
             )
         over = delivered = total = 0
-        for key, channels in targets.items():
+        for key, (channels, meta) in targets.items():
             total += len(channels)
             ring = bus.ring(key)
             if ring is None:  # owner died; its memberships are being reclaimed
                 continue
-            meta = "\n".join(channels).encode("utf-8") if key.endswith("!") else None
             status = ring.put(body, meta, self.expiry_ns, self.get_capacity(channels[0]), MSGPACK)
             if status == bus_mod.PUT_OK:
                 delivered += len(channels)

@@ -31,6 +31,13 @@ _PURGE_EVERY_NS = 1_000_000_000
 _WARN_EVERY_NS = 60_000_000_000
 
 
+def _targets(key, meta):
+    """Full channel names a record in ring ``key`` is for (meta: local parts)."""
+    if not meta:
+        return (key,)
+    return [key + local for local in meta.decode("utf-8").split("\n")]
+
+
 class Demux:
     def __init__(self, bus):
         self.bus = bus
@@ -77,7 +84,7 @@ class Demux:
                 if meta == own_meta:  # the common case: a message for us alone
                     break
                 mine = False
-                for target in meta.decode("utf-8").split("\n") if meta else (key,):
+                for target in _targets(key, meta):
                     if target == channel and not mine:
                         mine = True
                     else:
@@ -110,7 +117,7 @@ class Demux:
                 if not rec:
                     break
                 flags, body, meta, deadline = rec
-                targets = meta.decode("utf-8").split("\n") if meta else (key,)
+                targets = _targets(key, meta)
                 if ordered is not None:
                     ordered.extend((t, deadline, flags, body) for t in targets)
                     touched.add(key)
@@ -150,7 +157,7 @@ class Demux:
                     break
                 flags, body, meta, deadline = rec
                 entry = (deadline, flags, body)
-                for target in meta.decode("utf-8").split("\n") if meta else (key,):
+                for target in _targets(key, meta):
                     lst = waiters.get(target)
                     if lst and not buffers.get(target):
                         missing -= 1

@@ -41,6 +41,26 @@ def bucket_of(group):
     return zlib.crc32(group.encode("utf-8"))
 
 
+# Every SQLite call of this process happens under this lock, and fork() waits
+# for it: a child forked while another thread was inside SQLite would inherit
+# SQLite's internal mutexes locked, with no thread left to unlock them, and
+# hang in its first SQLite call (found by the SIGKILL tests, where a consumer
+# thread reclaimed a dead process's memberships while the main thread forked).
+_sqlite_lock = threading.RLock()
+
+
+def _reinit_lock_in_child():
+    global _sqlite_lock
+    _sqlite_lock = threading.RLock()
+
+
+os.register_at_fork(
+    before=lambda: _sqlite_lock.acquire(),
+    after_in_parent=lambda: _sqlite_lock.release(),
+    after_in_child=_reinit_lock_in_child,
+)
+
+
 class Registry:
     def __init__(self, path, control):
         self.path = path
@@ -62,13 +82,14 @@ class Registry:
         # Create the file 0600 ourselves: SQLite would use 0644 & ~umask,
         # and gives its -wal and -shm files the database file's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-        finally:
-            conn.close()
+        with self._lock:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
 
     def _db(self):
         # One connection per process: SQLite connections must not cross fork().
@@ -84,7 +105,6 @@ class Registry:
     def reset_after_fork(self):
         self._conn = None
         self._pid = None
-        self._lock = threading.Lock()
         self._cache = {}
 
     def close(self):
@@ -141,7 +161,9 @@ class Registry:
 
     # reads
     def targets(self, group, group_expiry):
-        """{ring key: [member channel, ...]} for the live members of ``group``."""
+        """{ring key: ([member channel, ...], meta)} for the live members of
+        ``group``, where meta is the encoded record meta naming them (their
+        local parts, for a ``prefix!`` ring) or None for a named channel."""
         bucket = bucket_of(group)
         version = self.control.bucket_version(bucket)
         now = time.time()
@@ -153,11 +175,15 @@ class Registry:
             rows = self._db().execute(
                 "SELECT channel, ring, added FROM members WHERE grp = ? AND added >= ?", (group, cutoff)
             ).fetchall()
-        by_ring = {}
+        members = {}
         oldest = now
         for channel, ring, added in rows:
-            by_ring.setdefault(ring, []).append(channel)
+            members.setdefault(ring, []).append(channel)
             oldest = min(oldest, added)
+        by_ring = {
+            ring: (chans, "\n".join(c[len(ring):] for c in chans).encode("utf-8") if ring.endswith("!") else None)
+            for ring, chans in members.items()
+        }
         if len(self._cache) > 4096:
             self._cache.clear()
         # Valid until the bucket changes or the oldest member expires.

@@ -35,6 +35,7 @@ class Served:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, cwd=cwd or os.getcwd())
         self.layer = None
+        self._final_output = ""
 
     def attach(self):
         """Our own layer on the bus (once the master created it)."""
@@ -72,11 +73,16 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        self._final_output = self.output()
+        if self.proc.returncode in (0, -15, 4) and os.path.exists(self.log_path):
+            os.unlink(self.log_path)  # keep the log only when something went wrong
         return self.proc.returncode
 
     def output(self):
         if not self.log.closed:
             self.log.flush()
+        if not os.path.exists(self.log_path):
+            return self._final_output
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 

@@ -24,14 +24,24 @@ def no_http_consumer(message):
     )
 
 
+def reject_connection(message):
+    """Fallback ``websocket.connect`` when connects are routed but none matched: 403 at once."""
+    message.reply_channel.send({"close": True}, immediately=True)
+
+
 def add_defaults(router, http_consumer=None):
-    """Make sure HTTP and WebSocket channels always have a consumer."""
+    """Fallback routes, matched after everything the routing declares.
+
+    * ``http.request``: the WSGI application, else a 404 (never silence,
+      which would leave the client waiting for a 504);
+    * ``websocket.connect``: accept all if the routing never mentions it
+      (Channels 1's default), else reject the paths no route matched;
+    * ``websocket.receive`` / ``websocket.disconnect``: nothing to do, and
+      nothing to log.
+    """
     routed = router.channels()
-    if "http.request" not in routed or http_consumer is not None:
-        router.add_default("http.request", http_consumer or no_http_consumer)
-    if "websocket.connect" not in routed:
-        router.add_default("websocket.connect", accept_connection)
+    router.add_default("http.request", http_consumer or no_http_consumer)
+    router.add_default("websocket.connect", reject_connection if "websocket.connect" in routed else accept_connection)
     for channel in ("websocket.receive", "websocket.disconnect"):
-        if channel not in routed:
-            router.add_default(channel, ignore)
+        router.add_default(channel, ignore)
     return router

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from posts import views
+
+urlpatterns = [
+    path("", views.index),
+    path("posts", views.create),
+]

@@ -1,0 +1,141 @@
+"""Every knob of a protocol server, with its default.
+
+``ProtocolConfig`` is a plain dataclass so the serve master (or a test) can
+build one without argparse; ``python -m shmchannels.server`` fills it from
+its command line.  ``channel_capacity()`` gives the layer capacities the
+protocol server relies on (body chunks, reply rings).
+"""
+
+import dataclasses
+import ipaddress
+import re
+from typing import Callable, List, Optional, Union
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: layer capacities a protocol server expects; pass them (merged with your
+#: own) as ``ChannelLayer(channel_capacity=...)``
+REPLY_CAPACITY = 10_000
+BODY_CAPACITY = 8
+
+
+@dataclasses.dataclass
+class ProtocolConfig:
+    # --- where and what
+    prefix: str = "shmchannels"  #: bus prefix (the layer's ``prefix``)
+    bind: List[str] = dataclasses.field(default_factory=list)  #: "host:port", "[::1]:port" or "unix:/path"; only when no sockets are given
+    backlog: int = 2048
+    root_path: str = ""  #: ASGI ``root_path`` of every request (a mount point such as "/api")
+    server_header: Optional[str] = "shmchannels"  #: value of the Server header; None or "" sends none
+    date_header: bool = True
+
+    # --- proxies
+    proxy_headers: bool = False  #: honour X-Forwarded-For/-Proto/-Host/-Port from trusted peers
+    #: trusted proxies: IPs and CIDRs, or "*" for every peer (Unix-socket peers are always trusted)
+    forwarded_allow_ips: Union[str, List[str]] = dataclasses.field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    # --- HTTP/1.1
+    keepalive: float = 5.0  #: idle seconds before a keep-alive connection is closed (0: no keep-alive)
+    limit_request_line: int = 4094  #: longest request target, bytes -> 414
+    limit_request_fields: int = 100  #: most header fields -> 431
+    limit_request_field_size: int = 8190  #: longest "name: value", bytes -> 431
+    limit_request_body: int = 1 * GiB  #: largest body, bytes (0: unlimited) -> 413
+    body_inline: int = 64 * KiB  #: body bytes carried in http.request; the rest streams through body_channel, in chunks of this size
+    http_timeout: float = 60.0  #: seconds to wait for the first response message -> 504 (0: wait forever)
+    max_pipelined: int = 16  #: parsed requests waiting behind the current one before reading pauses
+
+    # --- WebSocket
+    ws_max_size: int = 1 * MiB  #: largest message (and frame) -> close 1009
+    ws_max_queue: int = 32  #: frames waiting for their turn before reading pauses
+    ws_ping_interval: float = 20.0  #: seconds between keep-alive pings (0: off)
+    ws_ping_timeout: float = 20.0  #: seconds to wait for the pong -> close 1011
+    websocket_connect_timeout: float = 5.0  #: seconds for the application to answer a connect -> 403
+    ack_timeout: float = 35.0  #: seconds to wait for a worker's {"__ack__": n} before moving on
+    ws_close_timeout: float = 5.0  #: after our close frame, seconds to wait for the peer's before dropping TCP
+
+    # --- lifecycle
+    graceful_timeout: float = 30.0  #: seconds in-flight HTTP responses get after begin_shutdown()
+    access_log: Optional[Callable[[str], None]] = None  #: None: lines go to logger "shmchannels.access" at INFO; a callable gets each line instead
+
+    def __post_init__(self):
+        for name in (
+            "keepalive", "http_timeout", "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
+            "ack_timeout", "graceful_timeout", "ws_close_timeout",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in (
+            "limit_request_line", "limit_request_fields", "limit_request_field_size", "body_inline",
+            "ws_max_size", "ws_max_queue", "max_pipelined",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.limit_request_body < 0:
+            raise ValueError("limit_request_body must be >= 0 (0: unlimited)")
+        if self.root_path.endswith("/"):
+            self.root_path = self.root_path.rstrip("/")
+        if isinstance(self.bind, str):
+            self.bind = [self.bind]
+        self.trusted = TrustedHosts(self.forwarded_allow_ips)
+
+
+def channel_capacity(reply_capacity=REPLY_CAPACITY, body_capacity=BODY_CAPACITY):
+    """``channel_capacity`` entries for the layer of a protocol server.
+
+    Reply rings (``http.response.*``, ``websocket.send.*``) carry every
+    connection of one protocol server, so they are large; a body channel
+    holds ``body_capacity`` chunks, which is what bounds the memory of an
+    upload in flight.
+    """
+    return {
+        "http.response.*": reply_capacity,
+        "websocket.send.*": reply_capacity,
+        re.compile(r"^http\.request\.body\?"): body_capacity,
+    }
+
+
+class TrustedHosts:
+    """Which peers may set X-Forwarded-*: IPs and networks, or everyone ("*")."""
+
+    def __init__(self, spec):
+        if isinstance(spec, str):
+            spec = [s.strip() for s in spec.split(",") if s.strip()]
+        self.always = "*" in spec
+        self.networks = []
+        self.hosts = set()
+        for item in spec:
+            if item == "*":
+                continue
+            if "/" in item:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            else:
+                self.hosts.add(str(ipaddress.ip_address(item)))
+        self._cache = {}
+
+    def __contains__(self, host):
+        if self.always:
+            return True
+        if host is None:  # Unix socket: whoever can open it is as trusted as the operator made it
+            return True
+        hit = self._cache.get(host)
+        if hit is None:
+            hit = self._check(host)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[host] = hit
+        return hit
+
+    def _check(self, host):
+        if host in self.hosts:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        if str(ip) in self.hosts:
+            return True
+        if ip.version == 6 and ip.ipv4_mapped is not None and str(ip.ipv4_mapped) in self.hosts:
+            return True
+        return any(ip in net for net in self.networks)

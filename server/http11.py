@@ -1,0 +1,356 @@
+"""Sans-I/O HTTP/1.1, server side, on httptools (llhttp).
+
+``RequestParser.feed(data)`` turns bytes into a list of events:
+
+* ``(EV_REQUEST, Request)``  a request head, validated and limit-checked;
+* ``(EV_BODY, bytes)``       body bytes of the latest request (chunked
+  framing already removed);
+* ``(EV_END, None)``         the latest request is complete;
+* ``(EV_UPGRADE, bytes)``    the latest request asked for an upgrade; the
+  bytes that followed its head (parsing stops there);
+* ``(EV_ERROR, (status, reason))``  the stream is unusable from here: answer
+  ``status`` and close.  400 malformed, 413 body over limit, 414 request
+  target over limit, 417 unknown Expect, 431 header fields over limits.
+
+Pipelined requests simply produce several REQUEST/BODY/END runs; the I/O
+side answers them one at a time.
+
+``response_head()`` and ``chunk()`` build response bytes: status line,
+headers, Content-Length vs chunked vs close-delimited framing, HEAD, and the
+Date and Server headers.
+
+Header names are lower-cased, order and duplicates kept.  Names containing
+``_`` are dropped (as Daphne, nginx by default and gunicorn >= 22 do):
+Channels maps headers to WSGI-style ``HTTP_*`` keys where ``X-Auth_User``
+and ``X-Auth-User`` collide, so a client could spoof a header a proxy set
+(CVE-2015-0219).
+"""
+
+import email.utils
+import http
+import time
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+EV_REQUEST, EV_BODY, EV_END, EV_UPGRADE, EV_ERROR = range(5)
+
+MODE_LENGTH, MODE_CHUNKED, MODE_CLOSE, MODE_NONE = range(4)
+
+_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
+
+
+class Request:
+    """One parsed request head."""
+
+    __slots__ = (
+        "method", "http_version", "target", "path", "query_string", "headers", "keep_alive",
+        "expect_continue", "content_length", "chunked", "upgrade", "connection_tokens",
+    )
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.target!r} HTTP/{self.http_version}>"
+
+
+class _Reject(Exception):
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestParser:
+    """The request side of one HTTP/1.1 connection."""
+
+    def __init__(
+        self,
+        *,
+        limit_request_line=4094,
+        limit_request_fields=100,
+        limit_request_field_size=8190,
+        limit_request_body=0,
+    ):
+        self.limit_line = limit_request_line
+        self.limit_fields = limit_request_fields
+        self.limit_field_size = limit_request_field_size
+        self.limit_body = limit_request_body
+        # a head can never legitimately be longer than this
+        self.limit_head = limit_request_line + 16 + limit_request_fields * (limit_request_field_size + 4) + 2
+        self._parser = httptools.HttpRequestParser(self)
+        self.events = []
+        self.dead = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._nfields = 0
+        self._special = None
+        self._body_bytes = 0
+        self._request = None
+
+    # --------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self):
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = []
+        self._nfields = 0
+        self._special = None
+        self._body_bytes = 0
+
+    def on_url(self, url):
+        self._url += url
+        if len(self._url) > self.limit_line:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name, value):
+        self._nfields += 1
+        if self._nfields > self.limit_fields:
+            raise _Reject(431, "too many header fields")
+        if len(name) + len(value) > self.limit_field_size:
+            raise _Reject(431, "header field too large")
+        name = name.lower()
+        if b"_" in name:
+            return
+        if name in _SPECIAL:
+            if self._special is None:
+                self._special = {}
+            self._special.setdefault(name, []).append(value)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self):
+        self._in_head = False
+        p = self._parser
+        req = Request()
+        req.method = p.get_method().decode("ascii")
+        req.http_version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive()
+        req.upgrade = p.should_upgrade()
+        req.headers = self._headers
+        req.target = url = self._url
+        req.expect_continue = False
+        req.content_length = None
+        req.chunked = False
+        req.connection_tokens = ()
+        special = self._special
+        if special is not None:
+            cl = special.get(b"content-length")
+            if cl is not None:
+                req.content_length = int(cl[0])  # llhttp has validated it
+                if self.limit_body and req.content_length > self.limit_body:
+                    raise _Reject(413, "request body too large")
+            te = special.get(b"transfer-encoding")
+            if te is not None:
+                req.chunked = b"chunked" in b",".join(te).lower()
+            expect = special.get(b"expect")
+            if expect is not None:
+                if len(expect) != 1 or expect[0].strip().lower() != b"100-continue":
+                    raise _Reject(417, "unsupported Expect")
+                # RFC 9110 10.1.1: ignore 100-continue in an HTTP/1.0 request
+                req.expect_continue = req.http_version != "1.0"
+            conn = special.get(b"connection")
+            if conn is not None:
+                req.connection_tokens = tuple(t.strip().lower() for t in b",".join(conn).split(b","))
+        # request target -> path, query string
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+            if b"#" in query:
+                query = query.partition(b"#")[0]
+            elif b"#" in path:
+                path = path.partition(b"#")[0]
+        elif url == b"*":
+            path, query = b"*", b""
+        else:  # absolute-form (to a proxy)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "invalid request target") from None
+            path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        try:
+            req.path = path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Reject(400, "request path is not UTF-8") from None
+        req.query_string = query
+        self._request = req
+        self.events.append((EV_REQUEST, req))
+
+    def on_body(self, body):
+        if self.limit_body:
+            self._body_bytes += len(body)
+            if self._body_bytes > self.limit_body:
+                raise _Reject(413, "request body too large")
+        self.events.append((EV_BODY, body))
+
+    def on_message_complete(self):
+        self.events.append((EV_END, None))
+
+    # ------------------------------------------------------------------ API
+
+    def feed(self, data):
+        """Parse ``data``; return the events it completed."""
+        if self.dead:
+            return []
+        self.events = events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.dead = True  # the rest of the stream is not HTTP
+            events.append((EV_UPGRADE, data[exc.args[0]:]))
+            return events
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self.dead = True
+            if isinstance(cause, _Reject):
+                events.append((EV_ERROR, (cause.status, cause.reason)))
+            else:  # pragma: no cover - a bug in a callback
+                events.append((EV_ERROR, (400, f"bad request: {cause!r}")))
+            return events
+        except httptools.HttpParserError as exc:
+            self.dead = True
+            reason = str(exc) or "malformed request"
+            events.append((EV_ERROR, (400, reason)))
+            return events
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limit_head:
+                self.dead = True
+                events.append((EV_ERROR, (431, "request head too large")))
+        return events
+
+
+# ------------------------------------------------------------------ responses
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in http.HTTPStatus}
+_STATUS_LINES = {}
+
+
+def status_line(status):
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = line
+    return line
+
+
+_date = [0, b""]
+
+
+def date_value():
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0] = now
+        _date[1] = email.utils.formatdate(now, usegmt=True).encode("ascii")
+    return _date[1]
+
+
+class ResponseError(ValueError):
+    """The application's response cannot be sent (bad status or headers)."""
+
+
+def response_head(status, headers, content, more_content, *, request, keep_alive, server_header, date=True):
+    """Serialise a response head.
+
+    Returns ``(head_bytes, mode, keep_alive)``; ``mode`` says how the body is
+    framed: MODE_LENGTH (write as is), MODE_CHUNKED (``chunk()`` each piece,
+    end with ``chunk(b"")``), MODE_CLOSE (write as is, close to end it) or
+    MODE_NONE (no body: HEAD, 1xx, 204, 304).
+    """
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ResponseError(f"invalid status {status!r}")
+    parts = [status_line(status)]
+    has_length = has_date = has_server = False
+    for pair in headers:
+        name, value = pair
+        if type(name) is not bytes or type(value) is not bytes:
+            name, value = _to_bytes(name), _to_bytes(value)
+        lname = name.lower()
+        if lname == b"content-length":
+            has_length = True
+        elif lname == b"transfer-encoding":
+            continue  # framing is ours to decide
+        elif lname == b"connection":
+            if b"close" in value.lower():
+                keep_alive = False
+            continue
+        elif lname == b"date":
+            has_date = True
+        elif lname == b"server":
+            has_server = True
+        parts += (name, b": ", value, b"\r\n")
+    nlines = len(parts) // 4
+    no_body = request.method == "HEAD" or status < 200 or status == 204 or status == 304
+    if no_body:
+        mode = MODE_NONE
+        if not has_length and not more_content and content and status >= 200 and status not in (204, 304):
+            parts.append(b"content-length: %d\r\n" % len(content))
+            nlines += 1
+    elif has_length:
+        mode = MODE_LENGTH
+    elif not more_content:
+        mode = MODE_LENGTH
+        parts.append(b"content-length: %d\r\n" % len(content))
+        nlines += 1
+    elif request.http_version == "1.1":
+        mode = MODE_CHUNKED
+        parts.append(b"transfer-encoding: chunked\r\n")
+        nlines += 1
+    else:
+        mode = MODE_CLOSE
+        keep_alive = False
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+        nlines += 1
+    elif request.http_version == "1.0":
+        parts.append(b"connection: keep-alive\r\n")
+        nlines += 1
+    if server_header and not has_server:
+        parts += (b"server: ", server_header, b"\r\n")
+        nlines += 1
+    if date and not has_date:
+        parts += (b"date: ", date_value(), b"\r\n")
+        nlines += 1
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # one scan each: a CR or LF inside a name or value would split the response
+    if head.count(b"\n") != nlines + 2 or head.count(b"\r") != nlines + 2:
+        raise ResponseError("header name or value contains CR or LF")
+    return head, mode, keep_alive
+
+
+def _to_bytes(value):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise ResponseError(f"header names and values must be bytes, not {type(value).__name__}")
+
+
+def chunk(data):
+    """One chunk of a chunked body (``chunk(b"")`` ends the body)."""
+    if not data:
+        return b"0\r\n\r\n"
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def simple_response(status, body=b"", *, keep_alive=False, server_header=None, extra=()):
+    """A complete small response the server makes itself (errors, 100)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    parts = [status_line(status)]
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if body or status >= 200:
+        parts.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    if server_header:
+        parts += (b"server: ", server_header, b"\r\n")
+    parts += (b"date: ", date_value(), b"\r\n\r\n", body)
+    return b"".join(parts)

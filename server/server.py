@@ -1,0 +1,268 @@
+"""``ProtocolServer``: listeners, reply readers, shutdown, stats, heartbeat.
+
+    server = ProtocolServer(layer, ProtocolConfig(prefix="myapp"), sockets=[sock])
+    await server.serve()            # listening; returns at once
+    ...
+    server.begin_shutdown(1001)     # or 1012 for a rolling restart
+    await server.wait_closed()
+
+The serve master binds the listening sockets and passes them in (each
+protocol-server process accepts on the same sockets); without sockets the
+server binds ``config.bind`` itself (standalone use, tests).
+
+Replies: one task per reply prefix (``http.response.<process>!`` and
+``websocket.send.<process>!``) iterates ``layer.stream(prefix)`` and hands
+each message to whatever registered its full channel name (an HTTP request
+cycle or a WebSocket connection): one dict lookup.  Messages for unknown
+channels (the connection is gone) are dropped at debug level, as Daphne did.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+
+from .access import AccessLog
+from .config import ProtocolConfig
+from .http_protocol import HttpProtocol
+
+logger = logging.getLogger("shmchannels.server")
+
+
+class ProtocolServer:
+    def __init__(self, layer, config=None, sockets=None, log=None, heartbeat=None):
+        self.layer = layer
+        self.config = config = config or ProtocolConfig()
+        self.sockets = list(sockets or [])
+        self.log = log or logger
+        #: called from an event-loop timer every second (the master's liveness probe)
+        self.heartbeat = heartbeat
+        self.server_header = config.server_header.encode("latin-1") if config.server_header else None
+        self.access_log = AccessLog(config.access_log)
+        self.loop = None
+        self.http_prefix = None
+        self.ws_prefix = None
+        self.channels = {}  # full reply channel -> Cycle or WebSocketProtocol
+        self.connections = set()  # HttpProtocol
+        self.websockets = set()  # WebSocketProtocol, until their websocket.disconnect is out
+        self.servers = []
+        self.shutting_down = False
+        self.ws_close_code = 1001
+        self.counters = dict.fromkeys((
+            "connections_total", "requests_total", "websockets_total", "rejected_full", "timeouts",
+            "bad_requests", "client_disconnects", "body_waits", "ack_timeouts", "ping_timeouts",
+            "ws_protocol_errors", "unknown_replies",
+        ), 0)
+        self._readers = []
+        self._tick_handle = None
+        self._sweep_handle = None
+        self._sweep_interval = 1.0
+        self._closed = None
+        self._idle = None
+        self._shutdown_task = None
+
+    @property
+    def access_log_enabled(self):
+        return self.access_log.enabled
+
+    # ------------------------------------------------------------------ start
+
+    async def serve(self):
+        """Start listening and reading replies; return once listening."""
+        self.loop = loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        self._idle = asyncio.Event()
+        layer = self.layer
+        self.http_prefix = layer.process_prefix("http.response")
+        self.ws_prefix = layer.process_prefix("websocket.send")
+        self._readers = [
+            loop.create_task(self._read_replies(self.http_prefix), name="http-replies"),
+            loop.create_task(self._read_replies(self.ws_prefix), name="ws-replies"),
+        ]
+        sockets = self.sockets or [bind_socket(addr, self.config.backlog) for addr in self.config.bind]
+        if not sockets:
+            raise ValueError("ProtocolServer needs listening sockets or config.bind")
+        self.sockets = sockets
+        for sock in sockets:
+            # The event loop closes the socket it serves on (uvloop closes the
+            # fd itself); give it a duplicate so the owner of ``sock`` (the
+            # master's inherited listener, a gunicorn wrapper) never closes a
+            # descriptor number twice.
+            srv = await loop.create_server(
+                lambda: HttpProtocol(self), sock=sock.dup(), backlog=self.config.backlog,
+            )
+            self.servers.append(srv)
+            self.log.info("Listening on %s", describe_socket(sock))
+        self._tick_handle = loop.call_later(1.0, self._tick)
+        config = self.config
+        timeouts = [t for t in (config.keepalive or 5.0, config.http_timeout) if t]
+        self._sweep_interval = max(0.005, min([1.0] + [t / 4 for t in timeouts]))
+        self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
+
+    async def _read_replies(self, prefix):
+        channels = self.channels
+        counters = self.counters
+        log = self.log
+        while True:
+            try:
+                async for channel, message in self.layer.stream(prefix):
+                    target = channels.get(channel)
+                    if target is None:
+                        counters["unknown_replies"] += 1
+                        log.debug("reply on unknown channel %s dropped", channel)
+                        continue
+                    try:
+                        target.on_reply(message)
+                    except Exception:
+                        log.exception("handling a reply on %s failed", channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the layer failed: log, back off, carry on
+                log.exception("reading replies on %s failed; retrying", prefix)
+                await asyncio.sleep(0.5)
+
+    def _sweep(self):
+        self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
+        now = self.loop.time()
+        for conn in list(self.connections):
+            try:
+                conn.check_timeouts(now)
+            except Exception:
+                self.log.exception("timeout check failed")
+
+    def _tick(self):
+        self._tick_handle = self.loop.call_later(1.0, self._tick)
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat()
+            except Exception:
+                self.log.exception("heartbeat hook failed")
+
+    # --------------------------------------------------------------- shutdown
+
+    def begin_shutdown(self, ws_close_code=1001):
+        """Stop accepting; finish HTTP in flight (up to graceful_timeout);
+        close WebSockets with ``ws_close_code`` (1001 stop, 1012 restart)."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self.ws_close_code = ws_close_code
+        self.log.info("Shutting down (WebSocket close code %d)", ws_close_code)
+        for srv in self.servers:
+            srv.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        for ws in list(self.websockets):
+            ws.shutdown(ws_close_code)
+        self._shutdown_task = self.loop.create_task(self._finish_shutdown(), name="shutdown")
+
+    def connection_closed(self):
+        if self.shutting_down and self._idle is not None and self._is_idle():
+            self._idle.set()
+
+    def _is_idle(self):
+        return not self.connections and not self.websockets and not any(
+            getattr(t, "disconnect_sent", True) is False for t in self.channels.values()
+        )
+
+    async def _finish_shutdown(self):
+        try:
+            if not self._is_idle():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), self.config.graceful_timeout)
+                except asyncio.TimeoutError:
+                    self.log.warning(
+                        "graceful_timeout (%ss) passed with %d connections and %d websockets open; closing them",
+                        self.config.graceful_timeout, len(self.connections), len(self.websockets),
+                    )
+            for conn in list(self.connections):
+                conn.transport.abort()
+            for target in list(self.channels.values()):
+                if hasattr(target, "force_close"):
+                    target.force_close()
+            await asyncio.sleep(0)  # let connection_lost callbacks run
+            await asyncio.sleep(0)
+            for srv in self.servers:
+                await srv.wait_closed()
+        finally:
+            for task in self._readers:
+                task.cancel()
+            for task in self._readers:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            if self._sweep_handle is not None:
+                self._sweep_handle.cancel()
+            self._closed.set()
+
+    async def wait_closed(self):
+        await self._closed.wait()
+
+    async def run(self, ws_close_code_on_cancel=1001):
+        """serve() then wait_closed(); shuts down if cancelled."""
+        await self.serve()
+        try:
+            await self.wait_closed()
+        except asyncio.CancelledError:
+            self.begin_shutdown(ws_close_code_on_cancel)
+            await self.wait_closed()
+            raise
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self):
+        in_flight = 0
+        for conn in self.connections:
+            for cycle in conn.cycles:
+                if cycle.dispatched and not cycle.done:
+                    in_flight += 1
+        return {
+            "connections": len(self.connections) + len(self.websockets),
+            "http_connections": len(self.connections),
+            "requests_in_flight": in_flight,
+            "websockets": len(self.websockets),
+            "reply_channels": len(self.channels),
+            "shutting_down": self.shutting_down,
+            **self.counters,
+        }
+
+
+# ------------------------------------------------------------------ sockets
+
+
+def bind_socket(address, backlog=2048):
+    """A listening socket for "host:port", "[v6]:port", ":port" or "unix:/path"."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o660)
+    else:
+        if address.startswith("["):
+            host, _, port = address[1:].partition("]:")
+        else:
+            host, _, port = address.rpartition(":")
+        host = host or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def describe_socket(sock):
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,436 @@
+"""The asyncio side of a WebSocket connection.
+
+``HttpProtocol`` hands the transport over after a valid upgrade request.
+Then:
+
+* ``websocket.connect`` (order 0) goes out and the handshake is *held*
+  until a reply arrives on the connection's reply channel: ``accept``,
+  text/bytes (accept and send), ``close`` or ``accept: False`` (HTTP 403),
+  or nothing within ``websocket_connect_timeout`` (403).  A full
+  ``websocket.connect`` gives 503.  The application may pick one of the
+  offered subprotocols with ``subprotocol`` in its accept.
+* Frames are decoded by the sans-I/O ``websocket.FrameCodec``.  Each message
+  gets the next ``order`` and waits in this object until the previous
+  message's ``{"__ack__": n}`` came back (or ``ack_timeout`` passed): at most
+  one ``websocket.connect``/``websocket.receive`` per connection is in
+  flight, so workers process a connection's messages in arrival order.
+  More than ``ws_max_queue`` waiting messages pause reading.
+* A full ``websocket.receive`` closes with 1013.
+* Keep-alive pings every ``ws_ping_interval``; no pong within
+  ``ws_ping_timeout`` closes with 1011.
+* ``websocket.disconnect`` (order last + 1, no ack expected) goes out after
+  the socket closed and every earlier message was acknowledged.
+"""
+
+import asyncio
+import collections
+import logging
+import struct
+
+from shmchannels.names import new_local_part
+
+from . import http11, proxy
+from .websocket import BINARY, CLOSE, PONG, TEXT, FrameCodec, ProtocolError, accept_response
+
+logger = logging.getLogger("shmchannels.server")
+
+HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
+
+#: close code reported in websocket.disconnect when the TCP connection ended
+#: without a close frame (also after a rejected handshake)
+ABNORMAL = 1006
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    def __init__(self, server, transport, req, key, subprotocols, client, server_addr, leftover=b""):
+        self.server = server
+        self.config = config = server.config
+        self.layer = server.layer
+        self.loop = server.loop
+        self.transport = transport
+        self.req = req
+        self.key = key
+        self.subprotocols = subprotocols
+        self.client = client
+        self.server_addr = server_addr
+        self.scheme = "ws"
+        self.path = req.path
+        self.codec = FrameCodec(config.ws_max_size)
+        self.state = HANDSHAKE
+        self.pending = bytearray(leftover)  # bytes that arrived before the handshake completed
+        self.reply_channel = server.ws_prefix + new_local_part()
+        self.queue = collections.deque()  # (channel, message) waiting for their turn
+        self.inflight = None  # order awaiting its ack
+        self.next_order = 1
+        self.ack_handle = None
+        self.connect_handle = None
+        self.ping_handle = None
+        self.pong_handle = None
+        self.close_handle = None
+        self.ping_payload = None
+        self.pings = 0
+        self.close_code = None  # what websocket.disconnect will report
+        self.paused = False
+        self.disconnect_sent = False
+        self.transport_closed = False
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self):
+        server = self.server
+        config = self.config
+        layer = self.layer
+        req = self.req
+        if config.proxy_headers:
+            fwd = proxy.forwarded(config.trusted, req.headers, self.client, self.server_addr, websocket=True)
+            if fwd is not None:
+                self.client, self.server_addr = fwd[0], fwd[1]
+                self.scheme = fwd[2] or "ws"
+        message = {
+            "reply_channel": self.reply_channel,
+            "scheme": self.scheme,
+            "path": req.path,
+            "query_string": req.query_string,
+            "root_path": config.root_path,
+            "headers": req.headers,
+            "client": self.client,
+            "server": self.server_addr,
+            "order": 0,
+            "subprotocols": self.subprotocols,
+        }
+        try:
+            layer.send("websocket.connect", message)
+        except (layer.ChannelFull, layer.MessageTooLarge) as exc:
+            server.counters["rejected_full"] += 1
+            self._http_reject(503, b"Service Unavailable: connect queue full", log_status=503)
+            self.disconnect_sent = True  # no consumer saw a connect: nothing to pair
+            logger.debug("websocket.connect refused: %r", exc)
+            return
+        server.channels[self.reply_channel] = self
+        server.websockets.add(self)
+        server.counters["websockets_total"] += 1
+        self._await_ack(0)
+        if config.websocket_connect_timeout:
+            self.connect_handle = self.loop.call_later(config.websocket_connect_timeout, self._connect_timeout)
+        if server.shutting_down:
+            self.shutdown(1001)
+
+    def connection_made(self, transport):  # pragma: no cover - we are given the transport
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.transport_closed = True
+        previous = self.state
+        self.state = CLOSED
+        for name in ("connect_handle", "ping_handle", "pong_handle", "close_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
+        if self.close_code is None:
+            self.close_code = ABNORMAL
+        if previous == HANDSHAKE and self.server.access_log_enabled:
+            self.server.access_log.log(self.client, self.req, 499, 0)
+        self.server.websockets.discard(self)
+        if not self.disconnect_sent:
+            self.queue.append(("websocket.disconnect", {
+                "reply_channel": self.reply_channel, "path": self.path,
+                "code": self.close_code, "order": self.next_order,
+            }))
+            self.next_order += 1
+            self._pump()
+        self.server.connection_closed()
+
+    def eof_received(self):
+        return False  # the peer half-closed: close our side too
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    # ---------------------------------------------------------- incoming data
+
+    def data_received(self, data):
+        state = self.state
+        if state == HANDSHAKE:
+            self.pending += data
+            if len(self.pending) > self.config.ws_max_size + 16:
+                self.transport.close()
+            return
+        if state == CLOSED:
+            return
+        codec = self.codec
+        try:
+            events = codec.receive_data(data)
+        except ProtocolError as exc:
+            logger.debug("websocket protocol error from %s: %s %s", self.client, exc.code, exc.reason)
+            self.server.counters["ws_protocol_errors"] += 1
+            for event in exc.events:
+                self._on_event(event)
+            self._fail(exc.code)
+            return
+        out = codec.data_to_send()
+        if out:
+            self.transport.write(out)
+        for event in events:
+            self._on_event(event)
+
+    def _on_event(self, event):
+        kind, payload = event
+        if self.state != OPEN and (kind is TEXT or kind is BINARY):
+            return  # we are closing (1013, shutdown...): later messages are discarded
+        if kind is TEXT:
+            self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
+                           "text": payload, "bytes": None, "order": self.next_order})
+        elif kind is BINARY:
+            self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
+                           "text": None, "bytes": payload, "order": self.next_order})
+        elif kind is PONG:
+            if payload == self.ping_payload and self.pong_handle is not None:
+                self.pong_handle.cancel()
+                self.pong_handle = None
+        elif kind is CLOSE:
+            code = payload[0]
+            if self.close_code is None:
+                self.close_code = code
+            out = self.codec.data_to_send()  # our echo, unless we closed first
+            if out:
+                self.transport.write(out)
+            self.state = CLOSED
+            self.transport.close()  # the server closes TCP first (RFC 6455 7.1.1)
+        # PING: the codec already queued the pong
+
+    def _enqueue(self, message):
+        self.next_order += 1
+        self.queue.append(("websocket.receive", message))
+        if self.inflight is None:
+            self._pump()
+        if len(self.queue) > self.config.ws_max_queue and not self.paused and not self.transport_closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # -------------------------------------------------------- ordered dispatch
+
+    def _pump(self):
+        layer = self.layer
+        queue = self.queue
+        while self.inflight is None and queue:
+            channel, message = queue.popleft()
+            if channel == "websocket.disconnect":
+                try:
+                    layer.send(channel, message)
+                except (layer.ChannelFull, layer.MessageTooLarge):
+                    logger.warning("websocket.disconnect is full; dropped for %s", self.reply_channel)
+                self._finalize()
+                return
+            try:
+                layer.send(channel, message)
+            except layer.ChannelFull:
+                self.server.counters["rejected_full"] += 1
+                logger.warning("websocket.receive is full: closing %s with 1013", self.reply_channel)
+                queue.clear()
+                self._close(1013)
+                return
+            except layer.MessageTooLarge:
+                queue.clear()
+                self._close(1009)
+                return
+            self._await_ack(message["order"])
+        if self.paused and len(queue) <= self.config.ws_max_queue and not self.transport_closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _await_ack(self, order):
+        self.inflight = order
+        if self.config.ack_timeout:
+            self.ack_handle = self.loop.call_later(self.config.ack_timeout, self._ack_timeout, order)
+
+    def _on_ack(self, order):
+        if order != self.inflight:
+            logger.debug("stale ack %r on %s (waiting for %r)", order, self.reply_channel, self.inflight)
+            return
+        if self.ack_handle is not None:
+            self.ack_handle.cancel()
+            self.ack_handle = None
+        self.inflight = None
+        self._pump()
+
+    def _ack_timeout(self, order):
+        self.ack_handle = None
+        if self.inflight == order:
+            logger.warning(
+                "no ack for message %d of %s within %ss; sending the next one",
+                order, self.reply_channel, self.config.ack_timeout,
+            )
+            self.server.counters["ack_timeouts"] += 1
+            self.inflight = None
+            self._pump()
+
+    def _finalize(self):
+        """websocket.disconnect is out: forget this connection."""
+        self.disconnect_sent = True
+        if self.ack_handle is not None:
+            self.ack_handle.cancel()
+            self.ack_handle = None
+        self.server.channels.pop(self.reply_channel, None)
+        self.layer.core.discard_channel(self.reply_channel)
+        self.server.connection_closed()
+
+    # ---------------------------------------------------------------- replies
+
+    def on_reply(self, message):
+        state = self.state
+        if state == HANDSHAKE:
+            accept = message.get("accept")
+            text = message.get("text")
+            data = message.get("bytes")
+            close = message.get("close")
+            if accept is False or (close and text is None and data is None and accept is not True):
+                self._http_reject(403, b"Forbidden")
+            elif accept is True or text is not None or data is not None:
+                self._accept(message.get("subprotocol"))
+            state = self.state
+        if state == OPEN:
+            text = message.get("text")
+            if text is not None:
+                self.transport.write(self.codec.send_text(text))
+            else:
+                data = message.get("bytes")
+                if data is not None:
+                    self.transport.write(self.codec.send_binary(data))
+            close = message.get("close")
+            if close:
+                self._close(1000 if close is True else close)
+        ack = message.get("__ack__")
+        if ack is not None:
+            self._on_ack(ack)
+
+    def _accept(self, subprotocol):
+        if self.connect_handle is not None:
+            self.connect_handle.cancel()
+            self.connect_handle = None
+        if subprotocol is not None and subprotocol not in self.subprotocols:
+            logger.warning("application chose subprotocol %r, which the client did not offer; not sent", subprotocol)
+            subprotocol = None
+        self.transport.write(accept_response(self.key, subprotocol, server_header=self.server.server_header))
+        self.state = OPEN
+        if self.server.access_log_enabled:
+            self.server.access_log.log(self.client, self.req, 101, 0)
+        if self.config.ws_ping_interval:
+            self.ping_handle = self.loop.call_later(self.config.ws_ping_interval, self._ping)
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending = None
+            self.data_received(data)
+        else:
+            self.pending = None
+
+    def _http_reject(self, status, body, log_status=None):
+        if self.connect_handle is not None:
+            self.connect_handle.cancel()
+            self.connect_handle = None
+        self.transport.write(http11.simple_response(status, body, keep_alive=False, server_header=self.server.server_header))
+        if self.server.access_log_enabled:
+            self.server.access_log.log(self.client, self.req, log_status or status, len(body))
+        self.state = CLOSED
+        self.close_code = ABNORMAL
+        self.transport.close()
+
+    def _connect_timeout(self):
+        self.connect_handle = None
+        if self.state == HANDSHAKE:
+            logger.warning("no answer to websocket.connect on %s within %ss: 403",
+                           self.reply_channel, self.config.websocket_connect_timeout)
+            self.server.counters["timeouts"] += 1
+            self._http_reject(403, b"Forbidden: no answer from the application")
+
+    # ------------------------------------------------------------------ close
+
+    def _close(self, code):
+        """Start the closing handshake (we close first)."""
+        if self.state == HANDSHAKE:
+            self._http_reject(503 if code in (1001, 1012, 1013) else 403, b"Service Unavailable")
+            return
+        if self.state != OPEN:
+            return
+        if type(code) is not int or not (
+            code == 1000 or 3000 <= code <= 4999 or (1001 <= code <= 1014 and code not in (1004, 1005, 1006))
+        ):
+            logger.warning("invalid close code %r from the application; using 1000", code)
+            code = 1000
+        self.close_code = code
+        self.transport.write(self.codec.send_close(code))
+        self.state = CLOSING
+        self._stop_pings()
+        self.close_handle = self.loop.call_later(self.config.ws_close_timeout, self._close_timeout)
+
+    def _close_timeout(self):
+        self.close_handle = None
+        if not self.transport_closed:
+            self.transport.abort()
+
+    def _fail(self, code):
+        """Fail the connection: the codec queued our close frame; drop TCP."""
+        if self.close_code is None:
+            self.close_code = code
+        out = self.codec.data_to_send()
+        if out:
+            self.transport.write(out)
+        self.state = CLOSED
+        self._stop_pings()
+        self.transport.close()
+
+    def _stop_pings(self):
+        if self.ping_handle is not None:
+            self.ping_handle.cancel()
+            self.ping_handle = None
+        if self.pong_handle is not None:
+            self.pong_handle.cancel()
+            self.pong_handle = None
+
+    def shutdown(self, code=1001):
+        """Server stop (1001) or roll (1012)."""
+        if self.state in (HANDSHAKE, OPEN):
+            self._close(code)
+
+    def force_close(self):
+        """graceful_timeout passed: drop TCP, send websocket.disconnect now."""
+        if not self.transport_closed:
+            self.transport.abort()
+        if not self.disconnect_sent:
+            # stop waiting for acks: the worker may be gone
+            if self.ack_handle is not None:
+                self.ack_handle.cancel()
+                self.ack_handle = None
+            self.inflight = None
+            self.queue = collections.deque(item for item in self.queue if item[0] == "websocket.disconnect")
+            if self.queue:
+                self._pump()
+
+    # ------------------------------------------------------------------ pings
+
+    def _ping(self):
+        self.ping_handle = None
+        if self.state != OPEN:
+            return
+        if self.pong_handle is None:
+            self.pings += 1
+            self.ping_payload = struct.pack("!I", self.pings)
+            self.transport.write(self.codec.send_ping(self.ping_payload))
+            if self.config.ws_ping_timeout:
+                self.pong_handle = self.loop.call_later(self.config.ws_ping_timeout, self._pong_missing)
+        self.ping_handle = self.loop.call_later(self.config.ws_ping_interval, self._ping)
+
+    def _pong_missing(self):
+        self.pong_handle = None
+        if self.state != OPEN:
+            return
+        logger.info("no pong from %s within %ss: closing with 1011", self.client, self.config.ws_ping_timeout)
+        self.server.counters["ping_timeouts"] += 1
+        self.close_code = 1011
+        self.transport.write(self.codec.send_close(1011))
+        self.state = CLOSED
+        self._stop_pings()
+        self.transport.close()
