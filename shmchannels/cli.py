@@ -254,6 +254,8 @@ def _dev_child(args):
     bundle = WorkerBundle(cfg)
     layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
     objects.use_layer(layer)
+    bus = layer.core.bus
+    bus.control.set_label(bus.slot, "shmchannels dev")
     runner = ConsumerRunner(layer, bundle.router, threads=max(cfg.threads, 4))
     runner.start()
     fds = os.environ.get("SHMCHANNELS_DEV_FDS")
