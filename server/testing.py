@@ -260,16 +260,9 @@ class FakeWorker:
 
 def send_retrying(layer, channel, message, timeout=5.0):
     """Send, retrying on ChannelFull (what a real worker does with replies)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            return layer.send(channel, message)
-        except layer.ChannelFull:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+    from shmchannels.workers.wsgi import send_reply
+
+    return send_reply(layer, channel, message, timeout=timeout)
 
 
 def echo_http(layer, channel, message):

@@ -145,22 +145,29 @@ def _setup_logging(level):
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 
-def cmd_worker(args):
+def _consumer_process(args, kind, label):
+    """Config, logging, the application and the layer of a process that runs
+    consumers outside `serve` (a standalone worker, the dev server)."""
     import shmchannels
 
     from .application import WorkerBundle
     from .processes import layer_options
-    from .workers.runner import ConsumerRunner, select_channels
 
-    shm = _load_shm_config(args)
-    cfg = shm.cfg
+    cfg = _load_shm_config(args).cfg
     _setup_logging(cfg.loglevel)
     bundle = WorkerBundle(cfg)
     layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
-    objects.use_layer(layer)
+    objects.use_layer(layer)  # Channel/Group in consumers use this bus
     bus = layer.core.bus
-    bus.control.set_kind(bus.slot, "worker")
-    bus.control.set_label(bus.slot, "standalone worker")
+    bus.control.set_kind(bus.slot, kind)
+    bus.control.set_label(bus.slot, label)
+    return cfg, bundle, layer, bus
+
+
+def cmd_worker(args):
+    from .workers.runner import ConsumerRunner, select_channels
+
+    cfg, bundle, layer, bus = _consumer_process(args, "worker", "standalone worker")
     channels = select_channels(bundle.router.channels(), cfg.only_channels, cfg.exclude_channels)
     runner = ConsumerRunner(layer, bundle.router, channels, threads=cfg.threads)
     stopping = []
@@ -240,22 +247,11 @@ def _dev_child(args):
     import asyncio
     import socket
 
-    import shmchannels
-
-    from .application import WorkerBundle
-    from .processes import layer_options
     from .server.config import ProtocolConfig
     from .server.server import ProtocolServer
     from .workers.runner import ConsumerRunner
 
-    shm = _load_shm_config(args)
-    cfg = shm.cfg
-    _setup_logging(cfg.loglevel)
-    bundle = WorkerBundle(cfg)
-    layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
-    objects.use_layer(layer)
-    bus = layer.core.bus
-    bus.control.set_label(bus.slot, "shmchannels dev")
+    cfg, bundle, layer, bus = _consumer_process(args, "process", "shmchannels dev")
     runner = ConsumerRunner(layer, bundle.router, threads=max(cfg.threads, 4))
     runner.start()
     fds = os.environ.get("SHMCHANNELS_DEV_FDS")

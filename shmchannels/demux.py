@@ -31,6 +31,18 @@ _PURGE_EVERY_NS = 1_000_000_000
 _WARN_EVERY_NS = 60_000_000_000
 
 
+def signal_waiters(waiters, current, elsewhere):
+    """Tell parked receivers to look again: resolve the futures of those on
+    ``current`` (the running loop) now, and collect the others' in
+    ``elsewhere`` for a thread-safe wake-up outside any lock."""
+    for loop, fut, _channel in waiters:
+        if loop is current:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            elsewhere.append((loop, fut))
+
+
 def _targets(key, meta):
     """Full channel names a record in ring ``key`` is for (meta: local parts)."""
     if not meta:
@@ -147,7 +159,7 @@ class Demux:
                 if channel is None:
                     continue
                 if buffers.get(channel):  # already has data: just wake it
-                    self._signal(lst, current, elsewhere)
+                    signal_waiters(lst, current, elsewhere)
                 else:
                     missing += 1
             get = ring.get
@@ -168,22 +180,13 @@ class Demux:
                         else:
                             self._buffer(key, target, deadline, flags, body)
                             stashed = True
-                            self._signal(lst, current, elsewhere)
+                            signal_waiters(lst, current, elsewhere)
                     else:
                         self._buffer(key, target, deadline, flags, body)
                         stashed = True
             self._maybe_purge()
         if stashed:
             ring.notify()
-
-    @staticmethod
-    def _signal(lst, current, elsewhere):
-        for loop, fut, _channel in lst:
-            if loop is current:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                elsewhere.append((loop, fut))
 
     def _maybe_purge(self):
         now = _shm.monotonic_ns()

@@ -27,6 +27,8 @@ re-check then hands to ``Bus.unstick``.
 import asyncio
 import threading
 
+from .demux import signal_waiters
+
 
 def _resolve(fut):
     if not fut.done():
@@ -160,12 +162,7 @@ class Hub:
     @staticmethod
     def _signal(ws, current, elsewhere):
         for lst in ws.values():
-            for loop, fut, _channel in lst:
-                if loop is current:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    elsewhere.append((loop, fut))
+            signal_waiters(lst, current, elsewhere)
 
     def close(self):
         for loop, watchdog in list(self.loops.items()):
