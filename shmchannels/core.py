@@ -14,6 +14,7 @@ import re
 
 from . import _shm, bus as bus_mod, names
 from .codec import MSGPACK, decode, encode
+from .wakeup import _resolve
 from .exceptions import MessageTooLarge
 
 logger = logging.getLogger("shmchannels.layers")
@@ -22,6 +23,7 @@ DEFAULT_MAX_MESSAGE_SIZE = (1 << 20) + (64 << 10)  # 1 MiB of content plus 64 Ki
 DEFAULT_SPIN_US = 50
 DEFAULT_PARK_TIMEOUT = 2.0
 _HOT_NS = 5_000_000  # spin before parking only if traffic arrived this recently
+STUCK_RECHECK = 0.05  # seconds between looks at a ring whose head record is unready
 _ROUTE_CACHE = 8192
 
 
@@ -266,6 +268,10 @@ class Core:
                 hub = self._bus.hub
                 target = channel if specific else None
                 fut, token = hub.park(ring, key, target, self.park_timeout)
+                # Parked behind an unready head (a writer mid-copy, or dead):
+                # look again soon, so a dead writer's claim is recovered
+                # within STUCK_RECHECK rather than at the next watchdog.
+                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if ring.pending and not ring.has_data() else None
                 try:
                     # A record committed before our bit was visible woke
                     # nobody: look again now that it is.
@@ -275,6 +281,8 @@ class Core:
                     raise
                 finally:
                     hub.unpark(token)
+                    if recheck is not None:
+                        recheck.cancel()
                 if handed is not None:  # (deadline, flags, body) delivered on wake-up
                     self._last_rx = _shm.monotonic_ns()
                     return decode(handed[2])
@@ -313,7 +321,8 @@ class Core:
             seqs = _shm.wait_enter(rings)
             try:
                 if not any(r() for r in readies):
-                    _shm.wait(rings, seqs, min(remaining, self.park_timeout))
+                    stuck = any(r.pending and not r.has_data() for r in rings)
+                    _shm.wait(rings, seqs, min(remaining, STUCK_RECHECK if stuck else self.park_timeout))
             finally:
                 _shm.wait_leave(rings)
 

@@ -151,7 +151,13 @@ class Hub:
                             self._signal(ws, current, elsewhere)
                     else:
                         demux.deliver(ring, key, ws, current, elsewhere)
-                elif ring.has_data() or ring.closed:
+                    if ring.pending and not ring.has_data():
+                        self._signal(ws, current, elsewhere)  # see the unready head below
+                elif ring.has_data() or ring.closed or ring.pending:
+                    # ``pending`` without data: records were committed behind
+                    # an unready head (a writer mid-copy, or dead).  The
+                    # waiters look, find it, and re-park with the short
+                    # STUCK_RECHECK timer that recovers a dead writer's claim.
                     self._signal(ws, current, elsewhere)
         for loop, fut in elsewhere:
             try:

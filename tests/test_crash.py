@@ -367,3 +367,44 @@ def test_registry_survives_writers_killed_mid_transaction(prefix):
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     lay.flush()
+
+
+def _die_in_claim_on_signal(prefix, channel, go):
+    lay = layer(prefix)
+    lay.send(channel, msg("victim", 0))
+    go.recv()
+    _shm.set_fault(_shm.FAULT_AFTER_CLAIM, 1)
+    lay.send(channel, msg("victim", 1))
+    os._exit(3)
+
+
+def _parked_async_receiver(prefix, channel, conn):
+    async def main():
+        lay = SharedMemoryChannelLayer(prefix=prefix, park_timeout=60, **SMALL)
+        await lay.receive(channel)
+        conn.send("parked")
+        got = await lay.receive(channel)
+        conn.send(got["seq"])
+
+    asyncio.run(main())
+
+
+def test_parked_async_receiver_recovers_a_dead_claim_without_waiting_for_its_watchdog(prefix):
+    """With the safety watchdog at 60 s, only the stuck-head re-check can
+    deliver the message behind a dead producer's claim in time."""
+    sender = layer(prefix)
+    sender.send("attach.first", {})
+    rx_end, rx_child = CTX.Pipe()
+    go, go_child = CTX.Pipe()
+    rx = run(_parked_async_receiver, prefix, "crash.p", rx_child)
+    victim = run(_die_in_claim_on_signal, prefix, "crash.p", go_child)
+    assert rx_end.recv() == "parked"
+    time.sleep(0.1)
+    go.send("die")
+    victim.join(10)
+    assert victim.exitcode == -signal.SIGKILL
+    sender.send("crash.p", msg("good", 42))
+    assert rx_end.poll(10), "the parked receiver stayed blocked behind the dead claim"
+    assert rx_end.recv() == 42
+    rx.join(10)
+    sender.flush()
