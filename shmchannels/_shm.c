@@ -200,6 +200,20 @@ cas128(uint64_t *p, uint64_t old_lo, uint64_t old_hi, uint64_t new_lo, uint64_t 
     return __sync_bool_compare_and_swap((unsigned __int128 *)p, old, nw);
 }
 
+/* A {pos, seq} pair is only ever changed by one 16-byte CAS, and pos moves on
+ * every change (close only sets a bit of it), so a pos that reads the same
+ * before and after the seq load proves the two belong together. */
+static inline void
+load_pair(const uint64_t *pair, uint64_t *pos, uint64_t *seq)
+{
+    for (;;) {
+        *pos = load64(&pair[0]);
+        *seq = load64(&pair[1]);
+        if (load64(&pair[0]) == *pos)
+            return;
+    }
+}
+
 static inline uint64_t
 seal_of(const ring_hdr_t *h, uint64_t pos, unsigned state)
 {
@@ -415,6 +429,12 @@ ring_put(RingObject *self, const char *meta, uint32_t mlen, const char *body, ui
         int full = capacity && ts - hs >= capacity;
         int nospace = tp + pad + need - hp > self->size;
         if (full || nospace) {
+            /* Tail and head were read one after the other: meanwhile other
+             * writers and a consumer may have moved head past this tail
+             * snapshot, which reads as a huge backlog.  Refuse only on a
+             * snapshot that held still across the head read. */
+            if (load64(&h->tail_pos) != tp || load64(&h->head_pos) != hp)
+                continue;
             if (!purged) {
                 purged = 1;
                 if (purge_expired(self, now))
@@ -805,8 +825,10 @@ Ring_reset(RingObject *self, PyObject *unused)
     CHECK_RING(self);
     ring_hdr_t *h = self->h;
     for (;;) {
-        uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-        uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT, ts = load64(&h->tail_seq);
+        uint64_t hp, hs, tp, ts;
+        load_pair(&h->head_pos, &hp, &hs);
+        load_pair(&h->tail_pos, &tp, &ts);
+        tp &= ~CLOSED_BIT;
         if (hp == tp && hs == ts)
             break;
         if (cas128(&h->head_pos, hp, hs, tp, ts))
