@@ -57,6 +57,7 @@ class ChannelLayer:
             validate=lambda name: names.require_channel(name, v1=True),
         )
         self.channel_capacity = self.core.channel_capacity
+        self._valid_receive = set()  # names already validated for receive()
 
     def __repr__(self):
         return f"<shmchannels.ChannelLayer prefix={self.prefix!r}>"
@@ -75,8 +76,13 @@ class ChannelLayer:
     def _check_receive(self, channels):
         if not isinstance(channels, list) or not channels:
             raise TypeError("channels must be a non-empty list of channel names")
+        valid = self._valid_receive
         for ch in channels:
-            names.require_channel(ch, receive=True, v1=True)
+            if ch not in valid:
+                names.require_channel(ch, receive=True, v1=True)
+                if len(valid) >= 4096:
+                    valid.clear()
+                valid.add(ch)
 
     def receive(self, channels, block=False):
         """(channel, message) from one of ``channels``, or (None, None).

@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import logging
 import re
+import time
 
 from . import _shm, bus as bus_mod, names
 from .codec import MSGPACK, decode, encode
@@ -80,6 +81,8 @@ class Core:
         self._bus = None
         self._send_routes = {}
         self._recv_rings = {}
+        self._plans = {}
+        self._rotation = 0
         self._last_rx = 0
 
     # ------------------------------------------------------------------ bus
@@ -92,6 +95,7 @@ class Core:
             self._bus = bus
             self._send_routes = {}
             self._recv_rings = {}
+            self._plans = {}
         return bus
 
     def get_capacity(self, channel):
@@ -291,36 +295,57 @@ class Core:
                 return msg
             route = None
 
+    def _plan(self, channels):
+        """What a multi-channel receive needs, computed once per channel list:
+        (take functions, rings to wait on, a ready check over all of them)."""
+        key = tuple(channels)
+        plan = self._plans.get(key)
+        bus = self._bus
+        if plan is not None and bus is not None and bus.usable:
+            return plan
+        takers, rings, readies = [], [], []
+        for ch in channels:
+            route = self.ring_for_receive(ch)
+            if ch.endswith("!"):
+                takers.append(lambda ch=ch: self.take_prefix(ch))
+            else:
+                takers.append(lambda ch=ch, route=route: (lambda m: None if m is None else (ch, m))(self.take(ch, route)))
+            if route[0] not in rings:
+                rings.append(route[0])
+            readies.append(route[4])
+        plan = (takers, rings, lambda: any(r() for r in readies))
+        if len(self._plans) >= 256:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
     def receive_blocking(self, channels, timeout):
         """ASGI 1: wait up to ``timeout`` seconds on several channels.
 
         Parks in a futex wait over every ring involved, with the GIL released.
+        Fairness between channels: each call starts one channel further on,
+        so a busy channel cannot starve a quiet one.
         """
-        import random
-        import time
-
-        order = list(channels)
-        deadline = time.monotonic() + timeout
+        takers, rings, ready = self._plan(channels)
+        n = len(takers)
+        deadline = None
         while True:
-            random.shuffle(order)
-            for ch in order:
-                got = self.take_prefix(ch) if ch.endswith("!") else self.take(ch)
+            start = self._rotation = (self._rotation + 1) % n
+            for i in range(n):
+                got = takers[(start + i) % n]()
                 if got is not None:
-                    return got if ch.endswith("!") else (ch, got)
-            rings = []
-            for ch in order:
-                ring = self.ring_for_receive(ch)[0]
-                if ring not in rings:
-                    rings.append(ring)
-            readies = [self.ready_check(ch) for ch in order]
-            if self.spin(lambda: any(r() for r in readies)):
+                    return got
+            if self.spin(ready):
                 continue
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            remaining = deadline - now
             if remaining <= 0:
                 return None, None
             seqs = _shm.wait_enter(rings)
             try:
-                if not any(r() for r in readies):
+                if not ready():
                     stuck = any(r.pending and not r.has_data() for r in rings)
                     _shm.wait(rings, seqs, min(remaining, STUCK_RECHECK if stuck else self.park_timeout))
             finally:
@@ -383,6 +408,7 @@ class Core:
         bus.flush()
         self._send_routes = {}
         self._recv_rings = {}
+        self._plans = {}
 
     def discard_channel(self, channel):
         """Drop local buffers of a channel that will not be read again."""

@@ -112,6 +112,14 @@ class Channel:
         self.name = name
         self.channel_layer = channel_layer
 
+    @classmethod
+    def from_bus(cls, name, channel_layer):
+        """A Channel for a name taken off the bus (already valid): no re-check."""
+        channel = cls.__new__(cls)
+        channel.name = name
+        channel.channel_layer = channel_layer
+        return channel
+
     @property
     def layer(self):
         return self.channel_layer or default_layer()

@@ -15,14 +15,15 @@ class Message:
     def __init__(self, content, channel_name, channel_layer):
         self.content = content
         self.channel_layer = channel_layer
-        self.channel = Channel(channel_name, channel_layer=channel_layer)
+        self.channel = Channel.from_bus(channel_name, channel_layer)
         self._reply = False
 
     @property
     def reply_channel(self):
         if self._reply is False:
             name = self.content.get("reply_channel")
-            self._reply = Channel(name, channel_layer=self.channel_layer) if name else None
+            # Validated when sent (by the layer), not on every message.
+            self._reply = Channel.from_bus(name, self.channel_layer) if name else None
         return self._reply
 
     def __getitem__(self, key):
