@@ -67,7 +67,6 @@ class Registry:
         self.control = control
         self._conn = None
         self._pid = None
-        self._lock = threading.Lock()
         self._cache = {}
 
     def initialise(self):
@@ -82,7 +81,7 @@ class Registry:
         # Create the file 0600 ourselves: SQLite would use 0644 & ~umask,
         # and gives its -wal and -shm files the database file's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        with self._lock:
+        with _sqlite_lock:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -108,7 +107,7 @@ class Registry:
         self._cache = {}
 
     def close(self):
-        with self._lock:
+        with _sqlite_lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
@@ -117,7 +116,7 @@ class Registry:
     def add(self, group, channel):
         key = names.ring_key(channel)
         owner = names.owner_of(key)
-        with self._lock:
+        with _sqlite_lock:
             self._db().execute(
                 "INSERT OR REPLACE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)",
                 (group, channel, key, None if owner is None else "%03x%07x" % owner, time.time()),
@@ -125,14 +124,14 @@ class Registry:
         self.control.bump_bucket(bucket_of(group))
 
     def discard(self, group, channel):
-        with self._lock:
+        with _sqlite_lock:
             self._db().execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel))
         self.control.bump_bucket(bucket_of(group))
 
     def drop_owner(self, slot, gen):
         """Forget every membership of channels owned by a dead process."""
         tag = names.owner_tag(slot, gen)
-        with self._lock:
+        with _sqlite_lock:
             db = self._db()
             groups = [g for (g,) in db.execute("SELECT DISTINCT grp FROM members WHERE owner = ?", (tag,))]
             if groups:
@@ -142,7 +141,7 @@ class Registry:
         return len(groups)
 
     def flush(self):
-        with self._lock:
+        with _sqlite_lock:
             self._db().execute("DELETE FROM members")
             self._cache.clear()
         self.control.bump_all_buckets()
@@ -150,7 +149,7 @@ class Registry:
     def expire(self, group_expiry):
         """Delete memberships older than ``group_expiry`` seconds."""
         cutoff = time.time() - group_expiry
-        with self._lock:
+        with _sqlite_lock:
             db = self._db()
             groups = [g for (g,) in db.execute("SELECT DISTINCT grp FROM members WHERE added < ?", (cutoff,))]
             if groups:
@@ -171,7 +170,7 @@ class Registry:
         if hit is not None and hit[0] == version and hit[1] == group_expiry and now < hit[2]:
             return hit[3]
         cutoff = now - group_expiry
-        with self._lock:
+        with _sqlite_lock:
             rows = self._db().execute(
                 "SELECT channel, ring, added FROM members WHERE grp = ? AND added >= ?", (group, cutoff)
             ).fetchall()
@@ -192,16 +191,16 @@ class Registry:
 
     def channels(self, group, group_expiry):
         cutoff = time.time() - group_expiry
-        with self._lock:
+        with _sqlite_lock:
             rows = self._db().execute(
                 "SELECT channel FROM members WHERE grp = ? AND added >= ? ORDER BY added", (group, cutoff)
             ).fetchall()
         return [c for (c,) in rows]
 
     def counts(self):
-        with self._lock:
+        with _sqlite_lock:
             return dict(self._db().execute("SELECT grp, COUNT(*) FROM members GROUP BY grp ORDER BY grp"))
 
     def is_empty(self):
-        with self._lock:
+        with _sqlite_lock:
             return self._db().execute("SELECT 1 FROM members LIMIT 1").fetchone() is None

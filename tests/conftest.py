@@ -1,5 +1,6 @@
 import glob
 import itertools
+import multiprocessing
 import os
 
 import pytest
@@ -29,6 +30,22 @@ def prefix():
     for f in leftover:
         os.unlink(f)
     assert not leftover, f"test left shared memory behind: {leftover}"
+
+
+@pytest.fixture(autouse=True)
+def no_child_process_left_behind():
+    """A test's forked children must be gone when it ends.
+
+    A hung child would otherwise outlive the test and, at interpreter exit,
+    multiprocessing joins every non-daemon child: the whole run would hang
+    after its last test.  So leftovers are killed, and the test fails.
+    """
+    yield
+    leftover = multiprocessing.active_children()
+    for p in leftover:
+        p.kill()
+        p.join(10)
+    assert not leftover, f"test left child processes running: {leftover}"
 
 
 @pytest.fixture(scope="session", autouse=True)

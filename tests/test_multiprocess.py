@@ -8,6 +8,7 @@ each sender's messages in order, and no message is torn (CRC).
 import asyncio
 import multiprocessing
 import os
+import threading
 import time
 import zlib
 
@@ -274,3 +275,42 @@ def test_capacity_is_never_refused_below_it_with_racing_writers(prefix):
         p.join(30)
         assert p.exitcode == 0
     assert refused == [0] * writers
+
+
+def test_fork_while_another_thread_is_inside_sqlite_never_hangs_the_child(prefix):
+    """A thread busy with group writes while the main thread forks: each child
+    must still attach (its first SQLite call), never inherit SQLite's mutexes
+    locked by a thread that does not exist in it."""
+    layer = shmchannels.ChannelLayer(prefix=prefix)
+    stop = threading.Event()
+
+    def churn():
+        n = 0
+        while not stop.is_set():
+            layer.group_add("churn", f"churn.{n % 50}")
+            layer.group_discard("churn", f"churn.{(n + 25) % 50}")
+            n += 1
+
+    def child():
+        # A new process identity on the same bus: attach, a registry write, leave.
+        fresh = shmchannels.ChannelLayer(prefix=prefix)
+        fresh.group_add("kids", f"kid.{os.getpid()}")
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    children = []
+    try:
+        for _ in range(40):
+            p = CTX.Process(target=child)
+            p.start()
+            children.append(p)
+            p.join(20)
+            assert p.exitcode == 0, "a forked child hung in its first SQLite call"
+    finally:
+        stop.set()
+        churner.join(10)
+        for p in children:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    layer.flush()
