@@ -131,15 +131,14 @@ def terminate_on_signals():
 # ---------------------------------------------------------------- child processes
 
 
-class Child:
-    """One child process running ``_workers.child_main(conn, role, cfg, *queues)``."""
+class PipeChild:
+    """A child process we command over a pipe: we send (command, payload), it
+    answers (tag, payload), or ("error", text) when it failed."""
 
-    def __init__(self, ctx, role, cfg, queues=()):
-        import _workers
-
-        self.name = f"{role}/{cfg['kind']}"
+    def __init__(self, ctx, name, target, args=(), daemon=None):
+        self.name = name
         self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=_workers.child_main, args=(theirs, role, cfg, *queues), name=self.name)
+        self.proc = ctx.Process(target=target, args=(theirs, *args), name=name, daemon=daemon)
         self.proc.start()
         theirs.close()
 
@@ -171,6 +170,15 @@ class Child:
         if not self.conn.closed:
             self.conn.close()
         return self.proc.exitcode
+
+
+class Child(PipeChild):
+    """One child process running ``_workers.child_main(conn, role, cfg, *queues)``."""
+
+    def __init__(self, ctx, role, cfg, queues=()):
+        import _workers
+
+        super().__init__(ctx, f"{role}/{cfg['kind']}", _workers.child_main, (role, cfg, *queues))
 
 
 def stop_all(children, timeout=15):
@@ -263,6 +271,17 @@ def fmt_time(seconds):
 # ---------------------------------------------------------------------- machine
 
 
+def package_versions(packages):
+    """{package: installed version, or "not installed"}, in the order given."""
+    versions = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
 def machine_info(redis_version=None):
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -280,12 +299,8 @@ def machine_info(redis_version=None):
         with open("/proc/meminfo") as f:
             kb = int(f.readline().split()[1])
             mem = f"{kb / 1048576:.1f} GiB"
-    versions = {}
-    for pkg in ("shmchannels", "channels", "channels_redis", "redis", "msgpack", "Django", "matplotlib"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "not installed"
+    versions = package_versions(("shmchannels", "channels", "channels_redis", "redis", "msgpack", "Django",
+                                 "matplotlib"))
     if redis_version:
         versions["redis-server"] = redis_version
     load = os.getloadavg()

@@ -1,5 +1,6 @@
 """Helpers of bench/http.py and bench/websocket.py: a snapshot of the
-shmchannels source, server processes (start, readiness, CPU, stop), wrk.
+shmchannels source, server processes (start, readiness, CPU, stop), wrk, and
+the state of a run of server measurements.
 
 Every server runs in its own session (``start_new_session``), so a Ctrl-C in
 the terminal reaches only the benchmark, which then stops the servers in its
@@ -21,7 +22,8 @@ import sys
 import tempfile
 import time
 
-from _common import BenchError, log
+from _common import BenchError, log, machine_info, package_versions, shm_files
+from _run import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(ROOT, "bench", "apps")
@@ -141,6 +143,31 @@ def cpu_times(pids):
     return out
 
 
+def cpu_by_role(c0, c1, roles):
+    """CPU and run-queue wait seconds between two cpu_times() samples, each
+    summed per role (``roles``: pid -> role, "other" for the rest)."""
+    cpu, wait = {}, {}
+    for pid, (t, w) in c1.items():
+        if pid in c0:
+            role = roles.get(pid, "other")
+            cpu[role] = cpu.get(role, 0.0) + (t - c0[pid][0])
+            if w is not None and c0[pid][1] is not None:
+                wait[role] = wait.get(role, 0.0) + (w - c0[pid][1])
+    return cpu, wait
+
+
+def check_runs_snapshot(server, snap):
+    """The shmchannels processes of ``server`` must run the snapshot, not the working tree."""
+    for pid in server.pids():
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+        except OSError:
+            continue
+        if "_shm." in maps and snap not in maps:
+            raise BenchError(f"{server.name} (pid {pid}) does not run the source snapshot in {snap}")
+
+
 class Server:
     """One server program (its own session), started and stopped by us.
 
@@ -253,10 +280,6 @@ class Server:
         return problems
 
 
-def shm_files(prefix):
-    return sorted(glob.glob(f"/dev/shm/shmch-{os.getuid()}-{glob.escape(prefix)}@*"))
-
-
 def server_env(snap, extra=None):
     """Environment of a server: the shmchannels snapshot and bench/apps first on PYTHONPATH."""
     env = dict(os.environ)
@@ -274,6 +297,58 @@ def venv_exe(name):
     if not os.path.exists(path):
         raise BenchError(f"{path} not found: install the bench extra (.venv/bin/pip install -e '.[bench]')")
     return path
+
+
+# ---------------------------------------------------------------------- run
+
+
+class ServerRun(Run):
+    """A run of server measurements: the source snapshot the servers run, a
+    folder for their output, and what went wrong stopping them.  ``cleanup``
+    (an ExitStack) removes the snapshot, the folder and any bus files left
+    under the run's prefixes."""
+
+    def __init__(self, args, cleanup, *, logs, quiet_budget, prefix_tag, unit):
+        super().__init__(args, quiet_budget=quiet_budget, prefix_tag=prefix_tag, unit=unit)
+        self.problems = []  # servers that did not stop cleanly, files left in /dev/shm, ...
+        self.shm_before = set(os.listdir("/dev/shm"))
+        self.snap, self.source, self.warning = snapshot_source()
+        cleanup.callback(shutil.rmtree, self.snap, ignore_errors=True)
+        self.logdir = tempfile.mkdtemp(prefix=f"bench-{logs}-logs-")
+        cleanup.callback(shutil.rmtree, self.logdir, ignore_errors=True)
+        cleanup.callback(self._remove_shm_leftovers)
+
+    def machine_info(self, packages):
+        """machine_info() with the snapshot's source and the versions of ``packages``."""
+        info = machine_info()
+        info["source"] = self.source + (f" (**{self.warning}**)" if self.warning else "")
+        info["versions"] = package_versions(packages)
+        if self.warning:
+            log(f"WARNING: {self.warning}")
+        return info
+
+    def stop_server(self, server, label):
+        for p in server.stop():
+            self.problems.append(f"{label}: {p}")
+            log("    " + p)
+
+    def _remove_shm_leftovers(self):
+        for p in self.prefixes:
+            for f in shm_files(p):
+                self.problems.append(f"left in /dev/shm at the end (removed): {os.path.basename(f)}")
+                os.unlink(f)
+
+    def note_source_change(self, info):
+        """Say in ``info`` if the working tree changed while the snapshot was measured."""
+        end_hash = source_hash()
+        if end_hash not in info["source"]:
+            info["source"] += (f"; copied aside at the start and used for every measurement (the working tree "
+                               f"changed during the run: sha1 {end_hash} at the end)")
+
+    def print_runtime(self, elapsed):
+        new_shm = sorted(set(os.listdir("/dev/shm")) - self.shm_before)
+        mine = [f for f in new_shm if any(f"-{p}@" in f for p in self.prefixes)]
+        print(f"\ntotal runtime {elapsed:.0f} s; /dev/shm entries of this run left: {mine or 'none'}", flush=True)
 
 
 # ------------------------------------------------------------------- HTTP

@@ -27,36 +27,43 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
-import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
-import itertools  # noqa: E402
+import functools  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from _common import (  # noqa: E402
-    BenchError,
-    fmt_num,
-    fmt_time,
-    log,
-    machine_info,
-    median,
-    replace_section,
-    span,
-    terminate_on_signals,
-    wait_for_quiet,
+from _common import BenchError, fmt_num, fmt_time, free_port, log, median  # noqa: E402
+from _report import (  # noqa: E402
+    closing_sections,
+    error_lines,
+    generated_line,
+    grey_legend,
+    problem_lines,
+    ratio_lines,
+    ratio_row,
+    ratios,
+    rng,
+    save_chart,
+    server_machine_line,
+    stat,
+    target,
+    target_lines,
+    target_readings,
+    vals,
 )
+from _run import docs_wanted, interruptible, new_parser, parse, require_program, write_docs  # noqa: E402
 from _servers import (  # noqa: E402
     ROOT,
     Server,
+    ServerRun,
+    check_runs_snapshot,
+    cpu_by_role,
     cpu_times,
     expect_hello,
     run_wrk,
     server_env,
-    shm_files,
-    snapshot_source,
-    source_hash,
     venv_exe,
     wrk_version,
 )
@@ -65,6 +72,7 @@ DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 PNG = os.path.join(ROOT, "docs", "bench_http.png")
 START, END = "<!-- bench:http:start -->", "<!-- bench:http:end -->"
 QUIET_BUDGET = 300.0  # seconds a run may spend in all waiting for other processes to leave the CPUs
+PACKAGES = ("shmchannels", "uvicorn", "httptools", "uvloop", "daphne", "Twisted", "gunicorn")
 
 # key -> (label, colour)
 SERVERS = {
@@ -94,38 +102,12 @@ def server_argv(key, port, prefix):
     raise KeyError(key)
 
 
-class Env:
-    def __init__(self, args, snap, logdir):
-        self.args = args
-        self.snap = snap
-        self.logdir = logdir
-        self.counter = itertools.count()
-        self.prefixes = []
-        self.problems = []  # servers that did not stop cleanly, files left in /dev/shm, ...
-        self.max_load = os.getloadavg()[0]
-        self.waited = 0.0
-        self.measurements = 0
-        self.contended = []
+class Env(ServerRun):
+    def __init__(self, args, cleanup):
+        super().__init__(args, cleanup, logs="http", quiet_budget=QUIET_BUDGET, prefix_tag="bh", unit="round")
         self.headers = {}  # key -> response headers of GET / (for the report)
         self.snapshot_checked = False
         self.loops = {}  # key -> "uvloop" / "asyncio", from the server processes' memory maps
-
-    def new_prefix(self):
-        p = f"bh{os.getpid()}x{next(self.counter)}"
-        self.prefixes.append(p)
-        return p
-
-
-def check_snapshot_used(server, snap):
-    """The shmchannels processes must run the snapshot, not the working tree."""
-    for pid in server.pids():
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                maps = f.read()
-        except OSError:
-            continue
-        if "_shm." in maps and snap not in maps:
-            raise BenchError(f"{server.name} (pid {pid}) does not run the source snapshot in {snap}")
 
 
 def event_loop(pids, roles):
@@ -144,8 +126,6 @@ def event_loop(pids, roles):
 
 def measure(env, key, rnd):
     a = env.args
-    from _common import free_port
-
     port = free_port()
     prefix = env.new_prefix() if key.startswith("shm") else None
     srv = Server(SERVERS[key][0], server_argv(key, port, prefix), port, expect_hello, env=server_env(env.snap),
@@ -157,7 +137,7 @@ def measure(env, key, rnd):
         if prefix:
             roles = srv.shm_roles()
             if not env.snapshot_checked:
-                check_snapshot_used(srv, env.snap)
+                check_runs_snapshot(srv, env.snap)
                 env.snapshot_checked = True
         pids = srv.pids()
         leader = srv.proc.pid
@@ -178,19 +158,9 @@ def measure(env, key, rnd):
             raise BenchError(f"{srv.name} died during the measurement")
         expect_hello(port)  # still answering correctly after the load
     finally:
-        problems = srv.stop()
-        for p in problems:
-            env.problems.append(f"round {rnd + 1} {key}: {p}")
-            log("    " + p)
+        env.stop_server(srv, f"round {rnd + 1} {key}")
     n = res.get("requests") or res["rps"] * a.duration
-    by_role = {}
-    wait_role = {}
-    for pid, (t, w) in c1.items():
-        if pid in c0:
-            role = roles.get(pid, "other")
-            by_role[role] = by_role.get(role, 0.0) + (t - c0[pid][0])
-            if w is not None and c0[pid][1] is not None:
-                wait_role[role] = wait_role.get(role, 0.0) + (w - c0[pid][1])
+    by_role, wait_role = cpu_by_role(c0, c1, roles)
     server_cpu = sum(by_role.values())
     wrk_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     bad = res["non2xx"] + sum(res["errors"].values())
@@ -220,45 +190,15 @@ def measure(env, key, rnd):
 # ------------------------------------------------------------------ reporting
 
 
-def vals(results, key, field):
-    return [r.get(field) if r else None for r in results.get(key, [])]
-
-
-def stat(results, key, field):
-    xs = vals(results, key, field)
-    lo, hi = span(xs)
-    return median(xs), lo, hi
-
-
-def ratios(results, a, b, field):
-    out = []
-    for ra, rb in zip(results.get(a, []), results.get(b, [])):
-        if ra and rb and ra.get(field) and rb.get(field):
-            out.append(ra[field] / rb[field])
-    return out
-
-
-def rng(lo, hi, f):
-    return "n/a" if lo is None else f"{f(lo)} – {f(hi)}"
-
-
-def fx(v):
-    return "n/a" if v is None else f"{v:.3g}x"
-
-
 def build_targets(results):
     t = []
-
-    def add(text, values, ok):
-        med = median(values)
-        t.append({"target": text, "median": med, "range": span(values), "pass": med is not None and ok(med),
-                  "runs_ok": f"{sum(1 for v in values if ok(v))}/{len(values)}"})
-
     if "shm" in results and "daphne" in results:
-        add("shmchannels req/s >= 2x daphne", ratios(results, "shm", "daphne", "rps"), lambda v: v >= 2)
+        t.append(target("shmchannels req/s >= 2x daphne", ratios(results, "shm", "daphne", "rps"), lambda v: v >= 2))
     if "shm" in results and "uvicorn" in results:
-        add("shmchannels req/s >= 0.6x uvicorn", ratios(results, "shm", "uvicorn", "rps"), lambda v: v >= 0.6)
-        add("shmchannels p99 <= 2x uvicorn's p99", ratios(results, "shm", "uvicorn", "p99"), lambda v: v <= 2)
+        t.append(target("shmchannels req/s >= 0.6x uvicorn", ratios(results, "shm", "uvicorn", "rps"),
+                        lambda v: v >= 0.6))
+        t.append(target("shmchannels p99 <= 2x uvicorn's p99", ratios(results, "shm", "uvicorn", "p99"),
+                        lambda v: v <= 2))
     return t
 
 
@@ -276,16 +216,8 @@ RATIO_PAIRS = [
 
 
 def ratio_rows(results):
-    rows = []
-    for a, b, field, text in RATIO_PAIRS:
-        if a in results and b in results:
-            rs = ratios(results, a, b, field)
-            rows.append((text, fx(median(rs)), rng(*span(rs), fx)))
-    return rows
-
-
-def ms(v):
-    return fmt_time(v) if v is not None else "n/a"
+    return [ratio_row(text, ratios(results, a, b, field))
+            for a, b, field, text in RATIO_PAIRS if a in results and b in results]
 
 
 def role_text(results, key):
@@ -332,26 +264,17 @@ def result_rows(results):
     return rows
 
 
-def print_report(results, targets, errors, env):
+def print_report(results, targets, env):
     out = ["\nRESULTS (median over rounds, [min – max])"]
     out.append(f"    {'server':<30} {'req/s':>9} {'range':>17}  {'p50':>8} {'range':>19}  {'p99':>8} {'range':>19}")
     for label, rps, p50, p99, notes in result_rows(results):
-        out.append(f"    {label:<30} {fmt_num(rps[0]):>9} {rng(rps[1], rps[2], fmt_num):>17}  {ms(p50[0]):>8} "
-                   f"{rng(p50[1], p50[2], ms):>19}  {ms(p99[0]):>8} {rng(p99[1], p99[2], ms):>19}")
+        out.append(f"    {label:<30} {fmt_num(rps[0]):>9} {rng(rps[1], rps[2], fmt_num):>17}  "
+                   f"{fmt_time(p50[0]):>8} {rng(p50[1], p50[2], fmt_time):>19}  "
+                   f"{fmt_time(p99[0]):>8} {rng(p99[1], p99[2], fmt_time):>19}")
         out.append(f"        {notes}")
-    out.append("\nRATIOS (computed within each round)")
-    for text, med, r in ratio_rows(results):
-        out.append(f"    {text:<52} {med:>8}   [{r}]")
-    out.append("\nTARGETS")
-    for t in targets:
-        out.append(f"    {'PASS' if t['pass'] else 'FAIL'}  {t['target']:<40} {fx(t['median']):>8}   "
-                   f"[{rng(*t['range'], fx)}]  rounds passing {t['runs_ok']}")
-    if env.problems:
-        out.append("\nPROBLEMS")
-        out.extend("    " + p for p in env.problems)
-    if errors:
-        out.append("\nERRORS")
-        out.extend("    " + e.replace("\n", "\n    ") for e in errors)
+    out += ratio_lines(ratio_rows(results), env.unit, 52, 8)
+    out += target_lines(targets, env.unit, 40, 8)
+    out += problem_lines(env.problems) + error_lines(env.errors)
     print("\n".join(out), flush=True)
 
 
@@ -393,11 +316,12 @@ def reading(results, targets, env):
             f"uvicorn.")
     if p99s and p99u:
         lines.append(
-            f"- **Latency at {env.args.connections} connections:** shmchannels p50 {ms(g('shm', 'p50'))}, p99 "
-            f"{ms(p99s)}; uvicorn p50 {ms(g('uvicorn', 'p50'))}, p99 {ms(p99u)}; daphne p50 {ms(g('daphne', 'p50'))}, "
-            f"p99 {ms(g('daphne', 'p99'))}.  With a closed loop of {env.args.connections} connections latency is "
-            f"mostly queueing (≈ connections / throughput), so the p50s follow the throughputs; the p99 shows the "
-            f"stalls (an extra hop through the worker, scheduling of 2-3 busy processes on 2 vCPUs).")
+            f"- **Latency at {env.args.connections} connections:** shmchannels p50 {fmt_time(g('shm', 'p50'))}, "
+            f"p99 {fmt_time(p99s)}; uvicorn p50 {fmt_time(g('uvicorn', 'p50'))}, p99 {fmt_time(p99u)}; daphne p50 "
+            f"{fmt_time(g('daphne', 'p50'))}, p99 {fmt_time(g('daphne', 'p99'))}.  With a closed loop of "
+            f"{env.args.connections} connections latency is mostly queueing (≈ connections / throughput), so the "
+            f"p50s follow the throughputs; the p99 shows the stalls (an extra hop through the worker, scheduling of "
+            f"2-3 busy processes on 2 vCPUs).")
     if gu and sw:
         lines.append(
             f"- **WSGI:** the same WSGI callable runs {sw / gu:.2g}x as fast behind shmchannels as in gunicorn's "
@@ -405,12 +329,7 @@ def reading(results, targets, env):
             f"serves one request at a time; shmchannels keeps the connections alive in the protocol server and "
             f"its WSGI adapter costs {100 * (1 - sw / shm):.0f}% of the throughput of a plain consumer."
             if shm else "")
-    failed = [t["target"] for t in targets if not t["pass"]]
-    shaky = [t["target"] for t in targets if t["pass"] and len(set(t["runs_ok"].split("/"))) > 1]
-    if failed:
-        lines.append("- **Missed targets:** " + "; ".join(failed) + ".")
-    if shaky:
-        lines.append("- **Passed on the median but not in every round:** " + "; ".join(shaky) + ".")
+    lines += target_readings(targets, env.unit)
     bad = {k: sum(r["bad"] for r in rs if r) for k, rs in results.items()}
     if any(bad.values()):
         lines.append("- **wrk saw socket errors or non-2xx responses:** " +
@@ -423,23 +342,10 @@ def reading(results, targets, env):
     return "\n".join(l for l in lines if l)
 
 
-def markdown(results, targets, errors, info, env, started, elapsed, png_name):
+def markdown(results, targets, info, env, started, elapsed, png_name):
     a = env.args
-    md = ["## HTTP", ""]
-    md.append(f"Generated by `bench/http.py` ({'--quick, ' if a.quick else ''}{a.runs} round(s)) on "
-              f"{started:%Y-%m-%d %H:%M} UTC; the whole run took {elapsed / 60:.1f} min.  Regenerate with "
-              "`.venv/bin/python bench/http.py` (see `bench/README.md`).")
-    md.append("")
-    md.append(f"**Machine:** {info['nproc']} vCPU ({info['cpu']}), {info['mem']} RAM, Linux {info['kernel']}, "
-              f"load average at start {info['loadavg']}, highest 1-min value between measurements "
-              f"{env.max_load:.2f} (a 2-vCPU box shared with other work).  Before each of the {env.measurements} "
-              f"measurements the script waited (up to {a.quiet_wait:g} s, {QUIET_BUDGET:.0f} s in all; "
-              f"{env.waited:.0f} s spent) until no other process was runnable; "
-              + (f"{len(env.contended)} started anyway with others busy: {', '.join(env.contended)}."
-                 if env.contended else "none started with others busy.")
-              + f"  **shmchannels source:** {info['source']}.  **Python:** {info['python']}.  **Versions:** "
-              + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".")
-    md.append("")
+    md = ["## HTTP", "", generated_line("http.py", a, env.unit, started, elapsed), "",
+          server_machine_line(info, env), ""]
     md.append("### Method")
     md.append("")
     md.extend([
@@ -476,35 +382,11 @@ def markdown(results, targets, errors, info, env, started, elapsed, png_name):
     md.append("| server | req/s median | req/s min – max | p50 | p50 min – max | p99 | p99 min – max | notes |")
     md.append("|---|---:|---|---:|---|---:|---|---|")
     for label, rps, p50, p99, notes in result_rows(results):
-        md.append(f"| {label} | {fmt_num(rps[0])} | {rng(rps[1], rps[2], fmt_num)} | {ms(p50[0])} | "
-                  f"{rng(p50[1], p50[2], ms)} | {ms(p99[0])} | {rng(p99[1], p99[2], ms)} | {notes} |")
+        md.append(f"| {label} | {fmt_num(rps[0])} | {rng(rps[1], rps[2], fmt_num)} | {fmt_time(p50[0])} | "
+                  f"{rng(p50[1], p50[2], fmt_time)} | {fmt_time(p99[0])} | {rng(p99[1], p99[2], fmt_time)} | {notes} |")
     md.append("")
-    md.append("### Ratios (within each round)")
-    md.append("")
-    md.append("| ratio | median | min – max |")
-    md.append("|---|---:|---|")
-    for text, med, r in ratio_rows(results):
-        md.append(f"| {text} | {med} | {r} |")
-    md.append("")
-    md.append("### Targets")
-    md.append("")
-    md.append("| target | measured (median) | min – max | rounds passing | verdict |")
-    md.append("|---|---:|---|---|---|")
-    for t in targets:
-        md.append(f"| {t['target']} | {fx(t['median'])} | {rng(*t['range'], fx)} | {t['runs_ok']} | "
-                  f"**{'PASS' if t['pass'] else 'FAIL'}** |")
-    md.append("")
-    md.append(f"![HTTP benchmark: medians with min – max whiskers]({png_name})")
-    md.append("")
-    md.append("### Reading")
-    md.append("")
-    md.append(reading(results, targets, env))
-    if errors:
-        md.append("")
-        md.append("### Errors during the run")
-        md.append("")
-        for e in errors:
-            md.append("```\n" + e.strip()[-2000:] + "\n```")
+    md += closing_sections(ratio_rows(results), targets, env.unit, "HTTP benchmark: medians with min – max whiskers",
+                           png_name, reading(results, targets, env), env.errors)
     return "\n".join(md) + "\n"
 
 
@@ -558,7 +440,7 @@ def chart(results, env, path):
                 linewidth=0.3, xerr=[[a - s[1] for a, s in zip(m, st)], [s[2] - a for a, s in zip(m, st)]],
                 capsize=2, label=name)
         for y, v, s in zip(ys, m, st):
-            ax.text(s[2], y, "  " + ms(v), va="center", fontsize=8)
+            ax.text(s[2], y, "  " + fmt_time(v), va="center", fontsize=8)
     if "uvicorn" in keys:
         x = 2 * stat(results, "uvicorn", "p99")[0]
         ax.axvline(x, color="k", ls="--", lw=0.9, label="target: shmchannels p99 <= 2x uvicorn p99")
@@ -568,13 +450,10 @@ def chart(results, env, path):
     ax.set_yticks(range(len(keys)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.invert_yaxis()
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: ms(v)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: fmt_time(v)))
     ax.set_xlabel(f"latency at {env.args.connections} connections (log; lower is better)")
     ax.set_title("Latency p50 (solid) and p99 (hatched)")
-    lg = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
-    for hd in lg.legend_handles:
-        if hasattr(hd, "set_facecolor"):
-            hd.set_facecolor("#999999")
+    grey_legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
     ax.grid(axis="x", which="both", alpha=0.3)
 
     ax = axes[1, 0]
@@ -617,22 +496,17 @@ def chart(results, env, path):
     ax.legend(fontsize=8)
     ax.grid(which="both", alpha=0.3)
 
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, top=0.95)
 
 
 # ----------------------------------------------------------------------- main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 s warm-up, 2 s load")
-    p.add_argument("--runs", type=int, default=None, help="rounds (default 5; 1 with --quick)")
-    p.add_argument("--write", action="store_true", help="with --quick or --only: still rewrite the docs section and PNG")
-    p.add_argument("--no-write", action="store_true", help="never touch docs/")
-    p.add_argument("--only", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}")
+    p = new_parser(__doc__, quick="smoke run: 1 round, 1 s warm-up, 2 s load",
+                   runs="rounds (default 5; 1 with --quick)",
+                   write="with --quick or --only: still rewrite the docs section and PNG",
+                   only=",".join(SERVERS), only_help=f"comma-separated subset of {','.join(SERVERS)}")
     p.add_argument("--duration", type=float, default=None, help="seconds of timed load per server (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load per server (default 2)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
@@ -640,26 +514,17 @@ def parse_args(argv=None):
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each measurement wait up to this many seconds until no other process is "
                         "runnable (default 30; 0 with --quick)")
-    p.add_argument("--md", default=DOC)
-    p.add_argument("--png", default=PNG)
-    a = p.parse_args(argv)
-    a.runs = a.runs or (1 if a.quick else 5)
+    a = parse(p, argv, md=DOC, png=PNG, choices=SERVERS, kind="server")
     a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.warmup = a.warmup or (1.0 if a.quick else 2.0)
     a.quiet_wait = (0.0 if a.quick else 30.0) if a.quiet_wait is None else a.quiet_wait
     if a.wrk_cpu is None:
         a.wrk_cpu = max(os.sched_getaffinity(0))
-    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
-    bad = [s for s in a.only if s not in SERVERS]
-    if bad:
-        p.error(f"unknown server(s) {bad}; choose from {list(SERVERS)}")
     return a
 
 
 def check_prerequisites(args):
-    if not (shutil.which("wrk") or os.path.exists("/usr/bin/wrk")):
-        log("wrk not found.  Install it, e.g. on Debian/Ubuntu:\n\n    apt-get install wrk\n")
-        sys.exit(2)
+    require_program("wrk", shutil.which("wrk") or os.path.exists("/usr/bin/wrk"))
     need = {"uvicorn": "uvicorn", "daphne": "daphne", "gunicorn": "gunicorn"}
     missing = [exe for key, exe in need.items() if key in args.only and
                not os.path.exists(os.path.join(os.path.dirname(sys.executable), exe))]
@@ -668,99 +533,40 @@ def check_prerequisites(args):
         sys.exit(2)
 
 
+def describe(r):
+    """A measurement's progress line."""
+    return (f"{fmt_num(r['rps']):>7} req/s  p50 {fmt_time(r['p50']):>8}  p99 {fmt_time(r['p99']):>8}  "
+            f"CPU {r['cpu_us']:.1f} µs/req ({', '.join(f'{k} {v:.1f}' for k, v in r['cpu_role_us'].items())}); "
+            f"waiting {', '.join(f'{k} {100 * v:.0f}%' for k, v in r['wait_role'].items() if k != 'master')}"
+            + (f"  ERRORS {r['errors']} non2xx {r['non2xx']}" if r["bad"] else ""))
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_prerequisites(args)
-    full = not args.quick and set(args.only) == set(SERVERS)
-    write = not args.no_write and (full or args.write)
-    if write:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            log("matplotlib is needed to write the chart: .venv/bin/pip install -e '.[bench]'")
-            sys.exit(2)
+    write = docs_wanted(args, full=not args.quick and set(args.only) == set(SERVERS))
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
-    shm_before = set(os.listdir("/dev/shm"))
     results = {k: [] for k in SERVERS if k in args.only}
-    errors = []
-    snap = logdir = env = None
-    with terminate_on_signals():
-        try:
-            snap, source, warning = snapshot_source()
-            logdir = tempfile.mkdtemp(prefix="bench-http-logs-")
-            info = machine_info()
-            info["source"] = source + (f" (**{warning}**)" if warning else "")
-            from importlib import metadata
-
-            versions = {}
-            for pkg in ("shmchannels", "uvicorn", "httptools", "uvloop", "daphne", "Twisted", "gunicorn"):
-                try:
-                    versions[pkg] = metadata.version(pkg)
-                except metadata.PackageNotFoundError:
-                    versions[pkg] = "not installed"
-            versions["wrk"] = wrk_version()
-            info["versions"] = versions
-            if warning:
-                log(f"WARNING: {warning}")
-            env = Env(args, snap, logdir)
-            log(f"{args.runs} round(s) of {', '.join(results)}; wrk -c{args.connections} -d{args.duration:g}s "
-                f"(warm-up {args.warmup:g}s) pinned to CPU {args.wrk_cpu}")
-            for rnd in range(args.runs):
-                log(f"--- round {rnd + 1}/{args.runs}")
-                for key in results:
-                    budget = max(0.0, QUIET_BUDGET - env.waited)
-                    waited, busy = wait_for_quiet(min(args.quiet_wait, budget))
-                    env.waited += waited
-                    env.measurements += 1
-                    if busy > 0.5:
-                        env.contended.append(f"round {rnd + 1} {key} ({busy:.1f})")
-                        log(f"    other processes keep {busy:.1f} CPU(s) busy; measuring anyway")
-                    t0 = time.monotonic()
-                    try:
-                        r = measure(env, key, rnd)
-                        msg = (f"{fmt_num(r['rps']):>7} req/s  p50 {ms(r['p50']):>8}  p99 {ms(r['p99']):>8}  "
-                               f"CPU {r['cpu_us']:.1f} µs/req ({', '.join(f'{k} {v:.1f}' for k, v in r['cpu_role_us'].items())}); "
-                               f"waiting {', '.join(f'{k} {100 * v:.0f}%' for k, v in r['wait_role'].items() if k != 'master')}"
-                               + (f"  ERRORS {r['errors']} non2xx {r['non2xx']}" if r["bad"] else ""))
-                    except BenchError as exc:
-                        r = None
-                        msg = "ERROR"
-                        errors.append(f"round {rnd + 1} {key}: {exc}")
-                        log(f"    {key}: {exc}")
-                    results[key].append(r)
-                    env.max_load = max(env.max_load, os.getloadavg()[0])
-                    log(f"  {SERVERS[key][0]:<30} {msg}   [{time.monotonic() - t0:.1f} s]")
-        except KeyboardInterrupt:
-            log("interrupted")
-            raise SystemExit(130)
-        finally:
-            if env is not None:
-                for p in env.prefixes:
-                    for f in shm_files(p):
-                        env.problems.append(f"left in /dev/shm at the end (removed): {os.path.basename(f)}")
-                        os.unlink(f)
-            if snap:
-                shutil.rmtree(snap, ignore_errors=True)
-            if logdir:
-                shutil.rmtree(logdir, ignore_errors=True)
+    with interruptible(), contextlib.ExitStack() as cleanup:
+        env = Env(args, cleanup)
+        info = env.machine_info(PACKAGES)
+        info["versions"]["wrk"] = wrk_version()
+        log(f"{args.runs} round(s) of {', '.join(results)}; wrk -c{args.connections} -d{args.duration:g}s "
+            f"(warm-up {args.warmup:g}s) pinned to CPU {args.wrk_cpu}")
+        for rnd, where in env.runs():
+            for key in results:
+                results[key].append(env.measure(where, key, f"{SERVERS[key][0]:<30}",
+                                                functools.partial(measure, env, key, rnd), describe))
     elapsed = time.monotonic() - t_start
-    end_hash = source_hash()
-    if end_hash not in info["source"]:
-        info["source"] += (f"; copied aside at the start and used for every measurement (the working tree changed "
-                           f"during the run: sha1 {end_hash} at the end)")
+    env.note_source_change(info)
     targets = build_targets(results)
-    print_report(results, targets, errors, env)
-    new_shm = sorted(set(os.listdir("/dev/shm")) - shm_before)
-    mine = [f for f in new_shm if any(f"-{p}@" in f for p in env.prefixes)]
-    print(f"\ntotal runtime {elapsed:.0f} s; /dev/shm entries of this run left: {mine or 'none'}", flush=True)
+    print_report(results, targets, env)
+    env.print_runtime(elapsed)
     if write:
-        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-        chart(results, env, args.png)
-        png_name = os.path.relpath(os.path.abspath(args.png), os.path.dirname(os.path.abspath(args.md)))
-        replace_section(args.md, START, END, markdown(results, targets, errors, info, env, started, elapsed, png_name))
-        print(f"wrote {os.path.relpath(args.md)} and {os.path.relpath(args.png)}", flush=True)
-    return 1 if errors else 0
+        write_docs(args, (START, END), functools.partial(chart, results, env),
+                   lambda png_name: markdown(results, targets, info, env, started, elapsed, png_name))
+    return 1 if env.errors else 0
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ repeated --runs times and reported as median and min-max.
 Child-process code lives in bench/_workers.py, helpers in bench/_common.py.
 """
 
-import argparse
+import contextlib
 import datetime
-import itertools
+import functools
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 
@@ -37,12 +38,34 @@ from _common import (  # noqa: E402
     machine_info,
     median,
     percentile,
-    replace_section,
     shm_files,
-    span,
     stop_all,
-    terminate_on_signals,
-    wait_for_quiet,
+)
+from _report import (  # noqa: E402
+    closing_sections,
+    error_lines,
+    generated_line,
+    grey_legend,
+    ratio_lines,
+    ratio_row,
+    ratios,
+    rng,
+    save_chart,
+    stat,
+    target,
+    target_lines,
+    target_readings,
+    vals,
+)
+from _run import (  # noqa: E402
+    Run,
+    docs_wanted,
+    interruptible,
+    new_parser,
+    parse,
+    require_modules,
+    require_program,
+    write_docs,
 )
 from _workers import MPQ, PUBSUB, REDIS, SHM  # noqa: E402
 
@@ -109,20 +132,14 @@ RT_WARMUP = 200
 QUIET_BUDGET = 600.0  # seconds a run may spend in all waiting for other processes to leave the CPUs
 
 
-class Env:
+class Env(Run):
     def __init__(self, args, port, layer_path=None):
-        self.args = args
+        super().__init__(args, quiet_budget=QUIET_BUDGET, prefix_tag="bench", unit="run")
         self.port = port
         self.layer_path = layer_path
         self.ctx = mp.get_context(START_METHOD)
-        self.counter = itertools.count()
-        self.prefixes = []
         self.leftovers = []  # (prefix, files) the layer left in /dev/shm after a clean scenario
         self.killed_leftovers = []  # the same after a failed scenario whose processes we terminated
-        self.max_load = os.getloadavg()[0]
-        self.waited = 0.0  # seconds spent waiting for other processes to leave the CPUs
-        self.measurements = 0
-        self.contended = []  # measurements started while others kept CPUs busy
         self.target = 0.3 if args.quick else args.target_secs
         self.sizes = {sc: {k: self._initial(sc, k) for k in ks} for sc, ks in INITIAL.items()}
 
@@ -139,11 +156,6 @@ class Env:
             if rss_mb and rss_mb > RSS_GUARD_MB:
                 n = min(n, self.sizes[scenario][key] * RSS_GUARD_MB / rss_mb)
             self.sizes[scenario][key] = max(lo, min(hi, int(n)))
-
-    def new_prefix(self):
-        p = f"bench{os.getpid()}x{next(self.counter)}"
-        self.prefixes.append(p)
-        return p
 
     def cfg(self, key, **extra):
         kind, named, _label = VARIANTS[key]
@@ -162,6 +174,11 @@ class Env:
                     os.unlink(f)
                 except FileNotFoundError:
                     pass
+
+    def remove_all_leftovers(self):
+        """Anything a killed child left behind under any prefix of the run."""
+        for p in self.prefixes:
+            self.check_shm(p, after_failure=True)
 
 
 def wrap_up(children, flusher, kind):
@@ -283,7 +300,6 @@ def run_group(env, key):
     reps = env.args.reps
     timeout = 120.0
     cfg = env.cfg(key, members=GROUP_MEMBERS, group="bench-group", timeout=timeout)
-    kind = cfg["kind"]
 
     def one_rep(s, receivers, rep):
         s.send("go", rep)
@@ -360,91 +376,62 @@ def run_idle(env, key):
 # ------------------------------------------------------------------ reporting
 
 
-def collect(results, scenario, key, field):
-    return [r.get(field) if r else None for r in results[scenario][key]]
+def fmt_ratio(v):
+    return "n/a" if v is None else f"{v:.3g}x" if v < 1000 else f"{v:.0f}x"
 
 
-def stat(results, scenario, key, field):
-    xs = collect(results, scenario, key, field)
-    lo, hi = span(xs)
-    return median(xs), lo, hi
+def fmt_rate(v):
+    return fmt_num(v, "/s")
 
 
-def ratios(results, scenario, a, b, field, invert=False):
-    """Per-run ratio a/b (or b/a), computed only within the same run."""
-    out = []
-    for ra, rb in zip(results[scenario][a], results[scenario][b]):
-        if ra and rb and ra.get(field) and rb.get(field):
-            out.append(rb[field] / ra[field] if invert else ra[field] / rb[field])
-    return out
+def fmt_pct(v):
+    return "n/a" if v is None else f"{v:.3f}%"
 
 
 def build_targets(results):
-    """[(target text, measured list per run, how to read, pass?)]"""
+    """The targets of the scenarios that ran (see _report.target)."""
     t = []
 
     def add(text, values, ok, shown):
-        med = median(values)
-        passed = med is not None and ok(med)
-        runs_ok = sum(1 for v in values if ok(v))
-        t.append({"target": text, "median": med, "range": span(values), "pass": passed,
-                  "runs_ok": f"{runs_ok}/{len(values)}", "shown": shown})
+        t.append(target(text, values, ok, shown))
 
     if "stream" in results:
         add("throughput >= 300x RedisChannelLayer (new_channel)", ratios(results, "stream", "shm", "redis", "rate"),
-            lambda v: v >= 300, "x")
+            lambda v: v >= 300, fmt_ratio)
         add('throughput >= 300x RedisChannelLayer (named "bench")',
-            ratios(results, "stream", "shm-named", "redis-named", "rate"), lambda v: v >= 300, "x")
+            ratios(results, "stream", "shm-named", "redis-named", "rate"), lambda v: v >= 300, fmt_ratio)
         add("throughput >= 2x multiprocessing.Queue (new_channel)", ratios(results, "stream", "shm", "mpq", "rate"),
-            lambda v: v >= 2, "x")
+            lambda v: v >= 2, fmt_ratio)
         add('throughput >= 2x multiprocessing.Queue (named "bench")',
-            ratios(results, "stream", "shm-named", "mpq", "rate"), lambda v: v >= 2, "x")
+            ratios(results, "stream", "shm-named", "mpq", "rate"), lambda v: v >= 2, fmt_ratio)
     if "rt" in results:
         add("round-trip p50 <= 1/20 of RedisChannelLayer's (Redis p50 / shm p50 >= 20)",
-            ratios(results, "rt", "shm", "redis", "p50_us", invert=True), lambda v: v >= 20, "x")
+            ratios(results, "rt", "shm", "redis", "p50_us", invert=True), lambda v: v >= 20, fmt_ratio)
         add("round-trip p99 <= 3x own p50 (shm p99 / p50)",
-            [r["p99_us"] / r["p50_us"] for r in results["rt"]["shm"] if r], lambda v: v <= 3, "x")
+            [r["p99_us"] / r["p50_us"] for r in results["rt"]["shm"] if r], lambda v: v <= 3, fmt_ratio)
     if "group" in results:
         add("group_send to 1000 <= 1/4 of RedisChannelLayer's, consumer loops (Redis / shm >= 4)",
-            ratios(results, "group", "shm", "redis", "total_ms", invert=True), lambda v: v >= 4, "x")
+            ratios(results, "group", "shm", "redis", "total_ms", invert=True), lambda v: v >= 4, fmt_ratio)
         add("group_send to 1000 <= 1/4 of RedisChannelLayer's, fresh waiters (Redis / shm >= 4)",
-            ratios(results, "group", "shm", "redis", "fresh_ms", invert=True), lambda v: v >= 4, "x")
+            ratios(results, "group", "shm", "redis", "fresh_ms", invert=True), lambda v: v >= 4, fmt_ratio)
     if "big" in results:
-        add("64 KiB messages >= 50k/s (new_channel)", collect(results, "big", "shm", "rate"),
-            lambda v: v is not None and v >= 50_000, "msg/s")
-        add('64 KiB messages >= 50k/s (named "bench")', collect(results, "big", "shm-named", "rate"),
-            lambda v: v is not None and v >= 50_000, "msg/s")
+        add("64 KiB messages >= 50k/s (new_channel)", vals(results, "big", "shm", "rate"),
+            lambda v: v is not None and v >= 50_000, fmt_rate)
+        add('64 KiB messages >= 50k/s (named "bench")', vals(results, "big", "shm-named", "rate"),
+            lambda v: v is not None and v >= 50_000, fmt_rate)
     if "idle" in results:
-        add("idle CPU < 1% (new_channel)", collect(results, "idle", "shm", "pct"),
-            lambda v: v is not None and v < 1, "%")
-        add('idle CPU < 1% (named "bench")', collect(results, "idle", "shm-named", "pct"),
-            lambda v: v is not None and v < 1, "%")
+        add("idle CPU < 1% (new_channel)", vals(results, "idle", "shm", "pct"),
+            lambda v: v is not None and v < 1, fmt_pct)
+        add('idle CPU < 1% (named "bench")', vals(results, "idle", "shm-named", "pct"),
+            lambda v: v is not None and v < 1, fmt_pct)
     return t
-
-
-def fmt_val(v, shown):
-    if v is None:
-        return "n/a"
-    if shown == "x":
-        return f"{v:.3g}x" if v < 1000 else f"{v:.0f}x"
-    if shown == "%":
-        return f"{v:.3f}%"
-    return fmt_num(v, "/s" if shown == "msg/s" else "")
-
-
-def rng(lo, hi, f):
-    if lo is None:
-        return "n/a"
-    return f"{f(lo)} – {f(hi)}"
 
 
 def result_rows(results):
     """Rows (scenario, variant, median, range, extra) for the results table."""
     rows = []
-    per_s = lambda v: fmt_num(v, "/s")  # noqa: E731
     us = lambda v: fmt_time(v / 1e6) if v is not None else "n/a"  # noqa: E731
     ms = lambda v: fmt_time(v / 1e3) if v is not None else "n/a"  # noqa: E731
-    pct = lambda v: f"{v:.3f}%" if v is not None else "n/a"  # noqa: E731
     for sc in SCENARIOS:
         if sc not in results:
             continue
@@ -458,7 +445,7 @@ def result_rows(results):
                 full, _, _ = stat(results, sc, key, "full")
                 n, _, _ = stat(results, sc, key, "n")
                 rss, _, rss_hi = stat(results, sc, key, "recv_rss_mb")
-                extra = [f"sender {per_s(smed)}", f"CPU/msg recv {us(rc)}, send {us(sc_cpu)}",
+                extra = [f"sender {fmt_rate(smed)}", f"CPU/msg recv {us(rc)}, send {us(sc_cpu)}",
                          f"receiver peak RSS {rss:.0f} MB (max {rss_hi:.0f})" if rss else ""]
                 if sc == "big":
                     g, glo, ghi = stat(results, sc, key, "gbps")
@@ -466,7 +453,7 @@ def result_rows(results):
                 if full:
                     extra.append(f"ChannelFull retries {full:.0f}")
                 extra.append(f"N={n:.0f}" if n else "")
-                rows.append((sc, label, per_s(med), rng(lo, hi, per_s), "; ".join(e for e in extra if e)))
+                rows.append((sc, label, fmt_rate(med), rng(lo, hi, fmt_rate), "; ".join(e for e in extra if e)))
             elif sc == "rt":
                 for field, name in (("p50_us", "p50"), ("p99_us", "p99"), ("mean_us", "mean")):
                     med, lo, hi = stat(results, sc, key, field)
@@ -486,7 +473,7 @@ def result_rows(results):
                     extra = f"first delivery {ms(f)}; group_send call {ms(c)}" if med else ""
                     if field == "fresh_ms" and med:
                         cold, _, _ = stat(results, sc, key, "cold_ms")
-                        retr = sum(x for x in collect(results, sc, key, "setup_retries") if x)
+                        retr = sum(x for x in vals(results, sc, key, "setup_retries") if x)
                         extra += f"; first (cold) group_send of a run {ms(cold)}"
                         if retr:
                             extra += f"; group_add 'database is locked' retries {retr}"
@@ -498,12 +485,11 @@ def result_rows(results):
                 cpu, _, _ = stat(results, sc, key, "cpu_ms")
                 thr, _, _ = stat(results, sc, key, "threads")
                 extra = f"{cpu:.2f} ms CPU in the window; {thr:.0f} threads" if med is not None else ""
-                rows.append((sc, label, pct(med), rng(lo, hi, pct), extra))
+                rows.append((sc, label, fmt_pct(med), rng(lo, hi, fmt_pct), extra))
     return rows
 
 
 def ratio_rows(results):
-    rows = []
     pairs = [
         ("stream", "shm", "redis", "rate", False, "one-to-one msg/s: shm new_channel / Redis new_channel"),
         ("stream", "shm-named", "redis-named", "rate", False, 'one-to-one msg/s: shm "bench" / Redis "bench"'),
@@ -520,16 +506,11 @@ def ratio_rows(results):
         ("big", "shm", "redis", "rate", False, "64 KiB msg/s: shm / Redis"),
         ("big", "shm", "mpq", "rate", False, "64 KiB msg/s: shm / mp.Queue"),
     ]
-    for sc, a, b, field, inv, text in pairs:
-        if sc not in results:
-            continue
-        rs = ratios(results, sc, a, b, field, invert=inv)
-        lo, hi = span(rs)
-        rows.append((text, fmt_val(median(rs), "x"), rng(lo, hi, lambda v: fmt_val(v, "x"))))
-    return rows
+    return [ratio_row(text, ratios(results, sc, a, b, field, invert=inv), fmt_ratio)
+            for sc, a, b, field, inv, text in pairs if sc in results]
 
 
-def print_report(results, targets, errors):
+def print_report(results, targets, env):
     out = []
     out.append("\nRESULTS (median over runs, min – max)")
     cur = None
@@ -538,18 +519,9 @@ def print_report(results, targets, errors):
             out.append(f"\n  {SCENARIO_TITLES[sc]}")
             cur = sc
         out.append(f"    {label:<38} {med:>12}   [{r}]   {extra}")
-    out.append("\nRATIOS (computed within each run)")
-    for text, med, r in ratio_rows(results):
-        out.append(f"    {text:<62} {med:>9}   [{r}]")
-    out.append("\nTARGETS")
-    for t in targets:
-        verdict = "PASS" if t["pass"] else "FAIL"
-        out.append(f"    {verdict}  {t['target']:<72} {fmt_val(t['median'], t['shown']):>10}"
-                   f"   [{rng(*t['range'], lambda v: fmt_val(v, t['shown']))}]  runs passing {t['runs_ok']}")
-    if errors:
-        out.append("\nERRORS")
-        for e in errors:
-            out.append("    " + e.replace("\n", "\n    "))
+    out += ratio_lines(ratio_rows(results), env.unit, 62, 9)
+    out += target_lines(targets, env.unit, 72, 10)
+    out += error_lines(env.errors)
     print("\n".join(out), flush=True)
 
 
@@ -561,7 +533,7 @@ def reading(results, targets, env):
     def g(sc, k, f):
         return stat(results, sc, k, f)[0] if sc in results and k in results[sc] else None
 
-    t = lambda v: fmt_time(v) if v is not None else "n/a"  # noqa: E731
+    t = fmt_time
     shm, shm_n, red, mpq = (g("stream", k, "rate") for k in ("shm", "shm-named", "redis", "mpq"))
     if shm and red and mpq:
         lines.append(
@@ -631,12 +603,7 @@ def reading(results, targets, env):
             f"multiprocessing.Queue {g('idle', 'mpq', 'pct'):.3f}%, RedisPubSub {g('idle', 'pubsub', 'pct'):.3f}% "
             f"(its reader task polls every 0.1 s)."
         )
-    failed = [tg["target"] for tg in targets if not tg["pass"]]
-    shaky = [tg["target"] for tg in targets if tg["pass"] and len(set(tg["runs_ok"].split("/"))) > 1]
-    if failed:
-        lines.append("- **Missed targets:** " + "; ".join(failed) + ".")
-    if shaky:
-        lines.append("- **Passed on the median but not in every run:** " + "; ".join(shaky) + ".")
+    lines += target_readings(targets, env.unit)
     if env.leftovers:
         lines.append(f"- **The layer left files in /dev/shm** after {len(env.leftovers)} scenario run(s) (removed by "
                      "the benchmark): " + "; ".join(f"{p}: {', '.join(f)}" for p, f in env.leftovers[:3]) + ".")
@@ -645,27 +612,21 @@ def reading(results, targets, env):
     if env.killed_leftovers:
         lines.append(f"- {len(env.killed_leftovers)} failed scenario run(s) (listed below) left files in /dev/shm "
                      "after the benchmark terminated their processes; removed.")
-    retries = sum(x for x in collect(results, "group", "shm", "setup_retries") if x) if "group" in results else 0
+    retries = sum(x for x in vals(results, "group", "shm", "setup_retries") if x) if "group" in results else 0
     if retries:
         lines.append(f"- shmchannels' `group_add` raised `sqlite3.OperationalError: database is locked` {retries} "
                      "time(s) while the two receivers set up their groups concurrently (retried by the benchmark).")
     return "\n".join(lines)
 
 
-def markdown(results, targets, errors, info, env, started, elapsed, png_name):
+def markdown(results, targets, info, env, started, elapsed, png_name):
     a = env.args
-    md = []
-    md.append("## Layer")
-    md.append("")
-    md.append(f"Generated by `bench/layer.py` ({'--quick, ' if a.quick else ''}{a.runs} run(s)) on "
-              f"{started:%Y-%m-%d %H:%M} UTC; the whole run took {elapsed / 60:.1f} min.  "
-              "Regenerate with `.venv/bin/python bench/layer.py` (see `bench/README.md`).")
-    md.append("")
+    md = ["## Layer", "", generated_line("layer.py", a, env.unit, started, elapsed), ""]
     md.append(f"**Machine:** {info['nproc']} vCPU ({info['cpu']}), {info['mem']} RAM, Linux {info['kernel']}, "
               f"load average (1/5/15 min) at start {info['loadavg']}, highest 1-min value seen between "
               f"measurements {env.max_load:.2f}, at the end {os.getloadavg()[0]:.2f} (a 2-vCPU box shared with other "
               f"work: anything above ~0.5 means something else competed for the CPUs).  Before each of the "
-              f"{env.measurements} measurements the script waited (up to {0 if a.quick else a.quiet_wait:g} s each, "
+              f"{env.measurements} measurements the script waited (up to {a.quiet_wait:g} s each, "
               f"{QUIET_BUDGET:.0f} s in all; {env.waited:.0f} s spent) until no other process was runnable; "
               + (f"{len(env.contended)} started anyway with others busy (number of busy CPUs): "
                  f"{', '.join(env.contended)}." if env.contended else "none started with others busy.")
@@ -726,33 +687,8 @@ def markdown(results, targets, errors, info, env, started, elapsed, png_name):
     for sc, label, med, r, extra in result_rows(results):
         md.append(f"| {titles[sc]} | {label} | {med} | {r} | {extra} |")
     md.append("")
-    md.append("### Ratios (within each run)")
-    md.append("")
-    md.append("| ratio | median | min – max |")
-    md.append("|---|---:|---|")
-    for text, med, r in ratio_rows(results):
-        md.append(f"| {text} | {med} | {r} |")
-    md.append("")
-    md.append("### Targets")
-    md.append("")
-    md.append("| target | measured (median) | min – max | runs passing | verdict |")
-    md.append("|---|---:|---|---|---|")
-    for t in targets:
-        md.append(f"| {t['target']} | {fmt_val(t['median'], t['shown'])} | "
-                  f"{rng(*t['range'], lambda v: fmt_val(v, t['shown']))} | {t['runs_ok']} | "
-                  f"**{'PASS' if t['pass'] else 'FAIL'}** |")
-    md.append("")
-    md.append(f"![Layer benchmark: medians with min – max whiskers]({png_name})")
-    md.append("")
-    md.append("### Reading")
-    md.append("")
-    md.append(reading(results, targets, env))
-    if errors:
-        md.append("")
-        md.append("### Errors during the run")
-        md.append("")
-        for e in errors:
-            md.append("```\n" + e.strip()[-2000:] + "\n```")
+    md += closing_sections(ratio_rows(results), targets, env.unit, "Layer benchmark: medians with min – max whiskers",
+                           png_name, reading(results, targets, env), env.errors)
     return "\n".join(md) + "\n"
 
 
@@ -803,22 +739,19 @@ def chart(results, path):
             ax.axvline(target, color="k", ls="--", lw=1)
             ax.text(target, -0.45, f" {target_label}", fontsize=8, va="bottom")
         if legend:
-            lg = ax.legend(fontsize=8, loc="lower right")
-            for handle in lg.legend_handles:
-                handle.set_facecolor("#999999")
+            grey_legend(ax, loc="lower right")
         ax.set_title(title, fontsize=10.5)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.grid(axis="x", which="both", alpha=0.25)
 
-    per_s = lambda v: fmt_num(v, "/s")  # noqa: E731
-    bars(axes[0, 0], "stream", ["rate"], per_s, "1. One-to-one throughput, 100-char message",
+    bars(axes[0, 0], "stream", ["rate"], fmt_rate, "1. One-to-one throughput, 100-char message",
          "messages/s received (log)")
     bars(axes[0, 1], "rt", ["p50_us", "p99_us"], lambda v: fmt_time(v / 1e6),
          "2. Round trip via a reply channel", "µs per round trip (log)", legend=["p50", "p99"])
     bars(axes[1, 0], "group", ["total_ms", "fresh_ms"], lambda v: fmt_time(v / 1e3),
          "3. group_send to 1000 members in 2 processes", "ms until all 1000 received (log)",
          legend=["500 consumer loops / process", "fresh receive() per member"])
-    bars(axes[1, 1], "big", ["rate"], per_s, "4. 64 KiB messages one-to-one", "messages/s received (log)",
+    bars(axes[1, 1], "big", ["rate"], fmt_rate, "4. 64 KiB messages one-to-one", "messages/s received (log)",
          target=50_000, target_label="target 50k/s")
     bars(axes[1, 2], "idle", ["pct"], lambda v: f"{v:.3f}%", "5. Idle receiver CPU",
          "% of one CPU while parked (log)", target=1.0, target_label="target < 1%")
@@ -845,36 +778,28 @@ def chart(results, path):
     else:
         ax.set_visible(False)
 
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, top=0.96)
 
 
 # ----------------------------------------------------------------------- main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short smoke run (1 run, ~0.3 s per measurement)")
-    p.add_argument("--runs", type=int, default=None, help="repetitions of every measurement (default 5; 1 with --quick)")
-    p.add_argument("--write", action="store_true", help="with --quick or --only: still rewrite docs/benchmarks.md and the PNG")
-    p.add_argument("--no-write", action="store_true", help="never touch docs/")
-    p.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p = new_parser(__doc__, quick="short smoke run (1 run, ~0.3 s per measurement)",
+                   runs="repetitions of every measurement (default 5; 1 with --quick)",
+                   write="with --quick or --only: still rewrite docs/benchmarks.md and the PNG",
+                   only=",".join(SCENARIOS), only_help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--reps", type=int, default=None, help="group_send repetitions per run (default 10; 3 with --quick)")
     p.add_argument("--idle-secs", type=float, default=3.0, help="idle window in seconds (default 3)")
     p.add_argument("--target-secs", type=float, default=2.0, help="aimed duration of one measurement (default 2)")
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="before each measurement wait up to this many seconds for other busy processes to "
                         "finish (default 60; 0 with --quick)")
-    p.add_argument("--md", default=DOC, help="markdown file whose layer section is rewritten")
-    p.add_argument("--png", default=PNG, help="chart path")
-    a = p.parse_args(argv)
-    a.runs = a.runs or (1 if a.quick else 5)
+    a = parse(p, argv, md=DOC, png=PNG, choices=SCENARIOS, kind="scenario",
+              md_help="markdown file whose layer section is rewritten", png_help="chart path")
     a.reps = a.reps or (3 if a.quick else 10)
-    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
-    bad = [s for s in a.only if s not in SCENARIOS]
-    if bad:
-        p.error(f"unknown scenario(s) {bad}; choose from {list(SCENARIOS)}")
+    if a.quick:
+        a.quiet_wait = 0.0
     return a
 
 
@@ -885,7 +810,6 @@ def snapshot_layer():
     of the layer even if the working tree is edited meanwhile.  Returns the
     directory to put first on the children's sys.path, and a warning if the
     built extension is older than its C source."""
-    import shutil
     import tempfile
 
     import shmchannels
@@ -903,101 +827,70 @@ def snapshot_layer():
 
 def check_prerequisites():
     binary = find_redis_server()
-    if binary is None:
-        log("redis-server not found.  Install it, e.g. on Debian/Ubuntu:\n\n    apt-get install redis-server\n")
-        sys.exit(2)
-    missing = []
-    for mod in ("channels_redis", "redis", "shmchannels", "channels"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        log(f"missing Python packages {missing}; install the bench extra:\n\n    .venv/bin/pip install -e '.[test,bench]'\n")
-        sys.exit(2)
+    require_program("redis-server", binary)
+    require_modules(("channels_redis", "redis", "shmchannels", "channels"))
     return binary
+
+
+def run_scenario(env, sc, key):
+    if sc in ("stream", "big"):
+        return run_stream(env, sc, key)
+    if sc == "rt":
+        return run_rt(env, key)
+    if sc == "group":
+        return run_group(env, key)
+    return run_idle(env, key)
+
+
+def describe(sc, r):
+    """A measurement's progress line."""
+    if sc in ("stream", "big"):
+        return f"{fmt_num(r['rate'])} msg/s (sender {fmt_num(r['send_rate'])}/s, N={r['n']}, full={r['full']})"
+    if sc == "rt":
+        return f"p50 {fmt_time(r['p50_us'] / 1e6)} p99 {fmt_time(r['p99_us'] / 1e6)} (M={r['m']})"
+    if sc == "group":
+        return (f"loops {fmt_time(r['total_ms'] / 1e3)}, fresh {fmt_time(r['fresh_ms'] / 1e3)} "
+                f"(call {fmt_time(r['call_ms'] / 1e3)}, cold {fmt_time(r['cold_ms'] / 1e3)}, "
+                f"retries {r['setup_retries']})")
+    return f"{r['pct']:.3f}% CPU"
+
+
+def start_redis(cleanup, binary):
+    server = RedisServer(binary)
+    cleanup.callback(server.stop)
+    try:
+        server.start()
+    except BenchError as exc:
+        log(f"cannot start redis-server: {exc}")
+        raise SystemExit(2) from None
+    return server
 
 
 def main(argv=None):
     args = parse_args(argv)
     binary = check_prerequisites()
-    full = not args.quick and set(args.only) == set(SCENARIOS)
-    write = not args.no_write and (full or args.write)
-    if write:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            log("matplotlib is needed to write the chart: .venv/bin/pip install -e '.[bench]'")
-            sys.exit(2)
+    write = docs_wanted(args, full=not args.quick and set(args.only) == set(SCENARIOS))
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
-    server = RedisServer(binary)
-    env = None
-    layer_path = None
-    errors = []
     results = {sc: {k: [] for k in SCENARIOS[sc]} for sc in args.only}
-    with terminate_on_signals():
-        try:
-            try:
-                server.start()
-            except BenchError as exc:
-                log(f"cannot start redis-server: {exc}")
-                raise SystemExit(2) from None
-            layer_path, snap_warning = snapshot_layer()
-            info = machine_info(server.version)
-            if snap_warning:
-                log(f"WARNING: {snap_warning}")
-                info["source"] += f" (**{snap_warning}**)"
-            log(f"redis-server {server.version} on 127.0.0.1:{server.port} (pid {server.pid()}); "
-                f"start method {START_METHOD}; {args.runs} run(s); scenarios {','.join(args.only)}")
-            env = Env(args, server.port, layer_path)
-            for run in range(args.runs):
-                log(f"--- run {run + 1}/{args.runs}")
-                for sc in args.only:
-                    for key in SCENARIOS[sc]:
-                        budget = max(0.0, QUIET_BUDGET - env.waited)
-                        waited, busy = wait_for_quiet(0 if args.quick else min(args.quiet_wait, budget))
-                        env.waited += waited
-                        env.measurements += 1
-                        if busy > 0.5:
-                            env.contended.append(f"run {run + 1} {sc}/{key} ({busy:.1f})")
-                            log(f"    other processes keep {busy:.1f} CPU(s) busy; measuring anyway")
-                        t0 = time.monotonic()
-                        try:
-                            if sc in ("stream", "big"):
-                                r = run_stream(env, sc, key)
-                                msg = f"{fmt_num(r['rate'])} msg/s (sender {fmt_num(r['send_rate'])}/s, N={r['n']}, full={r['full']})"
-                            elif sc == "rt":
-                                r = run_rt(env, key)
-                                msg = f"p50 {fmt_time(r['p50_us'] / 1e6)} p99 {fmt_time(r['p99_us'] / 1e6)} (M={r['m']})"
-                            elif sc == "group":
-                                r = run_group(env, key)
-                                msg = (f"loops {fmt_time(r['total_ms'] / 1e3)}, fresh {fmt_time(r['fresh_ms'] / 1e3)} "
-                                       f"(call {fmt_time(r['call_ms'] / 1e3)}, cold {fmt_time(r['cold_ms'] / 1e3)}, "
-                                       f"retries {r['setup_retries']})")
-                            else:
-                                r = run_idle(env, key)
-                                msg = f"{r['pct']:.3f}% CPU"
-                        except BenchError as exc:
-                            r = None
-                            msg = "ERROR"
-                            errors.append(f"run {run + 1} {sc}/{key}: {exc}")
-                            log(f"    {sc}/{key}: {exc}")
-                        results[sc][key].append(r)
-                        env.max_load = max(env.max_load, os.getloadavg()[0])
-                        log(f"  {sc:<6} {VARIANTS[key][2]:<34} {msg}   [{time.monotonic() - t0:.1f} s]")
-        except KeyboardInterrupt:
-            log("interrupted")
-            raise SystemExit(130)
-        finally:
-            server.stop()
-            if layer_path:
-                import shutil
-
-                shutil.rmtree(layer_path, ignore_errors=True)
-            if env is not None:
-                for p in env.prefixes:  # anything a killed child left behind
-                    env.check_shm(p, after_failure=True)
+    with interruptible(), contextlib.ExitStack() as cleanup:
+        server = start_redis(cleanup, binary)
+        layer_path, snap_warning = snapshot_layer()
+        cleanup.callback(shutil.rmtree, layer_path, ignore_errors=True)
+        info = machine_info(server.version)
+        if snap_warning:
+            log(f"WARNING: {snap_warning}")
+            info["source"] += f" (**{snap_warning}**)"
+        log(f"redis-server {server.version} on 127.0.0.1:{server.port} (pid {server.pid()}); "
+            f"start method {START_METHOD}; {args.runs} run(s); scenarios {','.join(args.only)}")
+        env = Env(args, server.port, layer_path)
+        cleanup.callback(env.remove_all_leftovers)
+        for _run, where in env.runs():
+            for sc in args.only:
+                for key in SCENARIOS[sc]:
+                    results[sc][key].append(env.measure(where, f"{sc}/{key}", f"{sc:<6} {VARIANTS[key][2]:<34}",
+                                                        functools.partial(run_scenario, env, sc, key),
+                                                        functools.partial(describe, sc)))
     elapsed = time.monotonic() - t_start
     end_source = machine_info()["source"]
     if end_source != info["source"]:
@@ -1005,19 +898,16 @@ def main(argv=None):
                            f"changed during the run; at the end: {end_source})")
         log(f"note: the layer's working tree changed during the run; the run used its snapshot: {info['source']}")
     targets = build_targets(results)
-    print_report(results, targets, errors)
+    print_report(results, targets, env)
     print(f"\ntotal runtime {elapsed:.0f} s", flush=True)
     if env.leftovers:
         print(f"WARNING: the layer left files in /dev/shm after clean scenario runs (removed): {env.leftovers}", flush=True)
     if env.killed_leftovers:
         print(f"note: removed files of failed scenario runs from /dev/shm: {env.killed_leftovers}", flush=True)
     if write:
-        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-        chart(results, args.png)
-        png_name = os.path.relpath(os.path.abspath(args.png), os.path.dirname(os.path.abspath(args.md)))
-        replace_section(args.md, START, END, markdown(results, targets, errors, info, env, started, elapsed, png_name))
-        print(f"wrote {os.path.relpath(args.md)} and {os.path.relpath(args.png)}", flush=True)
-    return 1 if errors else 0
+        write_docs(args, (START, END), functools.partial(chart, results),
+                   lambda png_name: markdown(results, targets, info, env, started, elapsed, png_name))
+    return 1 if env.errors else 0
 
 
 if __name__ == "__main__":

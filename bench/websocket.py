@@ -30,9 +30,9 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
-import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
-import itertools  # noqa: E402
+import functools  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -43,29 +43,54 @@ import time  # noqa: E402
 import _wsclient  # noqa: E402
 from _common import (  # noqa: E402
     BenchError,
+    PipeChild,
     RedisServer,
     find_redis_server,
     fmt_time,
     free_port,
     log,
-    machine_info,
     median,
     percentile,
-    replace_section,
     span,
-    terminate_on_signals,
-    wait_for_quiet,
+)
+from _report import (  # noqa: E402
+    closing_sections,
+    error_lines,
+    fx,
+    generated_line,
+    grey_legend,
+    problem_lines,
+    ratio_lines,
+    ratio_row,
+    ratios,
+    rng,
+    save_chart,
+    server_machine_line,
+    stat,
+    target,
+    target_lines,
+    target_readings,
+    vals,
+)
+from _run import (  # noqa: E402
+    docs_wanted,
+    interruptible,
+    new_parser,
+    parse,
+    require_modules,
+    require_program,
+    write_docs,
 )
 from _servers import (  # noqa: E402
     ROOT,
     Server,
+    ServerRun,
+    check_runs_snapshot,
+    cpu_by_role,
     cpu_times,
     expect_hello,
     raise_nofile,
     server_env,
-    shm_files,
-    snapshot_source,
-    source_hash,
     venv_exe,
 )
 
@@ -74,6 +99,9 @@ PNG = os.path.join(ROOT, "docs", "bench_websocket.png")
 START, END = "<!-- bench:websocket:start -->", "<!-- bench:websocket:end -->"
 QUIET_BUDGET = 300.0
 MSG_SIZE = 100  # characters of every text frame
+CLIENT_STOP_TIMEOUT = 10.0
+PACKAGES = ("shmchannels", "uvicorn", "websockets", "uvloop", "daphne", "Twisted", "autobahn", "channels",
+            "channels_redis", "redis", "Django")
 
 VARIANTS = {
     "echo": {
@@ -111,65 +139,18 @@ def server_argv(scenario, key, port, prefix):
     raise KeyError(key)
 
 
-class Env:
-    def __init__(self, args, snap, logdir, redis):
-        self.args = args
-        self.snap = snap
+class Env(ServerRun):
+    def __init__(self, args, cleanup):
+        super().__init__(args, cleanup, logs="ws", quiet_budget=QUIET_BUDGET, prefix_tag="bw", unit="run")
         self.snap_nospin = None
-        self.logdir = logdir
-        self.redis = redis
+        self.redis = None
         self.ctx = mp.get_context("spawn")
-        self.counter = itertools.count()
-        self.prefixes = []
-        self.problems = []
-        self.max_load = os.getloadavg()[0]
-        self.waited = 0.0
-        self.measurements = 0
-        self.contended = []
         self.client_loop = None
         self.ws_impl = {}
 
-    def new_prefix(self):
-        p = f"bw{os.getpid()}x{next(self.counter)}"
-        self.prefixes.append(p)
-        return p
 
-
-class ClientProc:
-    def __init__(self, ctx, target, cfg, name):
-        self.name = name
-        self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=target, args=(theirs, cfg), name=name, daemon=True)
-        self.proc.start()
-        theirs.close()
-
-    def send(self, cmd, payload=None):
-        self.conn.send((cmd, payload))
-
-    def expect(self, tag, timeout):
-        if not self.conn.poll(timeout):
-            raise BenchError(f"{self.name}: no {tag!r} within {timeout:.0f} s")
-        try:
-            got, payload = self.conn.recv()
-        except EOFError:
-            self.proc.join(1)
-            raise BenchError(f"{self.name} exited (code {self.proc.exitcode}) before sending {tag!r}") from None
-        if got == "error":
-            raise BenchError(payload)
-        if got != tag:
-            raise BenchError(f"{self.name}: expected {tag!r}, got {got!r}")
-        return payload
-
-    def stop(self, timeout=10):
-        self.proc.join(timeout)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        self.conn.close()
-        return self.proc.exitcode
+def start_client(env, target, cfg, name):
+    return PipeChild(env.ctx, name, target, (cfg,), daemon=True)
 
 
 def redis_cmd(port, *words):
@@ -222,33 +203,11 @@ def start_server(env, scenario, key, rnd):
             roles[env.redis.pid()] = "redis"
             pids.append(env.redis.pid())
         if prefix:
-            for pid in pids:  # the shmchannels processes must run the source snapshot
-                try:
-                    with open(f"/proc/{pid}/maps") as f:
-                        maps = f.read()
-                except OSError:
-                    continue
-                if "_shm." in maps and snap not in maps:
-                    raise BenchError(f"{srv.name} (pid {pid}) does not run the source snapshot")
+            check_runs_snapshot(srv, snap)
     except BaseException:
-        stop_server(env, srv, f"run {rnd + 1} {scenario}/{key}")
+        env.stop_server(srv, f"run {rnd + 1} {scenario}/{key}")
         raise
     return srv, roles, pids
-
-
-def stop_server(env, srv, label):
-    for p in srv.stop():
-        env.problems.append(f"{label}: {p}")
-        log("    " + p)
-
-
-def cpu_by_role(c0, c1, roles):
-    out = {}
-    for pid, (t, _w) in c1.items():
-        if pid in c0:
-            role = roles.get(pid, "other")
-            out[role] = out.get(role, 0.0) + (t - c0[pid][0])
-    return out
 
 
 def socket_count(pid):
@@ -277,11 +236,11 @@ def run_echo(env, key, rnd):
                "timeout": 10.0}
         c0 = cpu_times(pids)
         t0 = time.monotonic()
-        client = ClientProc(env.ctx, _wsclient.echo_main, cfg, "echo-client")
+        client = start_client(env, _wsclient.echo_main, cfg, "echo-client")
         res = client.expect("result", 60 + a.echo_m * 0.02)
         wall = time.monotonic() - t0
         c1 = cpu_times(pids)
-        if client.stop() != 0:
+        if client.stop(CLIENT_STOP_TIMEOUT) != 0:
             raise BenchError(f"echo client exit code {client.proc.exitcode}")
         client = None
         if not srv.alive():
@@ -291,12 +250,12 @@ def run_echo(env, key, rnd):
     finally:
         if client is not None:
             client.stop(2)
-        stop_server(env, srv, f"run {rnd + 1} echo/{key}")
+        env.stop_server(srv, f"run {rnd + 1} echo/{key}")
     lat = sorted(res["lat_ns"])
     if len(lat) != a.echo_m:
         raise BenchError(f"{len(lat)} round trips, expected {a.echo_m}")
     total = a.echo_m + a.echo_warm
-    by_role = cpu_by_role(c0, c1, roles)
+    by_role, _ = cpu_by_role(c0, c1, roles)
     return {
         "p50": percentile(lat, 50) / 1e9,
         "p90": percentile(lat, 90) / 1e9,
@@ -322,7 +281,7 @@ def run_bcast(env, key, rnd):
         for i, n in enumerate(per):
             cfg = {"port": srv.port, "path": "/room/", "n": n, "size": MSG_SIZE, "timeout": 30.0, "index": i,
                    "connect_concurrency": 20}
-            clients.append(ClientProc(env.ctx, _wsclient.bcast_main, cfg, f"bcast-client-{i}"))
+            clients.append(start_client(env, _wsclient.bcast_main, cfg, f"bcast-client-{i}"))
         ready = [c.expect("ready", 180) for c in clients]
         env.client_loop = ready[0]["loop"]
         connect_s = max(r["connect_s"] for r in ready)
@@ -354,7 +313,7 @@ def run_bcast(env, key, rnd):
         for c in clients:
             c.send("exit")
         unclosed = sum(c.expect("bye", 30)["unclosed"] for c in clients)
-        codes = [c.stop() for c in clients]
+        codes = [c.stop(CLIENT_STOP_TIMEOUT) for c in clients]
         clients = []
         if any(codes):
             raise BenchError(f"client exit codes {codes}")
@@ -365,9 +324,9 @@ def run_bcast(env, key, rnd):
     finally:
         for c in clients:
             with_conn_closed(c)
-        stop_server(env, srv, f"run {rnd + 1} bcast/{key}")
+        env.stop_server(srv, f"run {rnd + 1} bcast/{key}")
     timed = reps[a.warm_reps:]
-    by_role = cpu_by_role(c0, c1, roles)
+    by_role, _ = cpu_by_role(c0, c1, roles)
     return {
         "total": median([r["total"] for r in timed]),
         "first": median([r["first"] for r in timed]),
@@ -397,50 +356,14 @@ def with_conn_closed(c):
 # ------------------------------------------------------------------ reporting
 
 
-def vals(results, sc, key, field):
-    return [r.get(field) if r else None for r in results.get(sc, {}).get(key, [])]
-
-
-def stat(results, sc, key, field):
-    xs = vals(results, sc, key, field)
-    lo, hi = span(xs)
-    return median(xs), lo, hi
-
-
-def ratios(results, sc, a, b, field):
-    out = []
-    for ra, rb in zip(results.get(sc, {}).get(a, []), results.get(sc, {}).get(b, [])):
-        if ra and rb and ra.get(field) and rb.get(field):
-            out.append(ra[field] / rb[field])
-    return out
-
-
-def rng(lo, hi, f):
-    return "n/a" if lo is None else f"{f(lo)} – {f(hi)}"
-
-
-def fx(v):
-    return "n/a" if v is None else f"{v:.3g}x"
-
-
-def t(v):
-    return fmt_time(v) if v is not None else "n/a"
-
-
 def build_targets(results):
     out = []
-
-    def add(text, values, ok, shown):
-        med = median(values)
-        out.append({"target": text, "median": med, "range": span(values), "pass": med is not None and ok(med),
-                    "runs_ok": f"{sum(1 for v in values if ok(v))}/{len(values)}", "shown": shown})
-
     if "echo" in results and "shm" in results["echo"]:
-        add("shmchannels echo p50 <= 1 ms", vals(results, "echo", "shm", "p50"),
-            lambda v: v is not None and v <= 1e-3, t)
+        out.append(target("shmchannels echo p50 <= 1 ms", vals(results, "echo", "shm", "p50"),
+                          lambda v: v is not None and v <= 1e-3, fmt_time))
     if "bcast" in results and "shm" in results["bcast"] and "daphne" in results["bcast"]:
-        add("shmchannels broadcast time <= 1/3 of Daphne + channels_redis (Daphne / shm >= 3)",
-            ratios(results, "bcast", "daphne", "shm", "total"), lambda v: v >= 3, fx)
+        out.append(target("shmchannels broadcast time <= 1/3 of Daphne + channels_redis (Daphne / shm >= 3)",
+                          ratios(results, "bcast", "daphne", "shm", "total"), lambda v: v >= 3))
     return out
 
 
@@ -458,12 +381,8 @@ RATIO_PAIRS = [
 
 
 def ratio_rows(results):
-    rows = []
-    for sc, a, b, field, text in RATIO_PAIRS:
-        if sc in results and a in results[sc] and b in results[sc]:
-            rs = ratios(results, sc, a, b, field)
-            rows.append((text, fx(median(rs)), rng(*span(rs), fx)))
-    return rows
+    return [ratio_row(text, ratios(results, sc, a, b, field))
+            for sc, a, b, field, text in RATIO_PAIRS if sc in results and a in results[sc] and b in results[sc]]
 
 
 def roles_text(results, sc, key, field, unit):
@@ -493,12 +412,12 @@ def result_rows(results):
                     mx = stat(results, "echo", key, "max")[0]
                     m = stat(results, "echo", key, "m")[0]
                     cpu = stat(results, "echo", key, "cpu_us")[0]
-                    notes = (f"p99.9 {t(p999)}, max {t(mx)}; M={m:.0f} per run; server CPU {cpu:.0f} µs per round "
-                             f"trip ({roles_text(results, 'echo', key, 'cpu_role_us', 'µs')})")
+                    notes = (f"p99.9 {fmt_time(p999)}, max {fmt_time(mx)}; M={m:.0f} per run; server CPU {cpu:.0f} "
+                             f"µs per round trip ({roles_text(results, 'echo', key, 'cpu_role_us', 'µs')})")
                 failed = sum(1 for r in results["echo"][key] if not r)
                 if failed and field == "p50":
                     notes += f"; **{failed} run(s) failed**"
-                rows.append(("echo", label, field, t(med), rng(lo, hi, t), notes))
+                rows.append(("echo", label, field, fmt_time(med), rng(lo, hi, fmt_time), notes))
     if "bcast" in results:
         for key in results["bcast"]:
             label = VARIANTS["bcast"][key][0]
@@ -510,8 +429,8 @@ def result_rows(results):
                 conn = stat(results, "bcast", key, "connect_s")[0]
                 cpu = stat(results, "bcast", key, "cpu_ms")[0]
                 worst = stat(results, "bcast", key, "total_max")[2]
-                notes = (f"first client after {t(first)}; slowest repetition {t(worst)}; first broadcast of a run "
-                         f"{t(cold)}; server CPU {cpu:.3g} ms per broadcast "
+                notes = (f"first client after {fmt_time(first)}; slowest repetition {fmt_time(worst)}; first "
+                         f"broadcast of a run {fmt_time(cold)}; server CPU {cpu:.3g} ms per broadcast "
                          f"({roles_text(results, 'bcast', key, 'cpu_role_ms', 'ms')}); 1000 connects took "
                          f"{conn:.2g} s")
                 refused = [r["refused"] for r in results["bcast"][key] if r and r.get("refused")]
@@ -524,11 +443,11 @@ def result_rows(results):
             failed = sum(1 for r in results["bcast"][key] if not r)
             if failed:
                 notes += f"; **{failed} run(s) failed**"
-            rows.append(("bcast", label, "all 1000 received", t(med), rng(lo, hi, t), notes))
+            rows.append(("bcast", label, "all 1000 received", fmt_time(med), rng(lo, hi, fmt_time), notes))
     return rows
 
 
-def print_report(results, targets, errors, env):
+def print_report(results, targets, env):
     out = ["\nRESULTS (median over runs, [min – max])"]
     cur = None
     for sc, label, metric, med, r, notes in result_rows(results):
@@ -538,20 +457,9 @@ def print_report(results, targets, errors, env):
         out.append(f"    {label:<44} {metric:<18} {med:>9}   [{r}]")
         if notes:
             out.append(f"        {notes}")
-    out.append("\nRATIOS (computed within each run)")
-    for text, med, r in ratio_rows(results):
-        out.append(f"    {text:<64} {med:>8}   [{r}]")
-    out.append("\nTARGETS")
-    for tg in targets:
-        f = tg["shown"]
-        out.append(f"    {'PASS' if tg['pass'] else 'FAIL'}  {tg['target']:<80} {f(tg['median']):>9}   "
-                   f"[{rng(*tg['range'], f)}]  runs passing {tg['runs_ok']}")
-    if env.problems:
-        out.append("\nPROBLEMS")
-        out.extend("    " + p for p in env.problems)
-    if errors:
-        out.append("\nERRORS")
-        out.extend("    " + e.replace("\n", "\n    ") for e in errors)
+    out += ratio_lines(ratio_rows(results), env.unit, 64, 8)
+    out += target_lines(targets, env.unit, 80, 9)
+    out += problem_lines(env.problems) + error_lines(env.errors)
     print("\n".join(out), flush=True)
 
 
@@ -564,15 +472,17 @@ def reading(results, targets, env):
     g = lambda sc, k, f: stat(results, sc, k, f)[0] if k in results.get(sc, {}) else None  # noqa: E731
     if g("echo", "shm", "p50"):
         lines.append(
-            f"- **Echo:** a round trip through the shmchannels worker takes {t(g('echo', 'shm', 'p50'))} (p50; p99 "
-            f"{t(g('echo', 'shm', 'p99'))}), against {t(g('echo', 'uvicorn', 'p50'))} for uvicorn and "
-            f"{t(g('echo', 'daphne', 'p50'))} for Daphne + Channels, which answer inside the server process.  "
-            f"shmchannels' path has two extra process hops (protocol server → worker → protocol server), and its "
-            f"per-connection ordering adds an `__ack__` message per frame; server CPU per round trip: "
+            f"- **Echo:** a round trip through the shmchannels worker takes {fmt_time(g('echo', 'shm', 'p50'))} "
+            f"(p50; p99 {fmt_time(g('echo', 'shm', 'p99'))}), against {fmt_time(g('echo', 'uvicorn', 'p50'))} for "
+            f"uvicorn and {fmt_time(g('echo', 'daphne', 'p50'))} for Daphne + Channels, which answer inside the "
+            f"server process.  shmchannels' path has two extra process hops (protocol server → worker → "
+            f"protocol server), and its per-connection ordering adds an `__ack__` message per frame; server CPU per "
+            f"round trip: "
             f"{roles_text(results, 'echo', 'shm', 'cpu_role_us', 'µs')} (uvicorn "
             f"{g('echo', 'uvicorn', 'cpu_us'):.0f} µs, Daphne + Channels {g('echo', 'daphne', 'cpu_us'):.0f} µs)."
             if g("echo", "uvicorn", "p50") and g("echo", "daphne", "p50") else
-            f"- **Echo:** shmchannels p50 {t(g('echo', 'shm', 'p50'))}, p99 {t(g('echo', 'shm', 'p99'))}.")
+            f"- **Echo:** shmchannels p50 {fmt_time(g('echo', 'shm', 'p50'))}, "
+            f"p99 {fmt_time(g('echo', 'shm', 'p99'))}.")
     ns, sp = g("echo", "shm-nospin", "p50"), g("echo", "shm", "p50")
     if ns and sp:
         wk_ns, wk_sp = g_role(results, "shm-nospin", "worker"), g_role(results, "shm", "worker")
@@ -580,32 +490,33 @@ def reading(results, targets, env):
         lo, hi = span(per_run)
         _, uv_lo, uv_hi = stat(results, "echo", "uvicorn", "p50")
         drift = (f", and what a wake-up costs on this VM changed between runs (uvicorn's own p50 ranged "
-                 f"{t(uv_lo)} – {t(uv_hi)})" if uv_lo and uv_hi > 1.5 * uv_lo else "")
+                 f"{fmt_time(uv_lo)} – {fmt_time(uv_hi)})" if uv_lo and uv_hi > 1.5 * uv_lo else "")
         common = (f"an echo costs shmchannels four cross-process wake-ups (client → protocol server → worker → "
                   f"protocol server → client) where uvicorn needs two{drift}.  The worker's consumer thread "
                   f"(blocking `receive`, no event loop to ask) spins up to 50 µs after each message while traffic "
                   f"is recent; in a sequential echo the next frame comes a whole round trip later, so the spin "
                   f"either is wasted or, when wake-ups are slow, saves one.  ")
         if ns < 0.8 * sp:
-            verdict = (f"Here it was wasted: with `spin_us=0` the p50 is {t(ns)} instead of {t(sp)} and the worker "
-                       f"burns {wk_ns:.0f} instead of {wk_sp:.0f} µs of CPU per round trip (on 2 vCPUs shared by "
-                       f"client, protocol server and worker the spinning worker holds a CPU the others wait for).")
+            verdict = (f"Here it was wasted: with `spin_us=0` the p50 is {fmt_time(ns)} instead of {fmt_time(sp)} "
+                       f"and the worker burns {wk_ns:.0f} instead of {wk_sp:.0f} µs of CPU per round trip (on 2 "
+                       f"vCPUs shared by client, protocol server and worker the spinning worker holds a CPU the "
+                       f"others wait for).")
         elif ns > 1.2 * sp:
-            verdict = (f"Here it paid off: with `spin_us=0` the p50 is {t(ns)} instead of {t(sp)}, for "
+            verdict = (f"Here it paid off: with `spin_us=0` the p50 is {fmt_time(ns)} instead of {fmt_time(sp)}, for "
                        f"{wk_sp - wk_ns:.0f} µs more worker CPU per round trip.")
         else:
-            verdict = (f"On the median it made little difference ({t(ns)} without vs {t(sp)} with; worker CPU "
-                       f"{wk_ns:.0f} vs {wk_sp:.0f} µs per round trip).")
-        lines.append(f"- *Diagnostic (echo, spin_us=0):* " + common + verdict +
+            verdict = (f"On the median it made little difference ({fmt_time(ns)} without vs {fmt_time(sp)} with; "
+                       f"worker CPU {wk_ns:.0f} vs {wk_sp:.0f} µs per round trip).")
+        lines.append("- *Diagnostic (echo, spin_us=0):* " + common + verdict +
                      f"  Per run the ratio (no spin / spin) ranged {fx(lo)} – {fx(hi)}.")
     if g("bcast", "shm", "total"):
         s = (f"- **Broadcast:** with 1000 clients in the room, shmchannels (1 protocol server) delivers a message to "
-             f"all of them in {t(g('bcast', 'shm', 'total'))}")
+             f"all of them in {fmt_time(g('bcast', 'shm', 'total'))}")
         if g("bcast", "shm-2ps", "total"):
-            s += f", with 2 protocol servers in {t(g('bcast', 'shm-2ps', 'total'))}"
+            s += f", with 2 protocol servers in {fmt_time(g('bcast', 'shm-2ps', 'total'))}"
         if g("bcast", "daphne", "total"):
-            s += (f"; Daphne + Channels 4 + channels_redis needs {t(g('bcast', 'daphne', 'total'))}"
-                  + (f" (RedisPubSub layer: {t(g('bcast', 'daphne-pubsub', 'total'))})"
+            s += (f"; Daphne + Channels 4 + channels_redis needs {fmt_time(g('bcast', 'daphne', 'total'))}"
+                  + (f" (RedisPubSub layer: {fmt_time(g('bcast', 'daphne-pubsub', 'total'))})"
                      if g("bcast", "daphne-pubsub", "total") else ""))
         s += (f".  Server-side CPU per broadcast: shmchannels {roles_text(results, 'bcast', 'shm', 'cpu_role_ms', 'ms')}"
               + (f"; Daphne {roles_text(results, 'bcast', 'daphne', 'cpu_role_ms', 'ms')}"
@@ -628,18 +539,18 @@ def reading(results, targets, env):
         two, one = g("bcast", "shm-2ps", "total"), g("bcast", "shm", "total")
         if two and two < 0.9 * one:
             lines.append(
-                f"- **Two protocol servers** cut the broadcast to {t(two)} from {t(one)}: each fans the record out "
-                f"to its ~{env.args.clients // 2} sockets, in parallel on the two vCPUs, for about the same CPU in "
-                f"all ({g('bcast', 'shm-2ps', 'cpu_ms'):.3g} vs {g('bcast', 'shm', 'cpu_ms'):.3g} ms per broadcast).  "
-                f"Almost all of that CPU is the protocol servers' socket writes: "
+                f"- **Two protocol servers** cut the broadcast to {fmt_time(two)} from {fmt_time(one)}: each fans "
+                f"the record out to its ~{env.args.clients // 2} sockets, in parallel on the two vCPUs, for about the "
+                f"same CPU in all ({g('bcast', 'shm-2ps', 'cpu_ms'):.3g} vs {g('bcast', 'shm', 'cpu_ms'):.3g} ms "
+                f"per broadcast).  Almost all of that CPU is the protocol servers' socket writes: "
                 f"{g_role(results, 'shm', 'protocol', 'bcast', 'cpu_role_ms'):.3g} ms per 1000 sockets with one, "
                 f"against {g_role(results, 'shm', 'worker', 'bcast', 'cpu_role_ms'):.2g} ms for the worker's "
                 f"`Group.send`.")
         if two and two > 0.9 * one:
             lines.append(
                 f"- **Two protocol servers** do not help on this 2-vCPU box "
-                f"({t(g('bcast', 'shm-2ps', 'total'))} vs {t(g('bcast', 'shm', 'total'))}): the two fan-outs run "
-                "in parallel only if two CPUs are free, and the two client processes need them too.")
+                f"({fmt_time(g('bcast', 'shm-2ps', 'total'))} vs {fmt_time(g('bcast', 'shm', 'total'))}): the two "
+                "fan-outs run in parallel only if two CPUs are free, and the two client processes need them too.")
     refused = [(k, r) for k, rs in results.get("bcast", {}).items() for r in rs
                if r and r.get("refused") and k.startswith("shm")]
     if refused:
@@ -654,12 +565,7 @@ def reading(results, targets, env):
             f"`tests/test_multiprocess.py::test_capacity_is_never_refused_below_it_with_racing_writers` "
             f"reproduces it without a server (fixed in 8fe7f02: the full check re-reads a tail/head snapshot "
             f"that a consumer has overtaken).")
-    failed = [tg["target"] for tg in targets if not tg["pass"]]
-    shaky = [tg["target"] for tg in targets if tg["pass"] and len(set(tg["runs_ok"].split("/"))) > 1]
-    if failed:
-        lines.append("- **Missed targets:** " + "; ".join(failed) + ".")
-    if shaky:
-        lines.append("- **Passed on the median but not in every run:** " + "; ".join(shaky) + ".")
+    lines += target_readings(targets, env.unit)
     if env.problems:
         lines.append("- **Problems while stopping servers:** " + "; ".join(env.problems[:5]) + ".")
     else:
@@ -668,23 +574,10 @@ def reading(results, targets, env):
     return "\n".join(lines)
 
 
-def markdown(results, targets, errors, info, env, started, elapsed, png_name):
+def markdown(results, targets, info, env, started, elapsed, png_name):
     a = env.args
-    md = ["## WebSocket", ""]
-    md.append(f"Generated by `bench/websocket.py` ({'--quick, ' if a.quick else ''}{a.runs} run(s)) on "
-              f"{started:%Y-%m-%d %H:%M} UTC; the whole run took {elapsed / 60:.1f} min.  Regenerate with "
-              "`.venv/bin/python bench/websocket.py` (see `bench/README.md`).")
-    md.append("")
-    md.append(f"**Machine:** {info['nproc']} vCPU ({info['cpu']}), {info['mem']} RAM, Linux {info['kernel']}, "
-              f"load average at start {info['loadavg']}, highest 1-min value between measurements "
-              f"{env.max_load:.2f} (a 2-vCPU box shared with other work).  Before each of the {env.measurements} "
-              f"measurements the script waited (up to {a.quiet_wait:g} s, {QUIET_BUDGET:.0f} s in all; "
-              f"{env.waited:.0f} s spent) until no other process was runnable; "
-              + (f"{len(env.contended)} started anyway with others busy: {', '.join(env.contended)}."
-                 if env.contended else "none started with others busy.")
-              + f"  **shmchannels source:** {info['source']}.  **Python:** {info['python']}.  **Versions:** "
-              + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".")
-    md.append("")
+    md = ["## WebSocket", "", generated_line("websocket.py", a, env.unit, started, elapsed), "",
+          server_machine_line(info, env), ""]
     md.append("### Method")
     md.append("")
     md.extend([
@@ -740,33 +633,9 @@ def markdown(results, targets, errors, info, env, started, elapsed, png_name):
     for sc, label, metric, med, r, notes in result_rows(results):
         md.append(f"| {TITLES[sc]} | {label} | {metric} | {med} | {r} | {notes} |")
     md.append("")
-    md.append("### Ratios (within each run)")
-    md.append("")
-    md.append("| ratio | median | min – max |")
-    md.append("|---|---:|---|")
-    for text, med, r in ratio_rows(results):
-        md.append(f"| {text} | {med} | {r} |")
-    md.append("")
-    md.append("### Targets")
-    md.append("")
-    md.append("| target | measured (median) | min – max | runs passing | verdict |")
-    md.append("|---|---:|---|---|---|")
-    for tg in targets:
-        f = tg["shown"]
-        md.append(f"| {tg['target']} | {f(tg['median'])} | {rng(*tg['range'], f)} | {tg['runs_ok']} | "
-                  f"**{'PASS' if tg['pass'] else 'FAIL'}** |")
-    md.append("")
-    md.append(f"![WebSocket benchmark: medians with min – max whiskers]({png_name})")
-    md.append("")
-    md.append("### Reading")
-    md.append("")
-    md.append(reading(results, targets, env))
-    if errors:
-        md.append("")
-        md.append("### Errors during the run")
-        md.append("")
-        for e in errors:
-            md.append("```\n" + e.strip()[-2000:] + "\n```")
+    md += closing_sections(ratio_rows(results), targets, env.unit,
+                           "WebSocket benchmark: medians with min – max whiskers", png_name,
+                           reading(results, targets, env), env.errors)
     return "\n".join(md) + "\n"
 
 
@@ -779,7 +648,7 @@ def chart(results, env, path):
     fig, axes = plt.subplots(2, 2, figsize=(15, 10.5))
     fig.suptitle(f"WebSocket on 127.0.0.1, {env.args.runs} run(s) (bars: median over runs; whiskers: min – max)",
                  fontsize=12)
-    tfmt = matplotlib.ticker.FuncFormatter(lambda v, _: t(v))
+    tfmt = matplotlib.ticker.FuncFormatter(lambda v, _: fmt_time(v))
 
     def hbars(ax, sc, fields, title, xlabel, target=None, target_label=None, legend=None):
         keys = [k for k in results.get(sc, {}) if stat(results, sc, k, fields[0])[0] is not None]
@@ -798,7 +667,7 @@ def chart(results, env, path):
                     xerr=[[a - s[1] for a, s in zip(m, st)], [s[2] - a for a, s in zip(m, st)]],
                     label=legend[j] if legend else None)
             for y, v, s in zip(ys, m, st):
-                ax.text(s[2], y, "  " + t(v), va="center", fontsize=8.5)
+                ax.text(s[2], y, "  " + fmt_time(v), va="center", fontsize=8.5)
         ax.set_xscale("log")
         pos = [v for v in allv if v]
         lo = min(pos + ([target] if target else []))
@@ -810,10 +679,7 @@ def chart(results, env, path):
         if target:
             ax.axvline(target, color="k", ls="--", lw=0.9, label=target_label)
         if legend or target:
-            lg = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
-            for hd in lg.legend_handles:
-                if hasattr(hd, "set_facecolor"):
-                    hd.set_facecolor("#999999")
+            grey_legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", which="both", alpha=0.3)
@@ -877,22 +743,17 @@ def chart(results, env, path):
     else:
         ax.set_visible(False)
 
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, top=0.95)
 
 
 # ----------------------------------------------------------------------- main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 run, fewer round trips and broadcasts")
-    p.add_argument("--runs", type=int, default=None, help="runs (default 5; 1 with --quick)")
-    p.add_argument("--write", action="store_true", help="with --quick or --only: still rewrite the docs section and PNG")
-    p.add_argument("--no-write", action="store_true", help="never touch docs/")
-    p.add_argument("--only", default="echo,bcast", help="scenarios: echo,bcast (default both)")
+    p = new_parser(__doc__, quick="smoke run: 1 run, fewer round trips and broadcasts",
+                   runs="runs (default 5; 1 with --quick)",
+                   write="with --quick or --only: still rewrite the docs section and PNG",
+                   only="echo,bcast", only_help="scenarios: echo,bcast (default both)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of variants, e.g. shm,daphne (default: all of each scenario)")
     p.add_argument("--echo-m", type=int, default=None, help="timed echo round trips per run (default 5000)")
@@ -905,18 +766,11 @@ def parse_args(argv=None):
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each measurement wait up to this many seconds until no other process is "
                         "runnable (default 30; 0 with --quick)")
-    p.add_argument("--md", default=DOC)
-    p.add_argument("--png", default=PNG)
-    a = p.parse_args(argv)
-    a.runs = a.runs or (1 if a.quick else 5)
+    a = parse(p, argv, md=DOC, png=PNG, choices=VARIANTS, kind="scenario")
     a.echo_m = a.echo_m or (1000 if a.quick else 5000)
     a.echo_warm = a.echo_warm or (200 if a.quick else 500)
     a.reps = a.reps or (3 if a.quick else 10)
     a.quiet_wait = (0.0 if a.quick else 30.0) if a.quiet_wait is None else a.quiet_wait
-    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
-    bad = [s for s in a.only if s not in VARIANTS]
-    if bad:
-        p.error(f"unknown scenario(s) {bad}; choose from {list(VARIANTS)}")
     a.variants = [s.strip() for s in a.variants.split(",")] if a.variants else None
     if a.clients < a.client_procs or a.client_procs < 1:
         p.error("need at least one client per client process")
@@ -924,136 +778,75 @@ def parse_args(argv=None):
 
 
 def check_prerequisites(args):
+    """The redis-server binary if the run needs one, else None."""
     redis = None
     needs_redis = "bcast" in args.only and (args.variants is None or any(v.startswith("daphne") for v in args.variants))
     if needs_redis:
         redis = find_redis_server()
-        if redis is None:
-            log("redis-server not found.  Install it, e.g. on Debian/Ubuntu:\n\n    apt-get install redis-server\n")
-            sys.exit(2)
-    missing = []
-    for mod in ("uvicorn", "daphne", "channels", "channels_redis", "django"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        log(f"missing Python packages {missing}; install the bench extra:\n\n    .venv/bin/pip install -e '.[test,bench]'\n")
-        sys.exit(2)
+        require_program("redis-server", redis)
+    require_modules(("uvicorn", "daphne", "channels", "channels_redis", "django"))
     return redis
+
+
+def describe_echo(r):
+    return (f"p50 {fmt_time(r['p50'])}  p99 {fmt_time(r['p99'])}  p99.9 {fmt_time(r['p999'])}  "
+            f"CPU {r['cpu_us']:.0f} µs/rt")
+
+
+def describe_bcast(r):
+    return (f"all {fmt_time(r['total'])}  first {fmt_time(r['first'])}  cold {fmt_time(r['cold'])}  "
+            f"CPU {r['cpu_ms']:.3g} ms/bcast  connect {r['connect_s']:.2g} s"
+            + (f"  sockets/PS {r['sockets']}" if len(r["sockets"]) > 1 else ""))
+
+
+# scenario -> (measure one variant, its progress line)
+SCENARIO_RUNS = {"echo": (run_echo, describe_echo), "bcast": (run_bcast, describe_bcast)}
+
+
+def start_redis(env, cleanup, binary):
+    env.redis = RedisServer(binary)
+    cleanup.callback(env.redis.stop)
+    env.redis.start()
 
 
 def main(argv=None):
     args = parse_args(argv)
     redis_binary = check_prerequisites(args)
-    full = not args.quick and set(args.only) == set(VARIANTS) and args.variants is None
-    write = not args.no_write and (full or args.write)
-    if write:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            log("matplotlib is needed to write the chart: .venv/bin/pip install -e '.[bench]'")
-            sys.exit(2)
+    write = docs_wanted(args, full=not args.quick and set(args.only) == set(VARIANTS) and args.variants is None)
     nofile = raise_nofile(max(16384, args.clients * 4))
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
-    shm_before = set(os.listdir("/dev/shm"))
     results = {sc: {k: [] for k in VARIANTS[sc] if args.variants is None or k in args.variants} for sc in args.only}
-    errors = []
-    snap = logdir = env = None
-    redis = RedisServer(redis_binary) if redis_binary else None
-    with terminate_on_signals():
-        try:
-            snap, source, warning = snapshot_source()
-            logdir = tempfile.mkdtemp(prefix="bench-ws-logs-")
-            if redis:
-                redis.start()
-            info = machine_info(redis.version if redis else None)
-            info["source"] = source + (f" (**{warning}**)" if warning else "")
-            from importlib import metadata
-
-            versions = {}
-            for pkg in ("shmchannels", "uvicorn", "websockets", "uvloop", "daphne", "Twisted", "autobahn", "channels",
-                        "channels_redis", "redis", "Django"):
-                try:
-                    versions[pkg] = metadata.version(pkg)
-                except metadata.PackageNotFoundError:
-                    versions[pkg] = "not installed"
-            if redis:
-                versions["redis-server"] = redis.version
-            info["versions"] = versions
-            if warning:
-                log(f"WARNING: {warning}")
-            env = Env(args, snap, logdir, redis)
-            if "shm-nospin" in results.get("echo", {}):
-                env.snap_nospin = nospin_snapshot(snap)
-            env.ws_impl["uvicorn"] = ("websockets-sansio" if versions["websockets"] != "not installed" else "wsproto")
-            log(f"{args.runs} run(s) of {', '.join(f'{sc}: {list(v)}' for sc, v in results.items())}; "
-                f"open-file limit {nofile}" + (f"; redis-server {redis.version} on port {redis.port}" if redis else ""))
-            for run in range(args.runs):
-                log(f"--- run {run + 1}/{args.runs}")
-                for sc, variants in results.items():
-                    for key in variants:
-                        budget = max(0.0, QUIET_BUDGET - env.waited)
-                        waited, busy = wait_for_quiet(min(args.quiet_wait, budget))
-                        env.waited += waited
-                        env.measurements += 1
-                        if busy > 0.5:
-                            env.contended.append(f"run {run + 1} {sc}/{key} ({busy:.1f})")
-                            log(f"    other processes keep {busy:.1f} CPU(s) busy; measuring anyway")
-                        t0 = time.monotonic()
-                        try:
-                            if sc == "echo":
-                                r = run_echo(env, key, run)
-                                msg = (f"p50 {t(r['p50'])}  p99 {t(r['p99'])}  p99.9 {t(r['p999'])}  "
-                                       f"CPU {r['cpu_us']:.0f} µs/rt")
-                            else:
-                                r = run_bcast(env, key, run)
-                                msg = (f"all {t(r['total'])}  first {t(r['first'])}  cold {t(r['cold'])}  "
-                                       f"CPU {r['cpu_ms']:.3g} ms/bcast  connect {r['connect_s']:.2g} s"
-                                       + (f"  sockets/PS {r['sockets']}" if len(r["sockets"]) > 1 else ""))
-                        except BenchError as exc:
-                            r = None
-                            msg = "ERROR"
-                            errors.append(f"run {run + 1} {sc}/{key}: {exc}")
-                            log(f"    {sc}/{key}: {exc}")
-                        variants[key].append(r)
-                        env.max_load = max(env.max_load, os.getloadavg()[0])
-                        log(f"  {sc:<5} {VARIANTS[sc][key][0]:<44} {msg}   [{time.monotonic() - t0:.1f} s]")
-        except KeyboardInterrupt:
-            log("interrupted")
-            raise SystemExit(130)
-        finally:
-            if redis:
-                redis.stop()
-            if env is not None:
-                for p in env.prefixes:
-                    for f in shm_files(p):
-                        env.problems.append(f"left in /dev/shm at the end (removed): {os.path.basename(f)}")
-                        os.unlink(f)
-            if snap:
-                shutil.rmtree(snap, ignore_errors=True)
-            if env is not None and env.snap_nospin:
-                shutil.rmtree(env.snap_nospin, ignore_errors=True)
-            if logdir:
-                shutil.rmtree(logdir, ignore_errors=True)
+    with interruptible(), contextlib.ExitStack() as cleanup:
+        env = Env(args, cleanup)
+        if redis_binary:
+            start_redis(env, cleanup, redis_binary)
+        info = env.machine_info(PACKAGES)
+        if env.redis:
+            info["versions"]["redis-server"] = env.redis.version
+        if "shm-nospin" in results.get("echo", {}):
+            env.snap_nospin = nospin_snapshot(env.snap)
+            cleanup.callback(shutil.rmtree, env.snap_nospin, ignore_errors=True)
+        env.ws_impl["uvicorn"] = ("websockets-sansio" if info["versions"]["websockets"] != "not installed"
+                                  else "wsproto")
+        log(f"{args.runs} run(s) of {', '.join(f'{sc}: {list(v)}' for sc, v in results.items())}; "
+            f"open-file limit {nofile}"
+            + (f"; redis-server {env.redis.version} on port {env.redis.port}" if env.redis else ""))
+        for run, where in env.runs():
+            for sc, variants in results.items():
+                take, describe = SCENARIO_RUNS[sc]
+                for key in variants:
+                    variants[key].append(env.measure(where, f"{sc}/{key}", f"{sc:<5} {VARIANTS[sc][key][0]:<44}",
+                                                     functools.partial(take, env, key, run), describe))
     elapsed = time.monotonic() - t_start
-    end_hash = source_hash()
-    if end_hash not in info["source"]:
-        info["source"] += (f"; copied aside at the start and used for every measurement (the working tree changed "
-                           f"during the run: sha1 {end_hash} at the end)")
+    env.note_source_change(info)
     targets = build_targets(results)
-    print_report(results, targets, errors, env)
-    new_shm = sorted(set(os.listdir("/dev/shm")) - shm_before)
-    mine = [f for f in new_shm if any(f"-{p}@" in f for p in env.prefixes)]
-    print(f"\ntotal runtime {elapsed:.0f} s; /dev/shm entries of this run left: {mine or 'none'}", flush=True)
+    print_report(results, targets, env)
+    env.print_runtime(elapsed)
     if write:
-        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-        chart(results, env, args.png)
-        png_name = os.path.relpath(os.path.abspath(args.png), os.path.dirname(os.path.abspath(args.md)))
-        replace_section(args.md, START, END, markdown(results, targets, errors, info, env, started, elapsed, png_name))
-        print(f"wrote {os.path.relpath(args.md)} and {os.path.relpath(args.png)}", flush=True)
-    return 1 if errors else 0
+        write_docs(args, (START, END), functools.partial(chart, results, env),
+                   lambda png_name: markdown(results, targets, info, env, started, elapsed, png_name))
+    return 1 if env.errors else 0
 
 
 if __name__ == "__main__":

@@ -24,13 +24,19 @@ shmchannels.server.testing fed to each candidate, with the close code each
 one answers.
 """
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
-from shmchannels.server import testing, websocket as ws
+# bench/http.py would shadow the standard library's ``http`` package, which
+# the server imports (sys.path[0] is the script's directory).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+from shmchannels.server import testing, websocket as ws  # noqa: E402
 
 SMALL = 100
 BIG = 64 * 1024
