@@ -280,16 +280,18 @@ class Core:
                     # A record committed before our bit was visible woke
                     # nobody: look again now that it is.
                     handed = None if ready() else await fut
-                except asyncio.CancelledError:
-                    hub.cancelled(fut, target)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        hub.cancelled(fut, target)
+                    hub.unpark(token)
                     raise
                 finally:
-                    hub.unpark(token)
                     if recheck is not None:
                         recheck.cancel()
-                if handed is not None:  # (deadline, flags, body) delivered on wake-up
-                    self._last_rx = _shm.monotonic_ns()
+                if handed is not None:  # (deadline, flags, body) delivered on wake-up;
+                    self._last_rx = _shm.monotonic_ns()  # the hub let go of us already
                     return decode(handed[2])
+                hub.unpark(token)
             msg = self.take(channel, route)
             if msg is not None:
                 return msg

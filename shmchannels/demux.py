@@ -147,7 +147,8 @@ class Demux:
         """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [(loop,
         future, channel)].  Takes records only until every waiting channel has
         a message.  A waiter on ``current`` (the dispatching loop) whose
-        buffer is empty gets the message as its future's result; others are
+        buffer is empty gets the message as its future's result and leaves
+        ``waiters`` (its receive then skips ``Hub.unpark``); others are
         resolved to look again (``elsewhere`` collects those of other loops).
         Called with the hub's lock held.
         """
@@ -173,9 +174,12 @@ class Demux:
                     lst = waiters.get(target)
                     if lst and not buffers.get(target):
                         missing -= 1
-                        for w in lst:
+                        for i, w in enumerate(lst):
                             if w[0] is current and not w[1].done():
                                 w[1].set_result(entry)
+                                del lst[i]
+                                if not lst:
+                                    del waiters[target]
                                 break
                         else:
                             self._buffer(key, target, deadline, flags, body)

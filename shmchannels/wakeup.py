@@ -78,18 +78,25 @@ class Hub:
         return fut, (ring, ws, waiter)
 
     def unpark(self, token):
+        """Take a waiter off its ring.  A waiter that was handed a message is
+        off already (``deliver`` took it), so this is then a no-op."""
         ring, ws, waiter = token
         channel = waiter[2]
         with self.lock:
             lst = ws.get(channel)
-            if lst is not None:
+            if lst is not None and waiter in lst:
                 lst.remove(waiter)
                 if not lst:
                     del ws[channel]
-            if not ws and self.waiters.get(ring) is ws:
-                del self.waiters[ring]
-                del self.keys[ring]
-                ring.fifo_remove(self.bus.slot)
+            if not ws:
+                self._forget_ring(ring, ws)
+
+    def _forget_ring(self, ring, ws):
+        """Nobody of this process waits on ``ring`` any more.  Hub lock held."""
+        if self.waiters.get(ring) is ws:
+            del self.waiters[ring]
+            del self.keys[ring]
+            ring.fifo_remove(self.bus.slot)
 
     def cancelled(self, fut, channel):
         """A parked receive was cancelled: a message handed over goes back."""
@@ -151,6 +158,8 @@ class Hub:
                             self._signal(ws, current, elsewhere)
                     else:
                         demux.deliver(ring, key, ws, current, elsewhere)
+                        if not ws:  # every waiter was handed its message
+                            self._forget_ring(ring, ws)
                     if ring.pending and not ring.has_data():
                         self._signal(ws, current, elsewhere)  # see the unready head below
                 elif ring.has_data() or ring.closed or ring.pending:

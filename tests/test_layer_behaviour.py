@@ -120,6 +120,37 @@ async def test_cancelled_receives_lose_and_duplicate_nothing(layer):
         assert got == expected
 
 
+async def test_parked_receivers_handed_a_group_message_leave_no_registration_behind(prefix):
+    """500 receivers parked on their own channels get one group message each,
+    handed over on wake-up; afterwards this process waits on nothing, so the
+    next send to its ring wakes nobody (no stale FIFO registration)."""
+    lay = SharedMemoryChannelLayer(prefix=prefix)
+    chans = [await lay.new_channel() for _ in range(500)]
+    for ch in chans:
+        await lay.group_add("room", ch)
+    for n in range(3):
+        tasks = [asyncio.ensure_future(lay.receive(ch)) for ch in chans]
+        await asyncio.sleep(0.01)  # all parked
+        await lay.group_send("room", {"n": n})
+        got = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert [m["n"] for m in got] == [n] * 500
+        bus = lay.core.bus
+        assert bus.hub.waiters == {}
+        ring = bus.ring(chans[0][: chans[0].index("!") + 1])
+        assert ring.fifo_slots() == []
+    # A cancelled receive after all that still loses nothing.
+    task = asyncio.ensure_future(lay.receive(chans[7]))
+    await asyncio.sleep(0.01)
+    await lay.group_send("room", {"n": 99})
+    task.cancel()
+    results = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(results[0], asyncio.CancelledError):
+        assert (await asyncio.wait_for(lay.receive(chans[7]), 2))["n"] == 99
+    else:
+        assert results[0]["n"] == 99
+    await lay.flush()
+
+
 async def test_group_expiry_ends_memberships_but_message_expiry_does_not(prefix):
     lay = SharedMemoryChannelLayer(prefix=prefix, expiry=0.2, group_expiry=1)
     ch = await lay.new_channel()
