@@ -124,9 +124,11 @@ async def self_probe(layer, ch):
     assert got["type"] == "probe", got
 
 
-async def finish(conn, layer, kind):
-    """Common tail: flush on request (one process per scenario), then exit."""
-    command, _ = conn.recv()
+async def finish(conn, layer, kind, command=None):
+    """Common tail: flush on request (one process per scenario), then exit.
+    ``command``: the parent's last command, if the caller has read it already."""
+    if command is None:
+        command, _ = conn.recv()
     await close_layer(layer, kind, flush=command == "flush")
     if command == "flush":
         conn.send(("flushed", None))
@@ -412,12 +414,7 @@ async def grp_recv(conn, cfg):
             await asyncio.gather(*tasks, return_exceptions=True)
         else:
             break
-    if command == "flush":
-        await close_layer(layer, kind, flush=True)
-        conn.send(("flushed", None))
-        cmd(conn, "exit")
-    else:
-        await close_layer(layer, kind)
+    await finish(conn, layer, kind, command)
 
 
 async def grp_send(conn, cfg):
@@ -433,12 +430,7 @@ async def grp_send(conn, cfg):
         await layer.group_send(group, msg)
         t1 = time.monotonic_ns()
         conn.send(("sent", {"t0": t0, "t1": t1}))
-    if command == "flush":
-        await close_layer(layer, kind, flush=True)
-        conn.send(("flushed", None))
-        cmd(conn, "exit")
-    else:
-        await close_layer(layer, kind)
+    await finish(conn, layer, kind, command)
 
 
 # -------------------------------------------------------------- 5: idle CPU

@@ -80,24 +80,22 @@ class RequestParser:
         self.events = []
         self.dead = False
         self._in_head = False
+        self._request = None
+        self._reset_message()
+
+    def _reset_message(self):
         self._head_bytes = 0
         self._url = b""
         self._headers = []
         self._nfields = 0
         self._special = None
         self._body_bytes = 0
-        self._request = None
 
     # --------------------------------------------------------- httptools callbacks
 
     def on_message_begin(self):
         self._in_head = True
-        self._head_bytes = 0
-        self._url = b""
-        self._headers = []
-        self._nfields = 0
-        self._special = None
-        self._body_bytes = 0
+        self._reset_message()
 
     def on_url(self, url):
         self._url += url

@@ -138,11 +138,7 @@ class HttpProtocol(asyncio.Protocol):
                     pass
                 if cycle.body_channel is not None and not cycle.body_done:
                     cycle.body_out = None
-                    try:
-                        layer.send(cycle.body_channel, {"closed": True})
-                    except (layer.ChannelFull, layer.MessageTooLarge):
-                        pass
-                    layer.core.discard_channel(cycle.body_channel)
+                    self._send_quietly(cycle.body_channel, {"closed": True})
         self.cycles.clear()
         server.connection_closed()
 

@@ -258,6 +258,55 @@ class FakeWorker:
         self.stop()
 
 
+class ServerEnv:
+    """Protocol servers and fake workers on one bus ``prefix``, for a test.
+
+    ``server(capacity, **config)`` starts a ServerThread whose layer has the
+    server's channel capacities (``capacity`` overrides first: first match
+    wins), ``worker(handler, channels)`` a FakeWorker; ``close()`` stops them
+    all, fails on any worker's handler errors, and flushes the bus.
+    """
+
+    #: shutdown grace of the servers, short: some tests leave work pending
+    graceful_timeout = 1.0
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.servers = []
+        self.workers = []
+
+    def layer(self, **capacity):
+        from shmchannels import ChannelLayer
+
+        from .config import channel_capacity
+
+        return ChannelLayer(prefix=self.prefix, channel_capacity={**capacity, **channel_capacity()})
+
+    def server(self, capacity=None, **config):
+        from .config import ProtocolConfig
+
+        config.setdefault("graceful_timeout", self.graceful_timeout)
+        st = ServerThread(self.layer(**(capacity or {})), ProtocolConfig(prefix=self.prefix, **config)).__enter__()
+        self.servers.append(st)
+        return st
+
+    def worker(self, handler, channels):
+        w = FakeWorker(self.layer(), channels, handler).start()
+        self.workers.append(w)
+        return w
+
+    def close(self):
+        from shmchannels import ChannelLayer
+
+        for st in self.servers:
+            st.stop()
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            assert not w.errors, w.errors
+        ChannelLayer(prefix=self.prefix).flush()
+
+
 def send_retrying(layer, channel, message, timeout=5.0):
     """Send, retrying on ChannelFull (what a real worker does with replies)."""
     from shmchannels.workers.wsgi import send_reply

@@ -91,6 +91,12 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def head_unready(ring):
+    """Records are committed in ``ring`` but its head one is not ready to
+    take (a writer mid-copy, or dead): ``Bus.unstick`` territory."""
+    return ring.pending and not ring.has_data()
+
+
 def _default_label():
     argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     return f"{argv0}[{os.getpid()}]"

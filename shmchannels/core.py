@@ -275,7 +275,7 @@ class Core:
                 # Parked behind an unready head (a writer mid-copy, or dead):
                 # look again soon, so a dead writer's claim is recovered
                 # within STUCK_RECHECK rather than at the next watchdog.
-                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if ring.pending and not ring.has_data() else None
+                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if bus_mod.head_unready(ring) else None
                 try:
                     # A record committed before our bit was visible woke
                     # nobody: look again now that it is.
@@ -348,7 +348,7 @@ class Core:
             seqs = _shm.wait_enter(rings)
             try:
                 if not ready():
-                    stuck = any(r.pending and not r.has_data() for r in rings)
+                    stuck = any(bus_mod.head_unready(r) for r in rings)
                     _shm.wait(rings, seqs, min(remaining, STUCK_RECHECK if stuck else self.park_timeout))
             finally:
                 _shm.wait_leave(rings)

@@ -27,6 +27,7 @@ re-check then hands to ``Bus.unstick``.
 import asyncio
 import threading
 
+from .bus import head_unready
 from .demux import signal_waiters
 
 
@@ -160,8 +161,8 @@ class Hub:
                         demux.deliver(ring, key, ws, current, elsewhere)
                         if not ws:  # every waiter was handed its message
                             self._forget_ring(ring, ws)
-                    if ring.pending and not ring.has_data():
-                        self._signal(ws, current, elsewhere)  # see the unready head below
+                    if head_unready(ring):
+                        self._signal(ws, current, elsewhere)  # see below
                 elif ring.has_data() or ring.closed or ring.pending:
                     # ``pending`` without data: records were committed behind
                     # an unready head (a writer mid-copy, or dead).  The

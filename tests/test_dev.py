@@ -1,6 +1,5 @@
 """`shmchannels dev`: protocol server and worker threads in one process, with autoreload."""
 
-import os
 import re
 import signal
 import subprocess

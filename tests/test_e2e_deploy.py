@@ -8,7 +8,6 @@ import http.client
 import os
 import re
 import signal
-import time
 
 import pytest
 import websockets

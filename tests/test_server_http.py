@@ -16,48 +16,22 @@ import time
 import httpx
 import pytest
 
-import shmchannels
-from shmchannels.server import ProtocolConfig, channel_capacity
-from shmchannels.server.testing import FakeWorker, ServerThread, echo_http, raw_connection, read_response, send_retrying
+from shmchannels.server import ProtocolConfig
+from shmchannels.server.testing import ServerEnv, ServerThread, echo_http, raw_connection, read_response, send_retrying
 
 pytestmark = pytest.mark.timeout(60)
 
 
+class HttpEnv(ServerEnv):
+    def worker(self, handler=echo_http, channels=("http.request",)):
+        return super().worker(handler, channels)
+
+
 @pytest.fixture
 def env(prefix):
-    """make(**config) -> ServerThread; worker(handler, channels) -> FakeWorker; stops and flushes all."""
-
-    class Env:
-        def __init__(self):
-            self.servers = []
-            self.workers = []
-            self.layers = []
-
-        def layer(self, **capacity):
-            lay = shmchannels.ChannelLayer(prefix=prefix, channel_capacity={**capacity, **channel_capacity()})  # overrides first: first match wins
-            self.layers.append(lay)
-            return lay
-
-        def server(self, capacity=None, **config):
-            config.setdefault("graceful_timeout", 1.0)  # teardown of tests that leave requests hanging
-            st = ServerThread(self.layer(**(capacity or {})), ProtocolConfig(prefix=prefix, **config)).__enter__()
-            self.servers.append(st)
-            return st
-
-        def worker(self, handler=echo_http, channels=("http.request",)):
-            w = FakeWorker(self.layer(), channels, handler).start()
-            self.workers.append(w)
-            return w
-
-    e = Env()
+    e = HttpEnv(prefix)
     yield e
-    for st in e.servers:
-        st.stop()
-    for w in e.workers:
-        w.stop()
-    for w in e.workers:
-        assert not w.errors, w.errors
-    shmchannels.ChannelLayer(prefix=prefix).flush()
+    e.close()
 
 
 def url(st, path="/"):

@@ -14,10 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-import shmchannels
-from shmchannels.server import ProtocolConfig, channel_capacity
 from shmchannels.server.testing import (
-    BAD_FRAMES, BAD_FRAMES_MAX_SIZE, FakeWorker, ServerThread, client_frame, close_code_of, close_payload,
+    BAD_FRAMES, BAD_FRAMES_MAX_SIZE, ServerEnv, client_frame, close_code_of, close_payload,
     parse_server_frames, read_frames_until_close, send_retrying, ws_handshake,
 )
 
@@ -92,35 +90,18 @@ class WsApp:
         raise AssertionError(f"{channel}: {len(self.messages[channel])} messages, wanted {n}")
 
 
+class WsEnv(ServerEnv):
+    graceful_timeout = 0.5  # teardown of tests that leave acks pending
+
+    def worker(self, app, channels=WS_CHANNELS):
+        return super().worker(app, channels)
+
+
 @pytest.fixture
 def env(prefix):
-    class Env:
-        def __init__(self):
-            self.servers, self.workers = [], []
-
-        def layer(self, **capacity):
-            return shmchannels.ChannelLayer(prefix=prefix, channel_capacity={**capacity, **channel_capacity()})
-
-        def server(self, capacity=None, **config):
-            config.setdefault("graceful_timeout", 0.5)  # teardown of tests that leave acks pending
-            st = ServerThread(self.layer(**(capacity or {})), ProtocolConfig(prefix=prefix, **config)).__enter__()
-            self.servers.append(st)
-            return st
-
-        def worker(self, app, channels=WS_CHANNELS):
-            w = FakeWorker(self.layer(), channels, app).start()
-            self.workers.append(w)
-            return w
-
-    e = Env()
+    e = WsEnv(prefix)
     yield e
-    for st in e.servers:
-        st.stop()
-    for w in e.workers:
-        w.stop()
-    for w in e.workers:
-        assert not w.errors, w.errors
-    shmchannels.ChannelLayer(prefix=prefix).flush()
+    e.close()
 
 
 def ws_url(st, path="/ws"):

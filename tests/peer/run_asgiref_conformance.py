@@ -16,7 +16,6 @@ or by hand::
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
