@@ -837,6 +837,84 @@ Ring_reset(RingObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* purge() consumes expired records (and padding) at the head without a
+ * reader, so that a bus nobody reads drains itself and `status` never counts
+ * an expired message as pending.  Returns how many moves of head it made. */
+static PyObject *
+Ring_purge(RingObject *self, PyObject *unused)
+{
+    CHECK_RING(self);
+    return PyLong_FromUnsignedLongLong(purge_expired(self, now_ns()));
+}
+
+/* damage() checks the header words that every put and get trusts: None if
+ * they are consistent, else a sentence saying what is wrong.  A consistent
+ * header keeps head <= tail, at most one lap of bytes between them, and no
+ * more claims than 16-byte records fit in those bytes. */
+static PyObject *
+Ring_damage(RingObject *self, PyObject *unused)
+{
+    CHECK_RING(self);
+    ring_hdr_t *h = self->h;
+    uint64_t hp, hs, tp, ts;
+    for (int i = 0; i < 1000; i++) {
+        load_pair(&h->head_pos, &hp, &hs);
+        load_pair(&h->tail_pos, &tp, &ts);
+        tp &= ~CLOSED_BIT;
+        uint64_t hp2, hs2;
+        load_pair(&h->head_pos, &hp2, &hs2);
+        if (hp2 == hp && hs2 == hs)
+            break; /* a snapshot no consumer moved under us */
+    }
+    char buf[200];
+    if (hp % REC_ALIGN || tp % REC_ALIGN)
+        snprintf(buf, sizeof buf, "misaligned head %llu or tail %llu", (unsigned long long)hp, (unsigned long long)tp);
+    else if (hp > tp)
+        snprintf(buf, sizeof buf, "head %llu is past tail %llu", (unsigned long long)hp, (unsigned long long)tp);
+    else if (tp - hp > self->size)
+        snprintf(buf, sizeof buf, "%llu bytes between head and tail in a %llu byte ring",
+                 (unsigned long long)(tp - hp), (unsigned long long)self->size);
+    else if (hs > ts)
+        snprintf(buf, sizeof buf, "head claim %llu is past tail claim %llu", (unsigned long long)hs, (unsigned long long)ts);
+    else if (ts - hs > (tp - hp) / REC_ALIGN)
+        snprintf(buf, sizeof buf, "%llu claims pending in %llu bytes", (unsigned long long)(ts - hs),
+                 (unsigned long long)(tp - hp));
+    else
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(buf);
+}
+
+/* repair() makes a damaged ring usable again: head and tail both move to
+ * one aligned position past either, with the larger claim count, so every
+ * pending record (whatever its state) is dropped and no word is trusted that
+ * damage() rejected.  A producer racing with it fails its CAS and retries. */
+static PyObject *
+Ring_repair(RingObject *self, PyObject *unused)
+{
+    CHECK_RING(self);
+    ring_hdr_t *h = self->h;
+    for (;;) {
+        uint64_t hp, hs, tp, ts;
+        load_pair(&h->head_pos, &hp, &hs);
+        load_pair(&h->tail_pos, &tp, &ts);
+        uint64_t closed = tp & CLOSED_BIT;
+        tp &= ~CLOSED_BIT;
+        uint64_t pos = align_up(hp > tp ? hp : tp, REC_ALIGN);
+        uint64_t seq = hs > ts ? hs : ts;
+        if (!cas128(&h->tail_pos, tp | closed, ts, pos | closed, seq))
+            continue;
+        for (;;) {
+            load_pair(&h->head_pos, &hp, &hs);
+            if (cas128(&h->head_pos, hp, hs, pos, seq))
+                break;
+        }
+        break;
+    }
+    __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
+    futex_wake_all(&h->wake_seq);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Ring_close(RingObject *self, PyObject *arg)
 {
@@ -1086,6 +1164,9 @@ static PyMethodDef Ring_methods[] = {
     {"recover", (PyCFunction)Ring_recover, METH_VARARGS, "recover(pos, total): skip a dead writer's record"},
     {"discard_all", (PyCFunction)Ring_discard_all, METH_NOARGS, "drop every consumable record"},
     {"reset", (PyCFunction)Ring_reset, METH_NOARGS, "drop everything up to the tail"},
+    {"purge", (PyCFunction)Ring_purge, METH_NOARGS, "consume expired records at the head"},
+    {"repair", (PyCFunction)Ring_repair, METH_NOARGS, "drop everything and realign head and tail"},
+    {"damage", (PyCFunction)Ring_damage, METH_NOARGS, "None, or what is inconsistent in the header"},
     {"close", (PyCFunction)Ring_close, METH_O, "close(closer_id): refuse further puts"},
     {"retire", (PyCFunction)Ring_retire, METH_VARARGS, "retire(idle_ns, closer_slot): close if empty and idle"},
     {"fifo_add", (PyCFunction)Ring_fifo_add, METH_O, "register a slot parked on its FIFO"},

@@ -141,7 +141,8 @@ class ChannelLayer:
         """A new single-reader channel name: ``pattern`` must end in ``?``."""
         if not isinstance(pattern, str) or not pattern.endswith("?") or pattern.count("?") != 1 or "!" in pattern:
             raise TypeError(f"new_channel() pattern must end in a single '?', got {pattern!r}")
-        name = pattern + names.new_local_part()
+        bus = self.core.bus
+        name = names.new_single_reader(pattern, bus.slot, bus.gen)
         names.require_channel(name, v1=True)
         return name
 

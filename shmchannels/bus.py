@@ -120,23 +120,27 @@ class Bus:
         self._fifo_fds = {}
         self._stuck = {}
         self._last_retire_sweep = 0
+        self._bus_lock_depth = 0
+        self._bus_rlock = threading.RLock()
         self.slot = None
+        self.registry = None
         self.lock_fd = segments.open_lock_file(self.stem)
         self.liveness = Liveness(self.lock_fd)
         try:
             with self._locked_bus():
                 self.control = self._open_control(slots, ring_size)
-                self.registry = Registry(segments.path(segments.file_name(self.stem, "reg")), self.control)
+                self.registry = Registry(self.stem, self.control, self._locked_bus)
                 self.registry.initialise()
                 self._reclaim_dead()
                 self.slot = self._claim_slot()
                 self.gen = self.control.activate_slot(self.slot, kind, label or _default_label())
+                self.owner_tag = names.owner_tag(self.slot, self.gen)
+                self.writer = _shm.Writer(self.control.mapping, self.control.intent_offset(self.slot), self.slot, self.gen)
+                self._sweep_at_attach()
         except BaseException:
             os.close(self.lock_fd)
             raise
-        self.owner_tag = names.owner_tag(self.slot, self.gen)
-        self.writer = _shm.Writer(self.control.mapping, self.control.intent_offset(self.slot), self.slot, self.gen)
-        self.fifo_path = segments.make_fifo(segments.file_name(self.stem, f"w{self.slot:03x}"))
+        self.fifo_path = segments.make_fifo(segments.file_name(self.stem, f"w{self.slot:03x}"), fresh=True)
         # O_RDWR keeps the FIFO open for writing too, so it never reports EOF.
         self.fifo_fd = os.open(self.fifo_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.drain_fifo()
@@ -163,18 +167,33 @@ class Bus:
         inode, so after locking we check that the file at the path is still
         ours, and otherwise start over on the new one.
         """
-        while True:
-            with self.liveness.bus_lock():
+        with self._bus_rlock:
+            if self._bus_lock_depth:
+                # Re-entered by this thread (a registry rebuild during attach):
+                # POSIX locks are per process, so locking again would be a
+                # no-op and the inner unlock would release the outer hold.
+                self._bus_lock_depth += 1
                 try:
-                    current = os.stat(segments.path(segments.file_name(self.stem, "lock"))).st_ino
-                except FileNotFoundError:
-                    current = None
-                if current == os.fstat(self.lock_fd).st_ino:
                     yield
-                    return
-            os.close(self.lock_fd)
-            self.lock_fd = segments.open_lock_file(self.stem)
-            self.liveness = Liveness(self.lock_fd)
+                finally:
+                    self._bus_lock_depth -= 1
+                return
+            while True:
+                with self.liveness.bus_lock():
+                    try:
+                        current = os.stat(segments.path(segments.file_name(self.stem, "lock"))).st_ino
+                    except FileNotFoundError:
+                        current = None
+                    if current == os.fstat(self.lock_fd).st_ino:
+                        self._bus_lock_depth = 1
+                        try:
+                            yield
+                        finally:
+                            self._bus_lock_depth = 0
+                        return
+                os.close(self.lock_fd)
+                self.lock_fd = segments.open_lock_file(self.stem)
+                self.liveness = Liveness(self.lock_fd)
 
     def _open_control(self, slots, ring_size):
         size = segment_size(slots)
@@ -194,6 +213,44 @@ class Bus:
                 self.stem, "ctl", size, lambda m: Control.initialise(m, slots, ring_size)
             )
             return Control(mapping)
+
+    def _sweep_at_attach(self):
+        """What every attach does for the bus (under the bus lock): forget
+        memberships whose owner is gone and drop expired messages, so that
+        nothing dead or stale outlives its processes."""
+        live = [names.owner_tag(i, self.control.slot_gen(i)) for i in self.live_slots()]
+        dropped = self.registry.drop_owners_except(live)
+        if dropped:
+            logger.info("dropped memberships of dead owners in %d group(s) of bus %s", dropped, self.prefix)
+        self.purge_expired()
+
+    def purge_expired(self):
+        """Consume expired records at the head of every ring; repair damaged
+        ones.  Returns how many head moves that took."""
+        moved = 0
+        for ring in self.all_rings():
+            self.check_damage(ring)
+            moved += ring.purge()
+        return moved
+
+    def check_damage(self, ring):
+        """Repair ``ring`` if its header words are inconsistent.  True if it was damaged."""
+        damage = ring.damage()
+        if damage is None:
+            return False
+        logger.error("ring %s of bus %s is damaged (%s): dropping its pending records and repairing it",
+                     ring.key, self.prefix, damage)
+        ring.repair()
+        self._stuck.pop(ring.ring_id, None)
+        return True
+
+    def janitor(self):
+        """A supervisor's periodic pass: reclaim dead slots, purge expired
+        messages, retire idle single-reader rings."""
+        reclaimed = self.reclaim_dead()
+        self.purge_expired()
+        self.retire_idle()
+        return reclaimed
 
     def _claim_slot(self):
         n = self.control.nslots
@@ -261,10 +318,10 @@ class Bus:
                 logger.warning("could not resolve dead claim at %d in ring %s; resetting it", intent.pos, ring.key)
                 ring.reset()
         tag = names.owner_tag(index, gen)
-        for p in segments.bus_files(self.stem):
-            base = os.path.basename(p)
-            suffix = base[len(self.stem) + 1 :]
-            if suffix.startswith(f"o{tag}."):
+        for base, kind, m in segments.files_of_kind(self.stem, "ring", "owned"):
+            if kind == "owned":
+                if m.group(1) != tag:
+                    continue
                 mapping = segments.open_existing(base)
                 if mapping is not None:
                     try:
@@ -272,17 +329,18 @@ class Bus:
                     except ValueError:
                         pass
                 segments.unlink(base)
-            elif suffix.startswith("r"):
+            else:
                 ring = self._open_unowned_by_name(base)
                 if ring is not None:
                     ring.fifo_remove(index)
         self.registry.drop_owner(index, gen)
+        # The next process in this slot makes a fresh FIFO: stale wake-ups
+        # and writers holding the old one cannot reach it.
+        segments.unlink(segments.file_name(self.stem, f"w{index:03x}"))
         with self._lock:
-            fd = self._fifo_fds.pop(index, None)
+            self._forget_fifo(index)
             for key in [k for k in self._rings if names.owner_of(k) == (index, gen & names.GEN_MASK)]:
                 del self._rings[key]
-        if fd is not None:
-            os.close(fd)
 
     def _open_unowned_by_name(self, base):
         mapping = segments.open_existing(base)
@@ -295,9 +353,8 @@ class Bus:
 
     def _ring_by_id(self, ring_id):
         hexid = f"{ring_id:016x}"
-        for p in segments.bus_files(self.stem):
-            base = os.path.basename(p)
-            if base.endswith(hexid):
+        for base, kind, m in segments.files_of_kind(self.stem, "ring", "owned"):
+            if m.group(2 if kind == "owned" else 1) == hexid:
                 mapping = segments.open_existing(base)
                 if mapping is not None:
                     try:
@@ -373,10 +430,7 @@ class Bus:
         server would keep one ring per request ever made.
         """
         retired = 0
-        for p in segments.bus_files(self.stem):
-            base = os.path.basename(p)
-            if not base[len(self.stem) + 1 :].startswith("r"):
-                continue
+        for base, _, _ in segments.files_of_kind(self.stem, "ring"):
             ring = self._open_unowned_by_name(base)
             if ring is None or "?" not in ring.key:
                 continue
@@ -432,17 +486,14 @@ class Bus:
     def all_rings(self):
         """Every ring of the bus (opened read/write), for flush and status."""
         found = []
-        for p in segments.bus_files(self.stem):
-            base = os.path.basename(p)
-            suffix = base[len(self.stem) + 1 :]
-            if suffix.startswith(("r", "o")) and ".tmp." not in base:
-                mapping = segments.open_existing(base)
-                if mapping is None:
-                    continue
-                try:
-                    found.append(_shm.Ring(mapping, self.writer))
-                except ValueError:
-                    continue
+        for base, _, _ in segments.files_of_kind(self.stem, "ring", "owned"):
+            mapping = segments.open_existing(base)
+            if mapping is None:
+                continue
+            try:
+                found.append(_shm.Ring(mapping, self.writer))
+            except ValueError:
+                mapping.close()
         return found
 
     # ------------------------------------------------------------------ send
@@ -468,7 +519,9 @@ class Bus:
                 self.reclaim(owner[0])
                 self.forget_ring(key)
                 return False
-            if ring.head_state()[1] in ("writing", "unwritten") and self.unstick(ring, grace=False):
+            if self.check_damage(ring) or (
+                ring.head_state()[1] in ("writing", "unwritten") and self.unstick(ring, grace=False)
+            ):
                 # The ring was held up by a dead writer's claim; it is free now.
                 status = ring.put(body, meta, expiry_ns, capacity, flags)
                 if status in (PUT_OK, PUT_WAKE):
@@ -490,10 +543,20 @@ class Bus:
         raise BusError(f"unexpected ring status {status}")
 
     def wake(self, ring):
-        """Write one byte to the wake FIFO of every process parked on ``ring``."""
+        """Write one byte to the wake FIFO of every process parked on ``ring``.
+
+        Open FIFOs are cached per slot together with the slot's generation:
+        a slot's next process makes a new FIFO, and a byte written to the
+        old one would wake nobody.
+        """
+        slot_gen = self.control.slot_gen
         for slot in ring.fifo_slots():
-            fd = self._fifo_fds.get(slot)
-            if fd is None:
+            gen = slot_gen(slot)
+            cached = self._fifo_fds.get(slot)
+            if cached is not None and cached[0] != gen:
+                self._forget_fifo(slot)
+                cached = None
+            if cached is None:
                 try:
                     fd = os.open(
                         segments.path(segments.file_name(self.stem, f"w{slot:03x}")),
@@ -502,14 +565,18 @@ class Bus:
                 except OSError:  # no FIFO or no reader: that slot's process is gone
                     ring.fifo_remove(slot)
                     continue
-                self._fifo_fds[slot] = fd
+                cached = self._fifo_fds[slot] = (gen, fd)
             try:
-                os.write(fd, b"\0")
+                os.write(cached[1], b"\0")
             except BlockingIOError:
                 pass  # the FIFO is full, so a wake-up is already pending
             except OSError:
-                self._fifo_fds.pop(slot, None)
-                os.close(fd)
+                self._forget_fifo(slot)
+
+    def _forget_fifo(self, slot):
+        cached = self._fifo_fds.pop(slot, None)
+        if cached is not None:
+            os.close(cached[1])
 
     def drain_fifo(self):
         try:
@@ -530,6 +597,8 @@ class Bus:
         writer's claim is reclaimed together with its process.  Returns True
         if the head record may now be consumable.
         """
+        if self.check_damage(ring):
+            return True
         pos, state, _pid, slot, gen, _len = ring.head_state()
         if state not in ("writing", "unwritten"):
             self._stuck.pop(ring.ring_id, None)
@@ -610,13 +679,22 @@ class Bus:
         self.check_flush_epoch()
 
     def pending_total(self):
-        return sum(r.pending for r in self.all_rings() if r.owner is None or self.is_alive(*r.owner))
+        """Unexpired messages waiting anywhere on the bus (expired ones are purged first)."""
+        total = 0
+        for r in self.all_rings():
+            if r.owner is None or self.is_alive(*r.owner):
+                self.check_damage(r)
+                r.purge()
+                total += r.pending
+        return total
 
     def status(self):
         """A snapshot for `shmchannels status` and the statistics extension."""
         procs = [self.control.read_slot(i) for i in self.live_slots()]
         rings = []
         for r in self.all_rings():
+            self.check_damage(r)
+            r.purge()
             st = r.stats()
             st["key"] = r.key
             st["owner"] = r.owner
@@ -656,7 +734,6 @@ class Bus:
             if last:
                 self._reclaim_dead()
                 if self.pending_total() == 0 and self.registry.is_empty():
-                    self.registry.close()
                     self._remove_files()
             self.liveness.release(self.slot)
 
@@ -672,7 +749,7 @@ class Bus:
 
     def _close_local(self):
         self.registry.close()
-        for fd in self._fifo_fds.values():
+        for _gen, fd in self._fifo_fds.values():
             os.close(fd)
         self._fifo_fds.clear()
         os.close(self.fifo_fd)
@@ -680,27 +757,39 @@ class Bus:
         self._owned.clear()
         os.close(self.lock_fd)
 
+    def other_live_pids(self):
+        """Pids of the other processes attached now."""
+        return [self.liveness.holder(i) for i in self.live_slots() if i != self.slot]
+
     def destroy(self):
-        """Remove the whole bus now, whoever is attached (the serve master's exit)."""
+        """Remove the whole bus now (the serve master's exit, after its children
+        are gone).  A bus that other live processes still use (a second
+        program on the same prefix) is only detached from: it is theirs too.
+        True if the bus was removed."""
         with self._locked_bus():
-            for ring in self.all_rings():
-                ring.close(self.slot)
-            self.registry.close()
-            self._remove_files()
+            others = self.other_live_pids()
+            if not others:
+                for ring in self.all_rings():
+                    ring.close(self.slot)
+                self._remove_files()
+        if others:
+            logger.warning(
+                "bus %s is still used by pid(s) %s: leaving it to them", self.prefix,
+                ", ".join(map(str, others[:8])) + (" ..." if len(others) > 8 else ""),
+            )
+            self.detach()
+            return False
         self.usable = False
         if _buses.get(self.prefix) is self:
             _buses.pop(self.prefix, None)
         self._unregister_exit_hooks()
-        os.close(self.fifo_fd)
-        for fd in self._fifo_fds.values():
-            os.close(fd)
-        self._fifo_fds.clear()
-        self._rings.clear()
-        self._owned.clear()
-        os.close(self.lock_fd)
+        self._close_local()
+        return True
 
     def _remove_files(self):
         """Unlink every file of the bus.  Caller holds the bus lock (see _locked_bus)."""
+        if self.registry is not None:
+            self.registry.close()
         for p in segments.bus_files(self.stem):
             try:
                 os.unlink(p)
@@ -709,7 +798,7 @@ class Bus:
 
     def _forget_after_fork(self):
         self.usable = False
-        for fd in list(self._fifo_fds.values()) + [self.fifo_fd, self.lock_fd]:
+        for fd in [fd for _gen, fd in self._fifo_fds.values()] + [self.fifo_fd, self.lock_fd]:
             try:
                 os.close(fd)
             except OSError:

@@ -28,7 +28,7 @@ from . import _shm
 from .exceptions import BusError
 
 MAGIC = int.from_bytes(b"SHMCTRL1", "little")
-VERSION = 1
+VERSION = 2  # 2: registry epoch word; registry files named g<epoch>
 HEADER_SIZE = 4096
 SLOT_SIZE = 128
 GROUP_BUCKETS = 4096
@@ -41,6 +41,7 @@ H_BOOT = 24  # random id of this incarnation of the bus
 H_FLUSH_EPOCH = 32  # bumped by flush(); processes drop local buffers when it moves
 H_MASTER = 40  # slot + 1 of the serve master, 0 if none
 H_RING_SIZE = 48  # default ring data size chosen by the bus creator
+H_REGISTRY_EPOCH = 56  # which registry database is current (segments.registry_name); bumped by a rebuild
 
 # slot words (relative to the slot)
 S_STATE = 0  # 0 free, 1 active
@@ -137,6 +138,13 @@ class Control:
         return self.mem.add(H_FLUSH_EPOCH, 1) + 1
 
     @property
+    def registry_epoch(self):
+        return self.mem.load(H_REGISTRY_EPOCH)
+
+    def bump_registry_epoch(self):
+        return self.mem.add(H_REGISTRY_EPOCH, 1) + 1
+
+    @property
     def master_slot(self):
         v = self.mem.load(H_MASTER)
         return v - 1 if v else None
@@ -179,6 +187,9 @@ class Control:
             self.mem.store(base + S_INTENT + off, 0)
         self.mem.store(base + S_STATE, STATE_ACTIVE)
         return gen
+
+    def slot_gen(self, index):
+        return self.mem.load(self.slot_offset(index) + S_GEN)
 
     def set_label(self, index, label):
         base = self.slot_offset(index) + S_LABEL

@@ -27,6 +27,7 @@ _V4_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+(!([\d\w\-_.]*))?$")
 _V1_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+([?!][\d\w\-_.]*)?$")
 _GROUP = re.compile(r"^[a-zA-Z\d\-_.]+$")
 _MINTED = re.compile(r"(?:^|\.)shm([0-9a-f]{3})([0-9a-f]{7})[0-9a-f]{10}!$")
+_MINTED_SINGLE = re.compile(r"\?shm([0-9a-f]{3})([0-9a-f]{7})[A-Za-z0-9_\-]+$")
 GEN_MASK = (1 << 28) - 1
 _PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
@@ -87,6 +88,26 @@ def owner_of(key):
     """(slot, gen & GEN_MASK) of the process owning a minted ring key, else None."""
     m = _MINTED.search(key)
     return (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+
+
+def member_owner(channel):
+    """(slot, gen & GEN_MASK) of the process whose death ends ``channel``'s
+    group memberships: the owner of a minted ``prefix!``, or the minter of a
+    single-reader channel from ``new_single_reader``; else None (a named
+    channel outlives whoever added it)."""
+    bang = channel.find("!")
+    if bang >= 0:
+        return owner_of(channel[: bang + 1])
+    m = _MINTED_SINGLE.search(channel)
+    return (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+
+
+def new_single_reader(pattern, slot, gen):
+    """``pattern`` (ending in ``?``) + a local part naming the minting
+    process, whose death then ends the channel's group memberships.  Without
+    the tag when it would make the name too long."""
+    name = f"{pattern}shm{owner_tag(slot, gen)}{new_local_part()}"
+    return name if len(name) < MAX_NAME_LENGTH else pattern + new_local_part()
 
 
 def owner_tag(slot, gen):

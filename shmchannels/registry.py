@@ -13,16 +13,29 @@ The cached list is already grouped by ring, so a group send writes one record
 per destination ring (one per receiving process for process-specific
 members), and the receiver fans it out locally.
 
+Damage.  The database is rebuilt, never left broken: a process that finds
+it unreadable (``database disk image is malformed``, a missing table) takes
+the bus lock, copies every row it can still read into a fresh database under
+the next *registry epoch* (a new file name, ``g<epoch>``), bumps the epoch in
+the control segment and unlinks the old files.  No file SQLite has open is
+ever truncated or re-created under it: old connections keep their (unlinked)
+inode until their process sees the new epoch, at its next registry call, and
+re-opens.  Every process then re-adds the memberships it wrote itself, so
+whatever the damaged file lost is restored by the live processes that made it.
+
 The decision and its measurements are in docs/decisions.md.
 """
 
+import logging
 import os
 import sqlite3
 import threading
 import time
 import zlib
 
-from . import names
+from . import names, segments
+
+logger = logging.getLogger("shmchannels.registry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -37,6 +50,21 @@ CREATE INDEX IF NOT EXISTS members_owner ON members (owner) WHERE owner IS NOT N
 """
 
 
+def is_damage(exc):
+    """Is this SQLite error a damaged database (rebuild) rather than a
+    transient condition (busy, full disk) that the caller should see?"""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "no such table" in str(exc)
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+    )
+
+
+#: memberships a process remembers for a rebuild; the oldest tenth is
+#: forgotten past this (another process may have discarded them long ago)
+MAX_REMEMBERED = 100_000
+
+
 def bucket_of(group):
     return zlib.crc32(group.encode("utf-8"))
 
@@ -47,6 +75,12 @@ def bucket_of(group):
 # hang in its first SQLite call (found by the SIGKILL tests, where a consumer
 # thread reclaimed a dead process's memberships while the main thread forked).
 _sqlite_lock = threading.RLock()
+
+
+# Connections a forked child inherited.  They are kept referenced, never
+# closed: closing one would run SQLite's close path (checkpoint, unlink of the
+# WAL, release of locks) in a process that never opened it.
+_inherited_connections = []
 
 
 def _reinit_lock_in_child():
@@ -62,27 +96,49 @@ os.register_at_fork(
 
 
 class Registry:
-    def __init__(self, path, control):
-        self.path = path
+    """Group memberships of one bus.
+
+    ``locked`` is the bus's lock as a context manager factory: a rebuild runs
+    under it, so two processes that find damage at once rebuild it once.
+    """
+
+    def __init__(self, stem, control, locked):
+        self.stem = stem
         self.control = control
+        self._locked = locked
         self._conn = None
         self._pid = None
+        self._epoch = None
         self._cache = {}
+        # What this process wrote, to restore after a rebuild: (group, channel) -> added
+        self._mine = {}
+
+    @property
+    def path(self):
+        return segments.path(segments.registry_name(self.stem, self.control.registry_epoch))
 
     def initialise(self):
-        """Create the database in WAL mode with its schema.
+        """Create the current epoch's database in WAL mode with its schema.
 
-        Called once by whoever attaches to the bus, under the bus lock:
-        switching a database to WAL needs an exclusive lock, and two
-        processes doing it at once can get SQLITE_BUSY without the busy
-        handler being consulted.  WAL mode is persistent, so later opens
-        never switch modes.
+        Called by whoever attaches to the bus, under the bus lock: switching
+        a database to WAL needs an exclusive lock, and two processes doing it
+        at once can get SQLITE_BUSY without the busy handler being
+        consulted.  WAL mode is persistent, so later opens never switch modes.
         """
+        try:
+            self._create(self.path)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self._rebuild_locked(self.control.registry_epoch, exc)
+
+    @staticmethod
+    def _create(path):
         # Create the file 0600 ourselves: SQLite would use 0644 & ~umask,
         # and gives its -wal and -shm files the database file's mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         with _sqlite_lock:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
@@ -92,19 +148,98 @@ class Registry:
 
     def _db(self):
         # One connection per process: SQLite connections must not cross fork().
-        if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        epoch = self.control.registry_epoch
+        if self._conn is None or self._pid != os.getpid() or self._epoch != epoch:
+            restore = self._conn is not None and self._pid == os.getpid() and self._epoch != epoch
+            if restore:
+                self._conn.close()
+            conn = sqlite3.connect(
+                segments.path(segments.registry_name(self.stem, epoch)),
+                timeout=30, isolation_level=None, check_same_thread=False,
+            )
             # Durability across power loss is meaningless for a tmpfs bus;
             # atomicity across a killed writer is what WAL still gives us.
             conn.execute("PRAGMA synchronous=OFF")
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid, self._epoch = conn, os.getpid(), epoch
             self._cache.clear()
+            if restore and self._mine:
+                self._restore_mine(conn)
         return self._conn
 
+    def _restore_mine(self, conn):
+        """After a rebuild: put back what this process wrote."""
+        rows = [(g, c, key, tag, added) for (g, c), (key, tag, added) in self._mine.items()]
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT OR IGNORE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        conn.execute("COMMIT")
+        for group in {r[0] for r in rows}:
+            self.control.bump_bucket(bucket_of(group))
+        logger.warning("registry of %s rebuilt elsewhere: restored this process's %d memberships", self.stem, len(rows))
+
+    def _call(self, fn):
+        """Run ``fn(db)`` under the fork lock; rebuild the database once if it is damaged."""
+        for attempt in (0, 1):
+            with _sqlite_lock:
+                epoch = self.control.registry_epoch
+                try:
+                    return fn(self._db())
+                except sqlite3.DatabaseError as exc:
+                    if attempt or not is_damage(exc):
+                        raise
+                    damage = exc
+            self._rebuild(epoch, damage)
+
+    def _rebuild(self, epoch, exc):
+        with self._locked():
+            self._rebuild_locked(epoch, exc)
+
+    def _rebuild_locked(self, epoch, exc):
+        """Salvage what is readable into epoch + 1.  Caller holds the bus lock."""
+        if self.control.registry_epoch != epoch:
+            return  # somebody rebuilt it already
+        old = segments.registry_name(self.stem, epoch)
+        rows = []
+        with _sqlite_lock:
+            try:
+                conn = sqlite3.connect(segments.path(old), timeout=5, isolation_level=None)
+                try:
+                    rows = conn.execute("SELECT grp, channel, ring, owner, added FROM members").fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError:
+                pass
+            new = segments.registry_name(self.stem, epoch + 1)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                segments.unlink(new + suffix)
+            self._create(segments.path(new))
+            conn = sqlite3.connect(segments.path(new), timeout=30, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)", rows
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            self.control.bump_registry_epoch()
+            self.control.bump_all_buckets()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                segments.unlink(old + suffix)
+        logger.error(
+            "group registry of %s was damaged (%s): rebuilt as epoch %d with the %d memberships still readable; "
+            "live processes restore their own", self.stem, exc, epoch + 1, len(rows),
+        )
+
     def reset_after_fork(self):
+        if self._conn is not None:
+            _inherited_connections.append(self._conn)
         self._conn = None
         self._pid = None
+        self._epoch = None
         self._cache = {}
+        self._mine = {}
 
     def close(self):
         with _sqlite_lock:
@@ -115,45 +250,78 @@ class Registry:
     # writes
     def add(self, group, channel):
         key = names.ring_key(channel)
-        owner = names.owner_of(key)
-        with _sqlite_lock:
-            self._db().execute(
-                "INSERT OR REPLACE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)",
-                (group, channel, key, None if owner is None else "%03x%07x" % owner, time.time()),
-            )
+        owner = names.member_owner(channel)
+        tag = None if owner is None else names.owner_tag(*owner)
+        added = time.time()
+        mine = self._mine
+        mine.pop((group, channel), None)
+        mine[group, channel] = (key, tag, added)
+        if len(mine) > MAX_REMEMBERED:
+            # Other processes may have discarded what we added; forget the oldest.
+            for k in list(mine)[: MAX_REMEMBERED // 10]:
+                del mine[k]
+        self._call(lambda db: db.execute(
+            "INSERT OR REPLACE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)",
+            (group, channel, key, tag, added),
+        ))
         self.control.bump_bucket(bucket_of(group))
 
     def discard(self, group, channel):
-        with _sqlite_lock:
-            self._db().execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel))
+        self._mine.pop((group, channel), None)
+        self._call(lambda db: db.execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel)))
         self.control.bump_bucket(bucket_of(group))
 
     def drop_owner(self, slot, gen):
         """Forget every membership of channels owned by a dead process."""
         tag = names.owner_tag(slot, gen)
-        with _sqlite_lock:
-            db = self._db()
+
+        def drop(db):
             groups = [g for (g,) in db.execute("SELECT DISTINCT grp FROM members WHERE owner = ?", (tag,))]
             if groups:
                 db.execute("DELETE FROM members WHERE owner = ?", (tag,))
+            return groups
+
+        groups = self._call(drop)
         for g in groups:
             self.control.bump_bucket(bucket_of(g))
         return len(groups)
 
+    def drop_owners_except(self, live_tags):
+        """Forget memberships whose owner is not among ``live_tags`` (the
+        owners of live slots): rows of processes that died on an older
+        incarnation of their slot, whoever missed reclaiming them."""
+        live = set(live_tags)
+
+        def stale(db):
+            return [t for (t,) in db.execute("SELECT DISTINCT owner FROM members WHERE owner IS NOT NULL")
+                    if t not in live]
+
+        dropped = 0
+        for tag in self._call(stale):
+            dropped += self.drop_owner(int(tag[:3], 16), int(tag[3:], 16))
+        return dropped
+
     def flush(self):
-        with _sqlite_lock:
-            self._db().execute("DELETE FROM members")
+        self._mine.clear()
+
+        def flush(db):
+            db.execute("DELETE FROM members")
             self._cache.clear()
+
+        self._call(flush)
         self.control.bump_all_buckets()
 
     def expire(self, group_expiry):
         """Delete memberships older than ``group_expiry`` seconds."""
         cutoff = time.time() - group_expiry
-        with _sqlite_lock:
-            db = self._db()
+
+        def expire(db):
             groups = [g for (g,) in db.execute("SELECT DISTINCT grp FROM members WHERE added < ?", (cutoff,))]
             if groups:
                 db.execute("DELETE FROM members WHERE added < ?", (cutoff,))
+            return groups
+
+        groups = self._call(expire)
         for g in groups:
             self.control.bump_bucket(bucket_of(g))
         return len(groups)
@@ -170,10 +338,9 @@ class Registry:
         if hit is not None and hit[0] == version and hit[1] == group_expiry and now < hit[2]:
             return hit[3]
         cutoff = now - group_expiry
-        with _sqlite_lock:
-            rows = self._db().execute(
-                "SELECT channel, ring, added FROM members WHERE grp = ? AND added >= ?", (group, cutoff)
-            ).fetchall()
+        rows = self._call(lambda db: db.execute(
+            "SELECT channel, ring, added FROM members WHERE grp = ? AND added >= ?", (group, cutoff)
+        ).fetchall())
         members = {}
         oldest = now
         for channel, ring, added in rows:
@@ -191,16 +358,13 @@ class Registry:
 
     def channels(self, group, group_expiry):
         cutoff = time.time() - group_expiry
-        with _sqlite_lock:
-            rows = self._db().execute(
-                "SELECT channel FROM members WHERE grp = ? AND added >= ? ORDER BY added", (group, cutoff)
-            ).fetchall()
+        rows = self._call(lambda db: db.execute(
+            "SELECT channel FROM members WHERE grp = ? AND added >= ? ORDER BY added", (group, cutoff)
+        ).fetchall())
         return [c for (c,) in rows]
 
     def counts(self):
-        with _sqlite_lock:
-            return dict(self._db().execute("SELECT grp, COUNT(*) FROM members GROUP BY grp ORDER BY grp"))
+        return self._call(lambda db: dict(db.execute("SELECT grp, COUNT(*) FROM members GROUP BY grp ORDER BY grp")))
 
     def is_empty(self):
-        with _sqlite_lock:
-            return self._db().execute("SELECT 1 FROM members LIMIT 1").fetchone() is None
+        return self._call(lambda db: db.execute("SELECT 1 FROM members LIMIT 1").fetchone() is None)

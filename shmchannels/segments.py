@@ -6,11 +6,23 @@ or two prefixes, never collide and one glob finds everything to clean up
 
     @ctl                 control segment: header, process slots, group versions
     @lock                liveness locks: byte i is held by the process in slot i
-    @reg, @reg-wal/-shm  group registry (SQLite, WAL)
+    @g<epoch>, -wal/-shm group registry (SQLite, WAL) of registry epoch <epoch>
     @r<hash>             ring of a named channel (or an unowned ``prefix!``)
     @o<owner>.<hash>     ring of a ``prefix!`` minted by the process <owner>
     @w<slot>             wake FIFO of slot <slot>
     @tmp.*               a segment being initialised (see ``create_published``)
+
+Only ``classify`` decides what a file is, with exact patterns.  Code that
+walks a bus's files looking for rings must never open anything else: opening
+and closing a descriptor of SQLite's ``-shm`` file drops every POSIX lock the
+process holds on it, which once let another process "recover" a live WAL
+index under a live reader (SIGBUS in SQLite, lost memberships, a malformed
+database).
+
+Ring segments are fully allocated when created (``posix_fallocate``): a
+sparse segment on a full /dev/shm kills its writer with SIGBUS on the first
+touch of a new page, while a refused allocation is a clear error at create
+time.
 
 Segments are POSIX shared memory created through posix_ipc with mode 0600.
 A new segment is built under a temporary name and published with link(2),
@@ -20,6 +32,7 @@ half-initialised segment, and no lock is needed to create one.
 
 import errno
 import glob
+import re
 import hashlib
 import mmap
 import os
@@ -53,6 +66,53 @@ def bus_files(stem):
     return sorted(glob.glob(path(glob.escape(stem) + "@*")))
 
 
+_KINDS = [
+    ("ring", re.compile(r"r([0-9a-f]{16})")),
+    ("owned", re.compile(r"o([0-9a-f]{10})\.([0-9a-f]{16})")),
+    ("fifo", re.compile(r"w([0-9a-f]{3})")),
+    ("registry", re.compile(r"g([0-9a-f]{1,16})(?:-wal|-shm|-journal)?")),
+    ("control", re.compile(r"ctl")),
+    ("lock", re.compile(r"lock")),
+    ("tmp", re.compile(r"tmp\.(\d+)\.[0-9a-f]+")),
+]
+
+
+def classify(stem, name):
+    """(kind, match) of the file ``name`` (a base name) of bus ``stem``; kind
+    is None for a file this version does not know (left alone)."""
+    suffix = name[len(stem) + 1 :] if name.startswith(stem + "@") else None
+    if suffix is not None:
+        for kind, pattern in _KINDS:
+            m = pattern.fullmatch(suffix)
+            if m:
+                return kind, m
+    return None, None
+
+
+def files_of_kind(stem, *kinds):
+    """[(base name, kind, match)] of the bus's files of the given kinds."""
+    found = []
+    for p in bus_files(stem):
+        base = os.path.basename(p)
+        kind, m = classify(stem, base)
+        if kind in kinds:
+            found.append((base, kind, m))
+    return found
+
+
+def registry_name(stem, epoch):
+    return file_name(stem, f"g{epoch:x}")
+
+
+def all_bus_stems(uid=None):
+    """The stems of every bus of user ``uid`` that has files now."""
+    lead = f"shmch-{os.getuid() if uid is None else uid}-"
+    stems = set()
+    for p in glob.glob(path(glob.escape(lead) + "*@*")):
+        stems.add(os.path.basename(p).split("@", 1)[0])
+    return sorted(stems)
+
+
 def file_name(stem, suffix):
     return f"{stem}@{suffix}"
 
@@ -70,7 +130,7 @@ def open_existing(name):
         shm = posix_ipc.SharedMemory("/" + name)
     except posix_ipc.ExistentialError:
         return None
-    if shm.size == 0:  # pragma: no cover - only a foreign file could be empty
+    if shm.size == 0:  # a truncated segment: callers treat it as damaged
         shm.close_fd()
         return None
     return _map(shm)
@@ -93,6 +153,14 @@ def create_published(stem, suffix, size, initialise):
     except OSError as exc:  # ENOSPC on a small /dev/shm, EMFILE ...
         raise BusError(f"cannot create shared memory segment {tmp!r} of {size} bytes: {exc}") from exc
     try:
+        try:
+            os.posix_fallocate(shm.fd, 0, size)
+        except OSError as exc:
+            shm.close_fd()
+            raise BusError(
+                f"no room in {SHM_DIR} for a {size >> 10} KiB segment of bus {stem.split('-', 2)[-1]!r} "
+                f"({exc.strerror}): free space there, lower ring_size, or stop idle processes"
+            ) from None
         mapping = _map(shm)
         initialise(mapping)
         try:
@@ -116,8 +184,11 @@ def unlink(name):
         pass
 
 
-def make_fifo(name):
+def make_fifo(name, fresh=False):
+    """Create the FIFO ``name``; with ``fresh``, replace one left behind."""
     p = path(name)
+    if fresh:
+        unlink(name)
     try:
         os.mkfifo(p, 0o600)
     except FileExistsError:
