@@ -102,8 +102,26 @@ def _default_label():
     return f"{argv0}[{os.getpid()}]"
 
 
+_collected_in_pid = None
+
+
+def _collect_dead_buses(prefix):
+    """Once per process, at its first attach: remove the user's dead buses."""
+    global _collected_in_pid
+    if _collected_in_pid == os.getpid():
+        return
+    _collected_in_pid = os.getpid()
+    from . import gc
+
+    try:
+        gc.collect(dry_run=False, exclude={prefix})
+    except Exception:  # never fail an attach over somebody else's debris
+        logger.exception("collecting dead buses")
+
+
 class Bus:
-    def __init__(self, prefix, *, ring_size=DEFAULT_RING_SIZE, slots=DEFAULT_SLOTS, kind="process", label=None):
+    def __init__(self, prefix, *, ring_size=DEFAULT_RING_SIZE, slots=DEFAULT_SLOTS, kind="process", label=None,
+                 collect_dead=True):
         names.require_prefix(prefix)
         if ring_size < 64 * 1024 or ring_size & (ring_size - 1) or ring_size > 1 << 30:
             raise ValueError("ring_size must be a power of two between 64 KiB and 1 GiB")
@@ -152,6 +170,8 @@ class Bus:
         # multiprocessing children leave through os._exit(), skipping atexit,
         # but they do run multiprocessing's own exit finalizers.
         self._mp_finalizer = multiprocessing.util.Finalize(self, Bus.detach, args=(self,), exitpriority=0)
+        if collect_dead:
+            _collect_dead_buses(prefix)
 
     def __repr__(self):
         return f"<Bus {self.prefix!r} slot={getattr(self, 'slot', None)} gen={getattr(self, 'gen', None)}>"
@@ -381,15 +401,19 @@ class Bus:
             h = segments.ring_hash(key)
             if owner is None:
                 suffix = f"r{h}"
-                mapping, _ = segments.create_published(
-                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size, self._initialiser(key, -1, 0)
-                )
+                ring = self._open_or_create(key, suffix)
             else:
                 suffix = f"o{names.owner_tag(*owner)}.{h}"
                 mapping = segments.open_existing(segments.file_name(self.stem, suffix))
                 if mapping is None:
                     return None
-            ring = _shm.Ring(mapping, self.writer)
+                try:
+                    ring = _shm.Ring(mapping, self.writer)
+                except ValueError:
+                    mapping.close()
+                    logger.error("ring %s of bus %s is damaged (truncated or bad header): dropping messages to it",
+                                 suffix, self.prefix)
+                    return None
             if ring.key != key:
                 raise BusError(f"ring {suffix} holds {ring.key!r}, not {key!r} (hash collision)")
             if len(self._rings) >= 4096:
@@ -401,6 +425,26 @@ class Bus:
                 self._last_retire_sweep = now
                 self.retire_idle()
         return ring
+
+    def _open_or_create(self, key, suffix):
+        """The unowned ring ``suffix``; a damaged file (truncated, bad
+        header) under that name is replaced by a fresh ring, with an error
+        logged: its messages are lost, the channel works again."""
+        for attempt in (0, 1):
+            try:
+                mapping, _ = segments.create_published(
+                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size, self._initialiser(key, -1, 0)
+                )
+                try:
+                    return _shm.Ring(mapping, self.writer)
+                except ValueError:
+                    mapping.close()
+                    raise segments.DamagedSegment("bad header or size") from None
+            except segments.DamagedSegment as exc:
+                if attempt:
+                    raise
+                logger.error("ring %s of bus %s (%s) is damaged: %s; replacing it", suffix, self.prefix, key, exc)
+                segments.unlink(segments.file_name(self.stem, suffix))
 
     def reopen(self, key, ring):
         """A fresh handle for an unowned ring found closed (retired by a janitor).

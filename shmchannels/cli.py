@@ -79,6 +79,11 @@ def build_parser():
     _prefix_arg(reload)
     reload.add_argument("--protocol-servers", action="store_true",
                         help="roll protocol servers instead (their WebSockets close with 1012)")
+
+    gc = sub.add_parser("gc", help="list (and with --remove, delete) buses of this user that no live process uses")
+    mode = gc.add_mutually_exclusive_group()
+    mode.add_argument("--remove", action="store_true", default=None, help="remove the dead buses (default on a tty)")
+    mode.add_argument("--dry-run", action="store_false", dest="remove", help="only list them (default when not a tty)")
     return parser
 
 
@@ -325,6 +330,28 @@ def _existing_bus(prefix):
     return bus_mod.attach(prefix, kind="cli", label="shmchannels status")
 
 
+def cmd_gc(args):
+    from . import gc
+
+    remove = sys.stdout.isatty() if args.remove is None else args.remove
+    reports = gc.collect(dry_run=not remove)
+    if not reports:
+        print("No buses of this user in /dev/shm.")
+        return 0
+    print(f"  {'prefix':<28} {'files':>5} {'KiB':>8}  state")
+    for r in reports:
+        if r.live_pid:
+            state = f"in use (pid {r.live_pid})"
+        elif r.removed:
+            state = "dead: removed"
+        elif r.kept_because:
+            state = f"dead: kept, {r.kept_because}"
+        else:
+            state = "dead (run with --remove to delete)"
+        print(f"  {r.prefix:<28} {r.files:>5} {r.bytes >> 10:>8}  {state}")
+    return 0
+
+
 def cmd_status(args):
     prefix = _resolve_prefix(args)
     bus = _existing_bus(prefix)
@@ -401,6 +428,7 @@ COMMANDS = {
     "group-send": cmd_group_send,
     "status": cmd_status,
     "reload": cmd_reload,
+    "gc": cmd_gc,
 }
 
 

@@ -117,6 +117,10 @@ def file_name(stem, suffix):
     return f"{stem}@{suffix}"
 
 
+class DamagedSegment(BusError):
+    """A published segment is not what its name says (truncated, empty)."""
+
+
 def _map(shm):
     try:
         return mmap.mmap(shm.fd, shm.size)
@@ -169,7 +173,9 @@ def create_published(stem, suffix, size, initialise):
         except FileExistsError:
             mapping.close()
             mapping = open_existing(name)
-            if mapping is None:  # published and removed again in between
+            if mapping is None:
+                if os.path.exists(path(name)):  # there, but empty: truncated
+                    raise DamagedSegment(f"segment {name!r} is empty") from None
                 raise BusError(f"segment {name!r} vanished while being opened; retry") from None
             created = False
         return mapping, created
