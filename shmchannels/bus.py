@@ -317,6 +317,21 @@ class Bus:
             finally:
                 self.liveness.release(index)
 
+    def reclaim_dead_owners(self, keys):
+        """Reclaim the dead owners of these ring keys (a group's targets).
+        A slot that already has a new process only loses the old
+        generation's memberships.  True if anything was dropped."""
+        dropped = False
+        for key in keys:
+            owner = names.owner_of(key)
+            if owner is None or self.is_alive(*owner):
+                continue
+            if not self.reclaim(owner[0]):
+                self.registry.drop_owner(*owner)
+            self.forget_ring(key)
+            dropped = True
+        return dropped
+
     def reclaim_dead(self):
         """Janitor pass: reclaim every slot whose process has died."""
         reclaimed = 0

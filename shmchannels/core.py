@@ -26,6 +26,9 @@ DEFAULT_PARK_TIMEOUT = 2.0
 _HOT_NS = 5_000_000  # spin before parking only if traffic arrived this recently
 STUCK_RECHECK = 0.05  # seconds between looks at a ring whose head record is unready
 _ROUTE_CACHE = 8192
+#: a group's member processes are checked for life at most this often, so a
+#: dead one's memberships end within this time of the next group send
+OWNER_CHECK_NS = 200_000_000
 
 
 def compile_capacities(channel_capacity):
@@ -84,6 +87,7 @@ class Core:
         self._plans = {}
         self._rotation = 0
         self._last_rx = 0
+        self._owners_checked = {}
 
     # ------------------------------------------------------------------ bus
 
@@ -368,6 +372,13 @@ class Core:
         """One record per destination ring; never raises ChannelFull."""
         bus = self.bus
         targets = bus.registry.targets(group, self.group_expiry)
+        now = _shm.monotonic_ns()
+        if now - self._owners_checked.get(group, 0) > OWNER_CHECK_NS:
+            if len(self._owners_checked) > _ROUTE_CACHE:
+                self._owners_checked.clear()
+            self._owners_checked[group] = now
+            if bus.reclaim_dead_owners(targets):
+                targets = bus.registry.targets(group, self.group_expiry)
         if not targets:
             return 0
         body = encode(message)

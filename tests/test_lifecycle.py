@@ -375,3 +375,31 @@ def test_destroy_leaves_a_bus_that_another_live_process_uses(prefix):
             m.proc.kill()
             m.proc.join()
     bus_mod.detach_all()
+
+
+def test_a_group_send_reclaims_dead_members_within_half_a_second(prefix):
+    """Nobody attaches after the kill: the sender's next group send (past
+    OWNER_CHECK_NS) finds the dead owner and reclaims its slot, rings, FIFO
+    and memberships."""
+    ctx = multiprocessing.get_context("fork")
+    layer = SharedMemoryChannelLayer(prefix=prefix)
+    live, dead = Member(ctx, prefix, "room"), Member(ctx, prefix, "room")
+    try:
+        asyncio.run(layer.group_send("room", {"k": "before"}))
+        dead.end("sigkill", layer)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 0.5:
+            asyncio.run(layer.group_send("room", {"k": "after"}))
+            if set(layer.core.group_channels("room")) == set(live.channels):
+                break
+            time.sleep(0.02)
+        assert set(layer.core.group_channels("room")) == set(live.channels), "dead members still in the group"
+        owners, fifos = owned_rings_and_fifos(prefix)
+        live_slots = {f"{s:03x}" for s in layer.core.bus.live_slots()}
+        assert owners <= live_slots and fifos <= live_slots, "the dead process's rings or FIFO are left"
+        live.end("clean", layer)
+    finally:
+        for m in (live, dead):
+            if m.proc.is_alive():
+                m.proc.kill()
+                m.proc.join()
