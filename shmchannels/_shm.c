@@ -40,6 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,6 +69,7 @@ enum {
     PUT_TOO_BIG = 4,  /* record can never fit this ring */
     PUT_CLOSED = 5,   /* ring closed (its owner died, or it was retired) */
     PUT_FORKED = 6,   /* writer identity belongs to the parent process */
+    PUT_NOMEM = 7,    /* the ring's memory could not be allocated (/dev/shm full) */
 };
 
 /* fault-injection points (tests only; a global int compare when unused) */
@@ -95,7 +97,8 @@ typedef struct {
     uint64_t owner_gen;   /* 56 */
     uint32_t key_len;     /* 64 */
     char key[124];        /* 68 */
-    uint8_t _pad0[64];    /* 192 */
+    uint64_t populated;   /* 192: data bytes [0, populated) are backed by memory */
+    uint8_t _pad0[56];    /* 200 */
     /* 256: producers */
     uint64_t tail_pos __attribute__((aligned(64)));
     uint64_t tail_seq;
@@ -401,6 +404,50 @@ purge_expired(RingObject *self, uint64_t now)
     return progress;
 }
 
+/* Rings are sparse files.  Touching a page that tmpfs cannot supply (a full
+ * /dev/shm) would kill the writer with SIGBUS, so a producer about to write
+ * past `populated` first asks the kernel for those pages with
+ * MADV_POPULATE_WRITE, which fails with an error instead of a signal.  Only
+ * the first lap pays (one madvise per POPULATE_CHUNK); an idle ring costs
+ * only the pages it ever used.  Kernels without it (before 5.14) get the
+ * whole ring allocated at creation instead (segments.py, `LAZY_POPULATE`). */
+#define POPULATE_CHUNK (256u << 10)
+static int g_lazy_populate = -1;
+
+static int
+lazy_populate_supported(void)
+{
+    if (g_lazy_populate < 0) {
+        long page = sysconf(_SC_PAGESIZE);
+        void *probe = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        g_lazy_populate = probe != MAP_FAILED && madvise(probe, page, MADV_POPULATE_WRITE) == 0;
+        if (probe != MAP_FAILED)
+            munmap(probe, page);
+    }
+    return g_lazy_populate;
+}
+
+/* Make data bytes [0, end) writable without a fault.  0 on success. */
+static int
+ring_populate(RingObject *self, uint64_t end)
+{
+    ring_hdr_t *h = self->h;
+    uint64_t have = __atomic_load_n(&h->populated, __ATOMIC_ACQUIRE);
+    if (end <= have)
+        return 0;
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t from = have & ~(uint64_t)(page - 1);
+    uint64_t to = align_up(end, POPULATE_CHUNK);
+    if (to > self->size)
+        to = self->size;
+    if (g_lazy_populate && madvise(self->data + from, to - from, MADV_POPULATE_WRITE) != 0)
+        return -1;
+    while (have < to && !__atomic_compare_exchange_n(&h->populated, &have, to, 0, __ATOMIC_RELEASE,
+                                                      __ATOMIC_ACQUIRE))
+        ;
+    return 0;
+}
+
 static int
 ring_put(RingObject *self, const char *meta, uint32_t mlen, const char *body, uint64_t blen,
          uint64_t expiry_ns, uint64_t capacity, uint32_t uflags)
@@ -443,6 +490,14 @@ ring_put(RingObject *self, const char *meta, uint32_t mlen, const char *body, ui
             __atomic_fetch_add(&h->full_total, 1, __ATOMIC_RELAXED);
             __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE); /* no claim in flight */
             return full ? PUT_FULL : PUT_NOSPACE;
+        }
+        /* On the first lap the claim ends at tp + pad + need; later laps
+         * only reuse bytes that were populated on the first. */
+        uint64_t populated = __atomic_load_n(&h->populated, __ATOMIC_ACQUIRE);
+        if (populated < self->size && tp + pad + need > populated && ring_populate(self, tp + pad + need) != 0) {
+            __atomic_fetch_add(&h->full_total, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE);
+            return PUT_NOMEM;
         }
         intent_t *in = w->intent;
         __atomic_store_n(&in->iseq, in->iseq + 1, __ATOMIC_RELAXED); /* odd: writing */
@@ -1587,7 +1642,8 @@ PyInit__shm(void)
         {"MAX_SLOTS", MAX_SLOTS}, {"INTENT_SIZE", sizeof(intent_t)},
         {"PUT_OK", PUT_OK}, {"PUT_WAKE", PUT_WAKE}, {"PUT_FULL", PUT_FULL},
         {"PUT_NOSPACE", PUT_NOSPACE}, {"PUT_TOO_BIG", PUT_TOO_BIG}, {"PUT_CLOSED", PUT_CLOSED},
-        {"PUT_FORKED", PUT_FORKED},
+        {"PUT_FORKED", PUT_FORKED}, {"PUT_NOMEM", PUT_NOMEM},
+        {"LAZY_POPULATE", lazy_populate_supported()},
         {"FAULT_NONE", FAULT_NONE}, {"FAULT_AFTER_INTENT", FAULT_AFTER_INTENT},
         {"FAULT_AFTER_CLAIM", FAULT_AFTER_CLAIM}, {"FAULT_AFTER_PAD", FAULT_AFTER_PAD},
         {"FAULT_AFTER_HEADER", FAULT_AFTER_HEADER}, {"FAULT_BEFORE_COMMIT", FAULT_BEFORE_COMMIT},

@@ -46,6 +46,9 @@ _RETIRE_SWEEP_EVERY_NS = 10_000_000_000
 
 PUT_OK, PUT_WAKE, PUT_FULL, PUT_NOSPACE = _shm.PUT_OK, _shm.PUT_WAKE, _shm.PUT_FULL, _shm.PUT_NOSPACE
 PUT_TOO_BIG, PUT_CLOSED, PUT_FORKED = _shm.PUT_TOO_BIG, _shm.PUT_CLOSED, _shm.PUT_FORKED
+PUT_NOMEM = _shm.PUT_NOMEM
+#: rings are populated page by page as first written, or (old kernels) allocated whole at creation
+_ALLOCATE_RINGS = not _shm.LAZY_POPULATE
 
 _buses = {}
 _buses_lock = threading.Lock()
@@ -448,7 +451,8 @@ class Bus:
         for attempt in (0, 1):
             try:
                 mapping, _ = segments.create_published(
-                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size, self._initialiser(key, -1, 0)
+                    self.stem, suffix, _shm.HEADER_SIZE + self.ring_size, self._initialiser(key, -1, 0),
+                    allocate=_ALLOCATE_RINGS,
                 )
                 try:
                     return _shm.Ring(mapping, self.writer)
@@ -514,7 +518,7 @@ class Bus:
                 suffix = f"o{self.owner_tag}.{segments.ring_hash(key)}"
                 mapping, _ = segments.create_published(
                     self.stem, suffix, _shm.HEADER_SIZE + self.ring_size,
-                    self._initialiser(key, self.slot, self.gen),
+                    self._initialiser(key, self.slot, self.gen), allocate=_ALLOCATE_RINGS,
                 )
                 ring = _shm.Ring(mapping, self.writer)
                 self._owned[key] = ring
@@ -595,6 +599,8 @@ class Bus:
                 return self.put(ring, key, body, meta, expiry_ns, capacity, flags)
             self.forget_ring(key)
             return False
+        if status == PUT_NOMEM:
+            raise ChannelFull(f"{key}: no memory left in /dev/shm for this ring's pages (free space there)")
         if status == PUT_TOO_BIG:
             raise MessageTooLarge(f"{len(body)} byte message does not fit the {ring.data_size} byte ring of {key}")
         if status == PUT_FORKED:

@@ -398,7 +398,7 @@ class Core:
             elif status == bus_mod.PUT_WAKE:
                 bus.wake(ring)
                 delivered += len(channels)
-            elif status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE):
+            elif status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE, bus_mod.PUT_NOMEM):
                 owner = ring.owner
                 if owner is not None and not bus.is_alive(*owner):
                     bus.reclaim(owner[0])

@@ -19,10 +19,12 @@ process holds on it, which once let another process "recover" a live WAL
 index under a live reader (SIGBUS in SQLite, lost memberships, a malformed
 database).
 
-Ring segments are fully allocated when created (``posix_fallocate``): a
-sparse segment on a full /dev/shm kills its writer with SIGBUS on the first
-touch of a new page, while a refused allocation is a clear error at create
-time.
+A sparse segment on a full /dev/shm kills its writer with SIGBUS on the
+first touch of a new page.  So every segment's first page is allocated when
+it is created (``posix_fallocate``), and the rest either then too (control
+segment; rings on kernels before 5.14) or by the C ring as it first writes
+there (``MADV_POPULATE_WRITE``, which fails with an error instead): running
+out of space is ``BusError`` at create time or ``ChannelFull`` at a send.
 
 Segments are POSIX shared memory created through posix_ipc with mode 0600.
 A new segment is built under a temporary name and published with link(2),
@@ -140,11 +142,14 @@ def open_existing(name):
     return _map(shm)
 
 
-def create_published(stem, suffix, size, initialise):
+def create_published(stem, suffix, size, initialise, allocate=True):
     """Return (mapping, created): the segment ``stem@suffix``, creating it if absent.
 
     ``initialise(mapping)`` runs on a private temporary segment; the
-    segment is then linked under ``name``.  If another process won the race
+    segment is then linked under ``name``.  With ``allocate`` its memory is
+    reserved first, so that a full /dev/shm is an error here rather than a
+    SIGBUS later; rings pass False where the C core populates their pages
+    as they are first written (``_shm.LAZY_POPULATE``).  If another process won the race
     its segment is returned instead and ours is discarded.
     """
     name = file_name(stem, suffix)
@@ -158,7 +163,7 @@ def create_published(stem, suffix, size, initialise):
         raise BusError(f"cannot create shared memory segment {tmp!r} of {size} bytes: {exc}") from exc
     try:
         try:
-            os.posix_fallocate(shm.fd, 0, size)
+            os.posix_fallocate(shm.fd, 0, size if allocate else min(size, mmap.PAGESIZE))
         except OSError as exc:
             shm.close_fd()
             raise BusError(
