@@ -349,6 +349,7 @@ class Core:
             remaining = deadline - now
             if remaining <= 0:
                 return None, None
+            self._bus.registry.refresh()
             seqs = _shm.wait_enter(rings)
             try:
                 if not ready():

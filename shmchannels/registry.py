@@ -166,6 +166,14 @@ class Registry:
                 self._restore_mine(conn)
         return self._conn
 
+    def refresh(self):
+        """After a rebuild elsewhere: reconnect and restore this process's
+        memberships now (parked receivers call this at their watchdog, so an
+        idle process restores within one park timeout)."""
+        if self._conn is not None and self._epoch != self.control.registry_epoch:
+            with _sqlite_lock:
+                self._db()
+
     def _restore_mine(self, conn):
         """After a rebuild: put back what this process wrote."""
         rows = [(g, c, key, tag, added) for (g, c), (key, tag, added) in self._mine.items()]

@@ -403,3 +403,30 @@ def test_a_group_send_reclaims_dead_members_within_half_a_second(prefix):
             if m.proc.is_alive():
                 m.proc.kill()
                 m.proc.join()
+
+
+def test_an_idle_member_restores_its_memberships_within_a_park_timeout(prefix):
+    """The member only waits in receive(): its hub's watchdog notices the new
+    registry epoch and puts back what it wrote."""
+    ctx = multiprocessing.get_context("fork")
+    layer = SharedMemoryChannelLayer(prefix=prefix)
+    m = Member(ctx, prefix, "room")
+    try:
+        bus = layer.core.bus
+        smash(segments.path(segments.registry_name(bus.stem, bus.control.registry_epoch)))
+        assert layer.core.group_channels("room") == []  # rebuilt; nothing was readable
+        deadline = time.monotonic() + 5
+        while set(layer.core.group_channels("room")) != set(m.channels) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(layer.core.group_channels("room")) == set(m.channels)
+        asyncio.run(layer.group_send("room", {"k": "restored"}))
+        deadline = time.monotonic() + 5
+        while sum(m.received.values()) < len(m.channels) and time.monotonic() < deadline:
+            m.drain()
+            time.sleep(0.01)
+        assert m.received == {(c, "restored"): 1 for c in m.channels}
+        m.end("clean", layer)
+    finally:
+        if m.proc.is_alive():
+            m.proc.kill()
+            m.proc.join()
