@@ -19,6 +19,9 @@ GiB = 1024 * MiB
 #: own) as ``ChannelLayer(channel_capacity=...)``
 REPLY_CAPACITY = 10_000
 BODY_CAPACITY = 8
+#: the ``shmchannels.taken?`` channel of a protocol server: one marker per
+#: request or WebSocket message, drained every few tens of milliseconds
+TAKEN_CAPACITY = 50_000
 
 
 @dataclasses.dataclass
@@ -87,12 +90,14 @@ def channel_capacity(reply_capacity=REPLY_CAPACITY, body_capacity=BODY_CAPACITY)
     Reply rings (``http.response.*``, ``websocket.send.*``) carry every
     connection of one protocol server, so they are large; a body channel
     holds ``body_capacity`` chunks, which is what bounds the memory of an
-    upload in flight.
+    upload in flight.  The ``shmchannels.taken?`` channel, where workers say
+    which of them took a message, gets ``TAKEN_CAPACITY``.
     """
     return {
         "http.response.*": reply_capacity,
         "websocket.send.*": reply_capacity,
         re.compile(r"^http\.request\.body\?"): body_capacity,
+        re.compile(r"^shmchannels\.taken\?"): TAKEN_CAPACITY,
     }
 
 

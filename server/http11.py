@@ -253,21 +253,37 @@ class ResponseError(ValueError):
 def response_head(status, headers, content, more_content, *, request, keep_alive, server_header, date=True):
     """Serialise a response head.
 
-    Returns ``(head_bytes, mode, keep_alive)``; ``mode`` says how the body is
-    framed: MODE_LENGTH (write as is), MODE_CHUNKED (``chunk()`` each piece,
-    end with ``chunk(b"")``), MODE_CLOSE (write as is, close to end it) or
-    MODE_NONE (no body: HEAD, 1xx, 204, 304).
+    Returns ``(head_bytes, mode, keep_alive, length)``; ``mode`` says how the
+    body is framed: MODE_LENGTH (write as is), MODE_CHUNKED (``chunk()`` each
+    piece, end with ``chunk(b"")``), MODE_CLOSE (write as is, close to end it)
+    or MODE_NONE (no body: HEAD, 1xx, 204, 304).  ``length`` is the
+    application's own ``Content-Length`` (an int), or None when it gave none:
+    the caller holds the body to it.
+
+    Raises ResponseError for anything that cannot be sent as given: a status
+    that is not an int in 100-999, headers that are not a list of
+    ``[name, value]`` pairs of bytes or latin-1 str, a CR or LF in them, a
+    ``Content-Length`` that is not a decimal number (or two that differ).
     """
     if type(status) is not int or not 100 <= status <= 999:
         raise ResponseError(f"invalid status {status!r}")
+    if type(headers) is not list and type(headers) is not tuple:
+        raise ResponseError(f"headers must be a list of [name, value] pairs, not {type(headers).__name__}")
     parts = [status_line(status)]
     has_length = has_date = has_server = False
+    length = None
     for pair in headers:
+        if (type(pair) is not list and type(pair) is not tuple) or len(pair) != 2:
+            raise ResponseError(f"a header must be a [name, value] pair, not {pair!r:.80}")
         name, value = pair
         if type(name) is not bytes or type(value) is not bytes:
             name, value = _to_bytes(name), _to_bytes(value)
         lname = name.lower()
         if lname == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise ResponseError(f"invalid content-length {value!r:.80}")
+            length = int(value)
             has_length = True
         elif lname == b"transfer-encoding":
             continue  # framing is ours to decide
@@ -317,14 +333,17 @@ def response_head(status, headers, content, more_content, *, request, keep_alive
     # one scan each: a CR or LF inside a name or value would split the response
     if head.count(b"\n") != nlines + 2 or head.count(b"\r") != nlines + 2:
         raise ResponseError("header name or value contains CR or LF")
-    return head, mode, keep_alive
+    return head, mode, keep_alive, length
 
 
 def _to_bytes(value):
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode("latin-1")
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ResponseError(f"header {value!r:.80} is not latin-1; send bytes") from None
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     raise ResponseError(f"header names and values must be bytes, not {type(value).__name__}")

@@ -13,7 +13,11 @@ sans-I/O ``http11.RequestParser``; each request becomes a ``Cycle``:
 3. answered as reply messages arrive on its reply channel (the server's
    reply reader calls ``Cycle.on_reply``), or by the server itself: 503 when
    ``http.request`` is full, 413 when the message is too large, 504 when no
-   first reply came within ``http_timeout``.
+   first reply came within ``http_timeout``, 500 when the reply cannot be
+   sent as given (a reply that goes wrong after the response started closes
+   the connection instead), 503 when the worker that took the request died
+   (it said who it is on the server's ``shmchannels.taken?`` channel; the
+   server's liveness sweep calls ``Cycle.taken``, then ``Cycle.worker_died``).
 
 A client that leaves before its response is complete produces one
 ``http.disconnect`` (and ``{"closed": True}`` on an unfinished body
@@ -38,6 +42,32 @@ PAUSE_UPGRADE = 4
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_FULL_BODY = b"Service Unavailable: request queue full"
+WORKER_DIED_BODY = b"Service Unavailable: the worker handling the request died"
+ERROR_BODY = b"Internal Server Error"
+
+
+def reply_content(value):
+    """A reply's ``content`` as bytes (the common case, bytes, never gets here).
+
+    A str is sent as UTF-8 (what the Channels 1 talk's raw-layer example
+    sends), None as no content; anything else cannot be sent."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise http11.ResponseError("content is a str that is not encodable as UTF-8") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if value is None:
+        return b""
+    raise http11.ResponseError(f"content must be bytes (or str), not {type(value).__name__}")
+
+
+def worker_ident(value):
+    """(slot, gen) from a ``__taken__`` marker's ``[slot, gen, ...]``, or None."""
+    if type(value) in (list, tuple) and len(value) >= 2 and type(value[0]) is int and type(value[1]) is int:
+        return value[0], value[1]
+    return None
 
 
 def addresses(transport):
@@ -56,7 +86,7 @@ class Cycle:
     __slots__ = (
         "conn", "req", "reply_channel", "client", "upgrade", "body_expected", "body_done", "body_parts",
         "body_size", "dispatched", "body_channel", "body_out", "body_buf", "backoff", "retry_handle",
-        "started", "done", "mode", "keep_alive", "status", "sent", "dispatched_at",
+        "started", "done", "mode", "keep_alive", "status", "sent", "dispatched_at", "worker", "remaining",
     )
 
     def __init__(self, conn, req):
@@ -82,9 +112,28 @@ class Cycle:
         self.status = None
         self.sent = 0
         self.dispatched_at = 0.0
+        self.worker = None  # (slot, gen) of the worker that took the request, once it said so
+        self.remaining = None  # body bytes the application's Content-Length still owes
 
     def on_reply(self, message):
         self.conn.on_reply(self, message)
+
+    def reply_failed(self, reason):
+        self.conn.reply_failed(self, reason)
+
+    def taken(self, who):
+        """The worker that took the request said who it is (``[slot, gen]``)."""
+        if self.done or not self.dispatched:
+            return
+        ident = worker_ident(who)
+        if ident is None:
+            logger.warning("malformed __taken__ marker for %s: %.100r", self.reply_channel, who)
+            return
+        self.worker = ident
+        self.conn.server.taken[self] = ident
+
+    def worker_died(self):
+        self.conn.worker_died(self)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -130,6 +179,8 @@ class HttpProtocol(asyncio.Protocol):
             if cycle.dispatched and not cycle.done:
                 cycle.done = True
                 server.channels.pop(cycle.reply_channel, None)
+                if cycle.worker is not None:
+                    server.taken.pop(cycle, None)
                 layer.core.discard_channel(cycle.reply_channel)
                 server.counters["client_disconnects"] += 1
                 try:
@@ -284,6 +335,7 @@ class HttpProtocol(asyncio.Protocol):
             "body_channel": body_channel,
             "client": client,
             "server": server_addr,
+            "__taken__": self.server.taken_channel,  # (shmchannels) where the worker says who it is
         }
         try:
             layer.send("http.request", message)
@@ -362,56 +414,118 @@ class HttpProtocol(asyncio.Protocol):
         if cycle.done:
             return
         transport = self.transport
-        content = message.get("content", b"")
-        more = message.get("more_content", False)
-        if not cycle.started:
-            status = message.get("status")
-            if status is None:
-                logger.error("first reply on %s has no status: %r", cycle.reply_channel, sorted(message))
-                self._unregister(cycle)
-                self._finish_with(cycle, 500, b"Internal Server Error", keep_alive=False)
-                return
-            keep_alive = cycle.keep_alive and not self.closing and bool(self.config.keepalive)
-            try:
-                head, mode, keep_alive = http11.response_head(
+        try:
+            content = message.get("content", b"")
+            if type(content) is not bytes:
+                content = reply_content(content)
+            more = message.get("more_content", False)
+            if not cycle.started:
+                status = message.get("status")
+                if status is None:
+                    raise http11.ResponseError(f"the first reply has no status (keys: {sorted(map(str, message))})")
+                keep_alive = cycle.keep_alive and not self.closing and bool(self.config.keepalive)
+                head, mode, keep_alive, length = http11.response_head(
                     status, message.get("headers", ()), content, more,
                     request=cycle.req, keep_alive=keep_alive,
                     server_header=self.server.server_header, date=self.config.date_header,
                 )
-            except http11.ResponseError as exc:
-                logger.error("cannot send the response on %s: %s", cycle.reply_channel, exc)
-                self._unregister(cycle)
-                self._finish_with(cycle, 500, b"Internal Server Error", keep_alive=False)
-                return
-            cycle.started = True
-            cycle.status = status
-            cycle.mode = mode
-            cycle.keep_alive = keep_alive
-            if mode == http11.MODE_NONE or not content:
-                transport.write(head)
-            elif mode == http11.MODE_CHUNKED:
-                transport.write(head + http11.chunk(content))
-            elif len(content) < 65536:
-                transport.write(head + content)
+                cycle.started = True
+                cycle.status = status
+                cycle.mode = mode
+                cycle.keep_alive = keep_alive
+                broken = None
+                if length is not None and mode == http11.MODE_LENGTH:
+                    cycle.remaining = length
+                    content, broken = self._hold_to_length(cycle, content, more)
+                if mode == http11.MODE_NONE or not content:
+                    transport.write(head)
+                elif mode == http11.MODE_CHUNKED:
+                    transport.write(head + http11.chunk(content))
+                elif len(content) < 65536:
+                    transport.write(head + content)
+                else:
+                    transport.write(head)
+                    transport.write(content)
             else:
-                transport.write(head)
-                transport.write(content)
-        else:
-            if "status" in message:
-                logger.warning("reply on %s carries a status after the response started; ignored", cycle.reply_channel)
-            mode = cycle.mode
-            if mode == http11.MODE_CHUNKED:
-                if content:
-                    transport.write(http11.chunk(content) + b"0\r\n\r\n" if not more else http11.chunk(content))
-                elif not more:
-                    transport.write(b"0\r\n\r\n")
-            elif mode != http11.MODE_NONE and content:
-                transport.write(content)
+                if "status" in message:
+                    raise http11.ResponseError("a reply carries a status after the response started")
+                mode = cycle.mode
+                broken = None
+                if cycle.remaining is not None:
+                    content, broken = self._hold_to_length(cycle, content, more)
+                if mode == http11.MODE_CHUNKED:
+                    if content:
+                        transport.write(http11.chunk(content) + b"0\r\n\r\n" if not more else http11.chunk(content))
+                    elif not more:
+                        transport.write(b"0\r\n\r\n")
+                elif mode != http11.MODE_NONE and content:
+                    transport.write(content)
+        except http11.ResponseError as exc:
+            self.reply_failed(cycle, str(exc))
+            return
         if content and cycle.mode != http11.MODE_NONE:
             cycle.sent += len(content)
-        if not more:
+        if broken is not None:
+            self.reply_failed(cycle, broken)
+        elif not more:
             self._unregister(cycle)
             self._complete(cycle)
+
+    def _hold_to_length(self, cycle, content, more):
+        """Keep the body to the application's Content-Length: (what to write,
+        None) or (the part that fits, why the response is broken)."""
+        left = cycle.remaining - len(content)
+        if left >= 0 and (left == 0 or more):
+            cycle.remaining = left
+            return content, None
+        declared = cycle.sent + cycle.remaining
+        cycle.remaining = 0
+        if left < 0:
+            return content[:left], f"the body is longer than its Content-Length ({declared})"
+        return content, f"the body ended {left} bytes short of its Content-Length ({declared})"
+
+    def reply_failed(self, cycle, reason):
+        """A reply that cannot be sent as given: 500 if the response has not
+        started, else the connection closes (the client sees it cut short)."""
+        if cycle.done:
+            return
+        self.server.counters["bad_replies"] += 1
+        if not cycle.started:
+            logger.error("bad reply on %s: %s; answering 500", cycle.reply_channel, reason)
+            self._unregister(cycle)
+            self._finish_with(cycle, 500, ERROR_BODY, keep_alive=False)
+        else:
+            logger.error("bad reply on %s after the response started: %s; closing the connection",
+                         cycle.reply_channel, reason)
+            self._abort(cycle)
+
+    def worker_died(self, cycle):
+        """The worker that took ``cycle``'s request is dead (the server's
+        liveness sweep found it so, after delivering every reply it had sent)."""
+        if cycle.done:
+            return
+        self.server.counters["worker_deaths"] += 1
+        if not cycle.started:
+            logger.error("the worker (slot %d) that took the request on %s died: 503", cycle.worker[0], cycle.reply_channel)
+            self._unregister(cycle)
+            self._finish_with(cycle, 503, WORKER_DIED_BODY, keep_alive=cycle.body_done)
+        else:
+            logger.error("the worker (slot %d) sending the response on %s died: closing the connection",
+                         cycle.worker[0], cycle.reply_channel)
+            self._abort(cycle)
+
+    def _abort(self, cycle):
+        """End a started response by closing the connection."""
+        cycle.done = True
+        self._cancel_timers(cycle)
+        self._unregister(cycle)
+        if cycle.body_channel is not None and not cycle.body_done:
+            cycle.body_out = None
+            self._send_quietly(cycle.body_channel, {"closed": True})
+        if self.server.access_log_enabled:
+            self.server.access_log.log(cycle.client, cycle.req, cycle.status, cycle.sent)
+        self.closing = True
+        self.transport.close()
 
     def _on_timeout(self, cycle):
         if cycle.done or cycle.started:
@@ -429,6 +543,8 @@ class HttpProtocol(asyncio.Protocol):
     def _unregister(self, cycle):
         if cycle.reply_channel is not None:
             self.server.channels.pop(cycle.reply_channel, None)
+        if cycle.worker is not None:
+            self.server.taken.pop(cycle, None)
 
     def _finish_with(self, cycle, status, body, keep_alive):
         """Answer ``cycle`` ourselves (it has not started a response)."""

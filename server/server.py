@@ -15,6 +15,21 @@ Replies: one task per reply prefix (``http.response.<process>!`` and
 each message to whatever registered its full channel name (an HTTP request
 cycle or a WebSocket connection): one dict lookup.  Messages for unknown
 channels (the connection is gone) are dropped at debug level, as Daphne did.
+A reply its target cannot handle (a malformed message) never escapes the
+reader: the target answers 500 / closes (``reply_failed``).
+
+Dead workers (docs/protocol.md, "Workers that die"): every request and
+WebSocket message names this server's ``shmchannels.taken?`` channel in its
+``__taken__`` key, and the worker that takes it first sends
+``{"__taken__": [slot, gen(, order)], "reply_channel": ...}`` there.  Nobody
+parks on that channel, so a marker wakes nobody and costs the worker one ring
+write; every ``LIVENESS_INTERVAL`` a sweep drains the markers into ``taken``
+(target -> worker identity, for the targets still waiting), asks the bus
+whether those workers live (one ``F_GETLK`` each, immune to pid reuse) and,
+for dead ones, first delivers every reply already in the reply rings (the
+worker may have answered and then exited), then tells the targets still
+waiting (``worker_died``): 503 for HTTP, and a WebSocket sends its next
+message to another worker.
 """
 
 import asyncio
@@ -28,6 +43,10 @@ from .config import ProtocolConfig
 from .http_protocol import HttpProtocol
 
 logger = logging.getLogger("shmchannels.server")
+
+#: seconds between two sweeps of the ``__taken__`` markers and of the
+#: liveness of the workers holding in-flight work
+LIVENESS_INTERVAL = 0.05
 
 
 class ProtocolServer:
@@ -43,7 +62,9 @@ class ProtocolServer:
         self.loop = None
         self.http_prefix = None
         self.ws_prefix = None
+        self.taken_channel = None
         self.channels = {}  # full reply channel -> Cycle or WebSocketProtocol
+        self.taken = {}  # Cycle or WebSocketProtocol -> (slot, gen) of the worker holding its message
         self.connections = set()  # HttpProtocol
         self.websockets = set()  # WebSocketProtocol, until their websocket.disconnect is out
         self.servers = []
@@ -52,12 +73,13 @@ class ProtocolServer:
         self.counters = dict.fromkeys((
             "connections_total", "requests_total", "websockets_total", "rejected_full", "timeouts",
             "bad_requests", "client_disconnects", "body_waits", "ack_timeouts", "ping_timeouts",
-            "ws_protocol_errors", "unknown_replies",
+            "ws_protocol_errors", "unknown_replies", "bad_replies", "worker_deaths",
         ), 0)
         self._readers = []
         self._tick_handle = None
         self._sweep_handle = None
         self._sweep_interval = 1.0
+        self._liveness_handle = None
         self._closed = None
         self._idle = None
         self._shutdown_task = None
@@ -76,6 +98,7 @@ class ProtocolServer:
         layer = self.layer
         self.http_prefix = layer.process_prefix("http.response")
         self.ws_prefix = layer.process_prefix("websocket.send")
+        self.taken_channel = layer.new_channel("shmchannels.taken?")
         self._readers = [
             loop.create_task(self._read_replies(self.http_prefix), name="http-replies"),
             loop.create_task(self._read_replies(self.ws_prefix), name="ws-replies"),
@@ -99,6 +122,7 @@ class ProtocolServer:
         timeouts = [t for t in (config.keepalive or 5.0, config.http_timeout) if t]
         self._sweep_interval = max(0.005, min([1.0] + [t / 4 for t in timeouts]))
         self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
+        self._liveness_handle = loop.call_later(LIVENESS_INTERVAL, self._check_workers)
 
     async def _read_replies(self, prefix):
         channels = self.channels
@@ -114,13 +138,84 @@ class ProtocolServer:
                         continue
                     try:
                         target.on_reply(message)
-                    except Exception:
-                        log.exception("handling a reply on %s failed", channel)
+                    except Exception as exc:
+                        self._reply_failed(target, channel, exc)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the layer failed: log, back off, carry on
                 log.exception("reading replies on %s failed; retrying", prefix)
                 await asyncio.sleep(0.5)
+
+    def _reply_failed(self, target, channel, exc):
+        """``target.on_reply`` raised: a reply nobody foresaw.  Its client
+        gets an error (500, close 1011, or a closed connection), not silence."""
+        self.log.error("handling a reply on %s failed", channel, exc_info=exc)
+        try:
+            target.reply_failed(f"{type(exc).__name__}: {exc}")
+        except Exception:
+            self.log.exception("failing the target of %s failed too", channel)
+
+    def _deliver_pending(self, limit=100_000):
+        """Hand every reply already in our rings to its target, now (the
+        reply readers may be parked, or not yet woken)."""
+        take = self.layer.core.take_prefix
+        channels = self.channels
+        for prefix in (self.http_prefix, self.ws_prefix):
+            for _ in range(limit):
+                got = take(prefix)
+                if got is None:
+                    break
+                channel, message = got
+                target = channels.get(channel)
+                if target is None:
+                    self.counters["unknown_replies"] += 1
+                    continue
+                try:
+                    target.on_reply(message)
+                except Exception as exc:
+                    self._reply_failed(target, channel, exc)
+
+    def _drain_taken(self, limit=100_000):
+        """Read the workers' ``__taken__`` markers: who holds which target's message."""
+        take = self.layer.core.take
+        name = self.taken_channel
+        channels = self.channels
+        for _ in range(limit):
+            marker = take(name)
+            if marker is None:
+                return
+            try:
+                target = channels.get(marker.get("reply_channel"))
+                if target is not None:
+                    target.taken(marker.get("__taken__"))
+            except Exception:
+                self.log.warning("malformed __taken__ marker dropped: %.200r", marker)
+
+    def _check_workers(self):
+        self._liveness_handle = self.loop.call_later(LIVENESS_INTERVAL, self._check_workers)
+        try:
+            self._drain_taken()
+        except Exception:
+            self.log.exception("reading __taken__ markers failed")
+        taken = self.taken
+        if not taken:
+            return
+        try:
+            bus = self.layer.core.bus
+            dead = {ident for ident in set(taken.values()) if not bus.is_alive(*ident)}
+            if not dead:
+                return
+            self._deliver_pending()
+        except Exception:
+            self.log.exception("checking the workers' liveness failed")
+            return
+        for target, ident in list(taken.items()):
+            if ident in dead and taken.get(target) == ident:
+                del taken[target]
+                try:
+                    target.worker_died()
+                except Exception:
+                    self.log.exception("answering for a dead worker failed")
 
     def _sweep(self):
         self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
@@ -197,7 +292,19 @@ class ProtocolServer:
                 self._tick_handle.cancel()
             if self._sweep_handle is not None:
                 self._sweep_handle.cancel()
+            if self._liveness_handle is not None:
+                self._liveness_handle.cancel()
+            self._discard_taken_channel()
             self._closed.set()
+
+    def _discard_taken_channel(self):
+        if self.taken_channel is None:
+            return
+        try:
+            self._drain_taken()
+            self.layer.core.discard_channel(self.taken_channel)
+        except Exception:
+            self.log.debug("discarding %s failed", self.taken_channel, exc_info=True)
 
     async def wait_closed(self):
         await self._closed.wait()

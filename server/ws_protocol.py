@@ -16,6 +16,15 @@ Then:
   flight, so workers process a connection's messages in arrival order.
   More than ``ws_max_queue`` waiting messages pause reading.
 * A full ``websocket.receive`` closes with 1013.
+* The worker that takes a message says who it is (``[slot, gen, order]`` on
+  the server's ``shmchannels.taken?`` channel: ``taken``); if it dies before
+  the ack, the server's liveness sweep calls ``worker_died``: the next
+  message goes out at once (a connect whose handshake is still pending is
+  rejected with 503).
+* A malformed send (``text`` not a str, ``bytes`` not bytes) closes with
+  1011 (HTTP 500 while the handshake is pending), and so does an
+  application close with 1011 before the handshake completes (500): that is
+  what the worker sends when a consumer raises.
 * Keep-alive pings every ``ws_ping_interval``; no pong within
   ``ws_ping_timeout`` closes with 1011.
 * ``websocket.disconnect`` (order last + 1, no ack expected) goes out after
@@ -30,6 +39,7 @@ import struct
 from shmchannels.names import new_local_part
 
 from . import http11, proxy
+from .http_protocol import worker_ident
 from .websocket import BINARY, CLOSE, PONG, TEXT, FrameCodec, ProtocolError, accept_response
 
 logger = logging.getLogger("shmchannels.server")
@@ -61,6 +71,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.reply_channel = server.ws_prefix + new_local_part()
         self.queue = collections.deque()  # (channel, message) waiting for their turn
         self.inflight = None  # order awaiting its ack
+        self.worker = None  # (slot, gen) of the worker holding the message in flight, once it said so
         self.next_order = 1
         self.ack_handle = None
         self.connect_handle = None
@@ -97,6 +108,7 @@ class WebSocketProtocol(asyncio.Protocol):
             "server": self.server_addr,
             "order": 0,
             "subprotocols": self.subprotocols,
+            "__taken__": server.taken_channel,  # (shmchannels) where the worker says who it is
         }
         try:
             layer.send("websocket.connect", message)
@@ -183,10 +195,12 @@ class WebSocketProtocol(asyncio.Protocol):
             return  # we are closing (1013, shutdown...): later messages are discarded
         if kind is TEXT:
             self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
-                           "text": payload, "bytes": None, "order": self.next_order})
+                           "text": payload, "bytes": None, "order": self.next_order,
+                           "__taken__": self.server.taken_channel})
         elif kind is BINARY:
             self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
-                           "text": None, "bytes": payload, "order": self.next_order})
+                           "text": None, "bytes": payload, "order": self.next_order,
+                           "__taken__": self.server.taken_channel})
         elif kind is PONG:
             if payload == self.ping_payload and self.pong_handle is not None:
                 self.pong_handle.cancel()
@@ -251,10 +265,45 @@ class WebSocketProtocol(asyncio.Protocol):
         if order != self.inflight:
             logger.debug("stale ack %r on %s (waiting for %r)", order, self.reply_channel, self.inflight)
             return
+        self._release()
+        self._pump()
+
+    def _release(self):
+        """Nothing is in flight any more (acked, timed out, or its worker died)."""
         if self.ack_handle is not None:
             self.ack_handle.cancel()
             self.ack_handle = None
         self.inflight = None
+        if self.worker is not None:
+            self.worker = None
+            self.server.taken.pop(self, None)
+
+    def taken(self, who):
+        """The worker that took message ``who[2]`` said who it is (``[slot, gen, order]``)."""
+        ident = worker_ident(who)
+        if ident is None or len(who) < 3:
+            logger.warning("malformed __taken__ marker for %s: %.100r", self.reply_channel, who)
+            return
+        if who[2] != self.inflight:
+            return  # about a message already acknowledged or given up on
+        if self.inflight is not None:
+            self.worker = ident
+            self.server.taken[self] = ident
+
+    def worker_died(self):
+        """The worker holding the message in flight is dead (the server's
+        liveness sweep delivered every reply it had sent first)."""
+        self.worker = None
+        order = self.inflight
+        if order is None:
+            return
+        self.server.counters["worker_deaths"] += 1
+        self._release()
+        if order == 0 and self.state == HANDSHAKE:
+            logger.error("the worker handling websocket.connect of %s died: 503", self.reply_channel)
+            self._http_reject(503, b"Service Unavailable: the worker handling the connection died")
+            return
+        logger.warning("the worker handling message %d of %s died; sending the next one", order, self.reply_channel)
         self._pump()
 
     def _ack_timeout(self, order):
@@ -265,15 +314,13 @@ class WebSocketProtocol(asyncio.Protocol):
                 order, self.reply_channel, self.config.ack_timeout,
             )
             self.server.counters["ack_timeouts"] += 1
-            self.inflight = None
+            self._release()
             self._pump()
 
     def _finalize(self):
         """websocket.disconnect is out: forget this connection."""
         self.disconnect_sent = True
-        if self.ack_handle is not None:
-            self.ack_handle.cancel()
-            self.ack_handle = None
+        self._release()
         self.server.channels.pop(self.reply_channel, None)
         self.layer.core.discard_channel(self.reply_channel)
         self.server.connection_closed()
@@ -282,30 +329,56 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def on_reply(self, message):
         state = self.state
+        text = message.get("text")
+        data = message.get("bytes")
+        if (text is not None and type(text) is not str) or (
+            data is not None and not isinstance(data, (bytes, bytearray, memoryview))
+        ):
+            self.reply_failed(
+                f"text must be a str and bytes bytes (got text {type(text).__name__}, bytes {type(data).__name__})"
+            )
+            state = CLOSED
         if state == HANDSHAKE:
             accept = message.get("accept")
-            text = message.get("text")
-            data = message.get("bytes")
             close = message.get("close")
-            if accept is False or (close and text is None and data is None and accept is not True):
+            if close == 1011 and type(close) is int and text is None and data is None and accept is not True:
+                logger.error("the application failed websocket.connect on %s: 500", self.reply_channel)
+                self._http_reject(500, b"Internal Server Error")
+            elif accept is False or (close and text is None and data is None and accept is not True):
                 self._http_reject(403, b"Forbidden")
             elif accept is True or text is not None or data is not None:
                 self._accept(message.get("subprotocol"))
             state = self.state
         if state == OPEN:
-            text = message.get("text")
             if text is not None:
-                self.transport.write(self.codec.send_text(text))
-            else:
-                data = message.get("bytes")
-                if data is not None:
-                    self.transport.write(self.codec.send_binary(data))
+                try:
+                    frame = self.codec.send_text(text)
+                except UnicodeEncodeError:
+                    self.reply_failed("text is not encodable as UTF-8 (a lone surrogate?)")
+                    frame = None
+                if frame is not None:
+                    self.transport.write(frame)
+            elif data is not None:
+                self.transport.write(self.codec.send_binary(data))
             close = message.get("close")
-            if close:
+            if close and self.state == OPEN:
                 self._close(1000 if close is True else close)
         ack = message.get("__ack__")
         if ack is not None:
             self._on_ack(ack)
+
+    def reply_failed(self, reason):
+        """A send that cannot be delivered as given: close with 1011 (HTTP
+        500 while the handshake is pending)."""
+        self.server.counters["bad_replies"] += 1
+        if self.state == HANDSHAKE:
+            logger.error("bad reply on %s: %s; answering 500", self.reply_channel, reason)
+            self._http_reject(500, b"Internal Server Error")
+        elif self.state == OPEN:
+            logger.error("bad reply on %s: %s; closing with 1011", self.reply_channel, reason)
+            self._close(1011)
+        else:
+            logger.error("bad reply on %s: %s (ignored: the connection is closing)", self.reply_channel, reason)
 
     def _accept(self, subprotocol):
         if self.connect_handle is not None:
@@ -401,10 +474,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.abort()
         if not self.disconnect_sent:
             # stop waiting for acks: the worker may be gone
-            if self.ack_handle is not None:
-                self.ack_handle.cancel()
-                self.ack_handle = None
-            self.inflight = None
+            self._release()
             self.queue = collections.deque(item for item in self.queue if item[0] == "websocket.disconnect")
             if self.queue:
                 self._pump()

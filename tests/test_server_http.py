@@ -56,7 +56,9 @@ def test_get_and_post_carry_every_asgi1_request_key(env):
     assert set(got) == {
         "reply_channel", "http_version", "method", "scheme", "path", "query_string", "root_path",
         "headers", "body_channel", "client", "server", "body_length", "body_head",
+        "__taken__",  # (shmchannels) asks the worker who it is; the real runner removes it
     }
+    assert got["__taken__"].startswith("shmchannels.taken?")
     assert got["reply_channel"].startswith("http.response.shm") and "!" in got["reply_channel"]
     assert got["http_version"] == "1.1"
     assert got["method"] == "GET"
@@ -635,3 +637,118 @@ def test_heartbeat_and_access_log(env, prefix):
     assert line.startswith("127.0.0.1 - - [")
     assert '"GET /logged?q=1 HTTP/1.1" 200 ' in line
     assert line.endswith('"http://r/" "ua/1"')
+
+
+# ------------------------------------------------------------- wrong replies
+
+#: (case, the first reply message, expected status, expected body or None)
+#: Every malformed first reply is a logged 500; a str content is what a
+#: Channels 1 user sends (the talk's raw-layer example) and goes out as UTF-8.
+REPLIES = [
+    ("str content (the talk's example)", {"content": "Hello World! é", "status": 200}, 200, "Hello World! é".encode()),
+    ("None content", {"status": 204, "content": None}, 204, b""),
+    ("bytearray content", {"status": 200, "content": bytearray(b"ba")}, 200, b"ba"),
+    ("str header names and values", {"status": 200, "headers": [["x-a", "é"]], "content": b"ok"}, 200, b"ok"),
+    ("int content", {"status": 200, "content": 5}, 500, None),
+    ("list content", {"status": 200, "content": [b"a"]}, 500, None),
+    ("status as str", {"status": "200", "content": b"x"}, 500, None),
+    ("status as bool", {"status": True, "content": b"x"}, 500, None),
+    ("status out of range", {"status": 1000}, 500, None),
+    ("no status (a chunk first)", {"content": b"chunk", "more_content": True}, 500, None),
+    ("headers as a dict", {"status": 200, "headers": {"ab": "cd"}}, 500, None),
+    ("headers as None", {"status": 200, "headers": None}, 500, None),
+    ("headers as a str", {"status": 200, "headers": "x-a: 1"}, 500, None),
+    ("a header that is not a pair", {"status": 200, "headers": [[b"x-a", b"1", b"2"]]}, 500, None),
+    ("a header that is a bytes pair", {"status": 200, "headers": [b"ab"]}, 500, None),
+    ("an int header value", {"status": 200, "headers": [[b"x-a", 1]]}, 500, None),
+    ("a header value not latin-1", {"status": 200, "headers": [[b"x-a", "€"]]}, 500, None),
+    ("a None header name", {"status": 200, "headers": [[None, b"1"]]}, 500, None),
+    ("content-length not a number", {"status": 200, "headers": [[b"content-length", b"ten"]], "content": b"x"}, 500, None),
+    ("two content-lengths that differ",
+     {"status": 200, "headers": [[b"content-length", b"1"], [b"content-length", b"2"]], "content": b"x"}, 500, None),
+]
+
+
+@pytest.mark.parametrize("reply, status, body", [r[1:] for r in REPLIES], ids=[r[0] for r in REPLIES])
+def test_wrong_first_replies_are_500_or_fixed(env, reply, status, body):
+    st = env.server()
+    env.worker(lambda layer, channel, message: send_retrying(layer, message["reply_channel"], reply))
+    t0 = time.monotonic()
+    r = httpx.get(url(st), timeout=10)
+    assert time.monotonic() - t0 < 5  # answered, not timed out
+    assert r.status_code == status
+    if body is not None:
+        assert r.content == body
+    else:
+        assert r.text == "Internal Server Error" and r.headers["connection"] == "close"
+    assert st.stats()["bad_replies"] == (1 if status == 500 else 0)
+    assert st.stats()["reply_channels"] == 0
+
+
+def test_str_content_in_a_streamed_response_is_utf8(env):
+    st = env.server()
+
+    def handler(layer, channel, message):
+        rc = message["reply_channel"]
+        send_retrying(layer, rc, {"status": 200, "content": "é", "more_content": True})
+        send_retrying(layer, rc, {"content": "ü"})
+
+    env.worker(handler)
+    r = httpx.get(url(st))
+    assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked" and r.text == "éü"
+
+
+#: replies that go wrong after the response started: the connection closes,
+#: so the client sees a response cut short, never a complete-looking one
+BROKEN_STREAMS = [
+    ("a status after the start", [{"status": 200, "content": b"part", "more_content": True}, {"status": 500, "content": b"X"}]),
+    ("a bad chunk", [{"status": 200, "content": b"part", "more_content": True}, {"content": 7}]),
+    ("a body shorter than its content-length", [{"status": 200, "headers": [[b"content-length", b"10"]], "content": b"12345"}]),
+    ("a body longer than its content-length",
+     [{"status": 200, "headers": [[b"content-length", b"4"]], "content": b"part", "more_content": True}, {"content": b"more"}]),
+]
+
+
+@pytest.mark.parametrize("replies", [r[1] for r in BROKEN_STREAMS], ids=[r[0] for r in BROKEN_STREAMS])
+def test_wrong_replies_after_the_start_close_the_connection(env, replies):
+    st = env.server()
+
+    def handler(layer, channel, message):
+        for m in replies:
+            send_retrying(layer, message["reply_channel"], m)
+
+    env.worker(handler)
+    sock, f = raw_connection(st.port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        assert line, head
+        head += line
+    assert head.startswith(b"HTTP/1.1 200 ")
+    rest = f.read()  # until the server closes: it must close
+    sock.close()
+    if b"chunked" in head:
+        assert rest.startswith(b"4\r\npart\r\n") and not rest.endswith(b"0\r\n\r\n")
+    else:
+        assert rest in (b"12345", b"part")  # never more than Content-Length says
+    deadline = time.monotonic() + 5
+    while st.stats()["bad_replies"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert st.stats()["bad_replies"] == 1
+
+
+def test_a_body_that_matches_its_content_length_keeps_the_connection(env):
+    st = env.server()
+
+    def handler(layer, channel, message):
+        rc = message["reply_channel"]
+        send_retrying(layer, rc, {"status": 200, "headers": [[b"content-length", b"8"]], "content": b"part", "more_content": True})
+        send_retrying(layer, rc, {"content": b"more", "more_content": True})
+        send_retrying(layer, rc, {"content": b""})
+
+    env.worker(handler)
+    with httpx.Client() as client:
+        assert client.get(url(st)).content == b"partmore"
+        assert client.get(url(st)).content == b"partmore"
+    assert st.stats()["connections_total"] == 1 and st.stats()["bad_replies"] == 0

@@ -127,7 +127,9 @@ def test_echo_text_and_bytes_with_orders_and_connect_keys(env):
     assert set(connect_msg) == {
         "reply_channel", "scheme", "path", "query_string", "root_path", "headers", "client", "server",
         "order", "subprotocols",
+        "__taken__",  # (shmchannels) asks the worker who it is; the real runner removes it
     }
+    assert connect_msg["__taken__"].startswith("shmchannels.taken?")
     assert connect_msg["reply_channel"].startswith("websocket.send.shm")
     assert connect_msg["scheme"] == "ws" and connect_msg["path"] == "/chat/room"
     assert connect_msg["query_string"] == b"x=1" and connect_msg["root_path"] == ""
@@ -139,6 +141,7 @@ def test_echo_text_and_bytes_with_orders_and_connect_keys(env):
     assert receives[0]["text"] == "hello" and receives[0]["bytes"] is None
     assert receives[1]["bytes"] == b"\x00\x01\x02" and receives[1]["text"] is None
     assert all(m["path"] == "/chat/room" and m["reply_channel"] == connect_msg["reply_channel"] for m in receives)
+    assert all(m["__taken__"] == connect_msg["__taken__"] for m in receives)
     assert disconnect == {"reply_channel": connect_msg["reply_channel"], "path": "/chat/room", "code": 1000, "order": 4}
 
 
@@ -527,3 +530,76 @@ def test_proxy_headers_set_wss(env):
         pass
     m = app.messages["websocket.connect"][0]
     assert m["scheme"] == "wss" and m["client"] == ["192.0.2.1", 0]
+
+
+# ------------------------------------------------------------- wrong sends
+
+
+class BadSendApp(WsApp):
+    """Accepts (or answers the connect with ``connect_reply``), then answers a
+    received text naming a case of BAD_SENDS with that malformed send (and
+    its ack, as a real worker does)."""
+
+    def __init__(self, connect_reply=None):
+        super().__init__()
+        self.connect_reply = connect_reply
+
+    def __call__(self, layer, channel, message):
+        rc = message["reply_channel"]
+        if channel == "websocket.connect" and self.connect_reply is not None:
+            with self.lock:
+                self.messages[channel].append(message)
+            send_retrying(layer, rc, self.connect_reply)
+            send_retrying(layer, rc, {"__ack__": 0})
+        elif channel == "websocket.receive" and message["text"] in BAD_SENDS:
+            with self.lock:
+                self.messages[channel].append(message)
+            send_retrying(layer, rc, BAD_SENDS[message["text"]])
+            send_retrying(layer, rc, {"__ack__": message["order"]})
+        else:
+            super().__call__(layer, channel, message)
+
+
+#: malformed sends once the socket is open: each closes it with 1011
+BAD_SENDS = {
+    "text as bytes": {"text": b"not a str"},
+    "text as int": {"text": 5},
+    "bytes as str": {"bytes": "not bytes"},
+    "bytes as list": {"bytes": [1, 2]},
+    "bad text with close": {"text": b"x", "close": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SENDS))
+def test_malformed_send_closes_with_1011(env, case):
+    st = env.server()
+    app = BadSendApp()
+    env.worker(app)
+    with connect(ws_url(st)) as ws:
+        ws.send("fine")
+        assert ws.recv(timeout=5) == "fine"
+        ws.send(case)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+    # the ack in the malformed message's wake still counted: the disconnect follows
+    disconnect = app.wait_for("websocket.disconnect")[0]
+    assert disconnect["code"] == 1011 and disconnect["order"] == 3
+    assert st.stats()["bad_replies"] == 1
+
+
+@pytest.mark.parametrize("reply, status", [
+    ({"text": b"not a str"}, 500),  # malformed data while the handshake is pending
+    ({"bytes": "not bytes"}, 500),
+    ({"close": 1011}, 500),  # what a worker sends when the connect consumer raised
+    ({"close": True}, 403),  # an ordinary rejection stays 403
+], ids=["text as bytes", "bytes as str", "close 1011", "close True"])
+def test_malformed_or_failed_connect_answer_gives_http_status(env, reply, status):
+    st = env.server()
+    app = BadSendApp(connect_reply=reply)
+    env.worker(app)
+    with pytest.raises(InvalidStatus) as info:
+        connect(ws_url(st), open_timeout=5)
+    assert info.value.response.status_code == status
+    disconnect = app.wait_for("websocket.disconnect")[0]
+    assert disconnect["order"] == 1 and disconnect["code"] == 1006

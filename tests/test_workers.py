@@ -111,9 +111,49 @@ def test_runner_defers_sends_acks_websocket_messages_and_survives_exceptions(lay
     got = []
     while (item := layer.receive([prefix]))[0] is not None:
         got.append(item[1])
-    # the failing consumer's deferred reply was dropped, its ack still sent
-    assert got == [{"text": "HI"}, {"__ack__": 1}, {"__ack__": 2}, {"text": "BYE"}, {"__ack__": 3}]
+    # the failing consumer's deferred reply was dropped, its socket told to
+    # close with 1011 (internal error), its ack still sent
+    assert got == [{"text": "HI"}, {"__ack__": 1}, {"close": 1011}, {"__ack__": 2}, {"text": "BYE"}, {"__ack__": 3}]
     assert any("consumer broke" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_runner_says_who_took_a_message_that_asks(layer):
+    """A message whose ``__taken__`` names a channel: the worker first sends
+    its (slot, gen) (and the order of a WebSocket message) there, and the
+    consumer never sees the key."""
+    http_reply = layer.process_prefix("http.response") + "r1"
+    ws_reply = layer.process_prefix("websocket.send") + "c1"
+    where = layer.new_channel("shmchannels.taken?")
+    seen = []
+
+    def consumer(message):
+        seen.append(dict(message.content))
+        message.reply_channel.send({"text": "ok"} if "order" in message else {"status": 200, "content": b"ok"})
+
+    runner = ConsumerRunner(layer, Router({"http.request": consumer, "websocket.receive": consumer}))
+    layer.send("http.request", {"reply_channel": http_reply, "method": "GET", "path": "/", "__taken__": where})
+    layer.send("websocket.receive", {"reply_channel": ws_reply, "path": "/", "text": "x", "order": 4, "__taken__": where})
+    layer.send("http.request", {"reply_channel": http_reply, "method": "GET", "path": "/plain"})
+    run_until(runner, lambda: runner.handled == 3)
+    bus = layer.core.bus
+    assert all("__taken__" not in m for m in seen) and len(seen) == 3
+
+    def drain(reply):
+        prefix = reply[: reply.index("!") + 1]
+        got = []
+        while (item := layer.receive([prefix]))[0] is not None:
+            got.append(item[1])
+        return got
+
+    assert drain(http_reply) == [{"status": 200, "content": b"ok"}, {"status": 200, "content": b"ok"}]
+    assert drain(ws_reply) == [{"text": "ok"}, {"__ack__": 4}]
+    markers = []
+    while (item := layer.receive([where]))[0] is not None:
+        markers.append(item[1])
+    markers.sort(key=lambda m: m["reply_channel"])  # the runner takes its channels in rotation
+    assert markers == [{"__taken__": [bus.slot, bus.gen], "reply_channel": http_reply},
+                       {"__taken__": [bus.slot, bus.gen, 4], "reply_channel": ws_reply}]
+    assert bus.is_alive(bus.slot, bus.gen)
 
 
 def test_runner_answers_500_when_an_http_consumer_raises(layer):

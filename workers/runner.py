@@ -6,8 +6,15 @@ synchronously.  Around every consumer:
 
 * sends are held until it returns (``Channel.send`` / ``Group.send``), so a
   consumer that raises sends nothing;
+* a message whose ``"__taken__"`` names a channel (the protocol server asks
+  who takes it) is first answered there with ``{"__taken__": [slot, gen],
+  "reply_channel": ...}`` (plus the ``order`` of a WebSocket message), so
+  that the protocol server can answer at once if this process dies while the
+  consumer runs; the key is removed before the consumer sees the message;
 * an exception is logged with its traceback; an ``http.request`` that got no
-  response is answered 500; the worker keeps running;
+  response is answered 500, a ``websocket.connect`` / ``websocket.receive``
+  closes its socket with 1011 (HTTP 500 during the handshake); the worker
+  keeps running;
 * after a ``websocket.connect`` / ``websocket.receive`` the worker sends
   ``{"__ack__": order}`` to the connection, which lets the protocol server
   hand it the connection's next message (docs/protocol.md): one message of a
@@ -52,7 +59,9 @@ class ConsumerRunner:
         self.max_messages = max_messages
         self.alive = True
         self.handled = 0
-        self._busy = {}
+        self._busy = {}  # thread ident -> start time of the consumer it runs
+        self._ident_bus = None
+        self._ident = None
         self._unrouted = set()
         self._lock = threading.Lock()
         self._threads = []
@@ -100,6 +109,8 @@ class ConsumerRunner:
     def handle(self, channel, content):
         ident = threading.get_ident()
         self._busy[ident] = time.monotonic()
+        if "__taken__" in content:
+            self._say_taken(content)
         try:
             self._dispatch(channel, content)
         finally:
@@ -109,6 +120,23 @@ class ConsumerRunner:
                 if self.max_messages and self.handled >= self.max_messages:
                     logger.info("handled %d messages (max_requests): restarting", self.handled)
                     self.alive = False
+
+    def _say_taken(self, content):
+        """Tell the protocol server which process holds its message."""
+        where = content.pop("__taken__")
+        reply = content.get("reply_channel")
+        if not reply or type(where) is not str:
+            return
+        bus = self.layer.core._bus
+        if bus is not self._ident_bus or self._ident is None:
+            bus = self.layer.core.bus
+            self._ident_bus, self._ident = bus, [bus.slot, bus.gen]
+        ident = self._ident
+        order = content.get("order")
+        try:
+            self.layer.send(where, {"__taken__": ident if order is None else ident + [order], "reply_channel": reply})
+        except Exception:  # a full ring: the server falls back to its timeouts
+            logger.debug("could not send __taken__ to %s", where, exc_info=True)
 
     def _dispatch(self, channel, content):
         message = Message(content, channel, self.layer)
@@ -134,6 +162,8 @@ class ConsumerRunner:
                     content["reply_channel"],
                     {"status": 500, "headers": [[b"content-type", b"text/plain"]], "content": b"Internal Server Error"},
                 )
+            elif channel in ACKED and content.get("reply_channel"):
+                self._safe_send(content["reply_channel"], {"close": 1011})
         finally:
             self._ack(channel, content)
 
