@@ -1,7 +1,10 @@
 """The gunicorn Application behind `shmchannels serve`.
 
-``load_config`` re-reads the config file and environment on every HUP (the
-command line stays as given).  ``load`` runs in each *worker* process (unless
+``do_load_config`` re-reads the config file and environment on every HUP (the
+command line stays as given) into a fresh config, which replaces the one in
+use only once every setting and rule holds: a ConfigError propagates (the
+CLI prints it on one line before anything is forked; a HUP logs it and keeps
+running as before).  ``load`` runs in each *worker* process (unless
 ``preload_app``) and builds what workers run: the router, with the WSGI
 consumer and Channels 1's default consumers.  Protocol servers never import
 the application.
@@ -44,6 +47,12 @@ class ShmApplication(BaseApplication):
         self.cli = dict(cli or {})
         self.environ = environ
         super().__init__(usage="shmchannels serve [options]", prog="shmchannels")
+
+    def do_load_config(self):
+        shm = ShmConfig().load(self.config_file, self.environ, self.cli)
+        shm.cfg.validate()
+        self.shm, self.cfg = shm, shm.cfg
+        self.chdir()
 
     def load_default_config(self):
         self.shm = ShmConfig()

@@ -15,22 +15,73 @@ the boot-error halt.  What differs:
   WebSocket and keep-alive connection, and messages wait in their channels
   while no worker is up;
 * USR2 rolls the protocol servers (their WebSockets close with 1012);
+* rolls are generations that each pool converges to (``manage_workers``):
+  any burst of HUPs ends with exactly the configured children, all of the
+  newest generation; a retired child that outstays graceful_timeout is killed;
 * a stop drains in order: protocol servers first (stop accepting, finish
   HTTP, close WebSockets 1001), then workers;
-* the master creates the bus at start, reclaims a dead child's slot, rings
-  and memberships as soon as it is reaped, and removes the bus at exit.
+* boot errors halt, for both pools: a child that cannot boot (exit 3) or
+  load the application (exit 4), or a pool whose children keep exiting with
+  an error right after they start, stops the master with the reason;
+* the master attaches the bus before anything else and refuses to start if
+  another live master holds it; it reclaims a dead child's slot, rings and
+  memberships as soon as it is reaped, and removes the bus at exit
+  (``Bus.destroy``, which leaves a bus other live processes still use).
 """
 
+import errno
+import os
 import signal
 import sys
 import time
 
 from gunicorn import sock
 from gunicorn.arbiter import Arbiter
-from gunicorn.errors import HaltServer
+from gunicorn.errors import ConfigError, HaltServer
 
-from . import _shm, bus as bus_mod
+from . import _shm, bus as bus_mod, processes
 from .processes import set_title
+
+KINDS = ("protocol", "worker")
+NAMES = {"protocol": "protocol server", "worker": "worker"}
+#: a child that exits with an error this soon after it was forked failed to
+#: start; this many such failures of one pool within CRASH_WINDOW halt the
+#: master (gunicorn's boot-error exit codes halt it at the first one)
+FAST_FAILURE = 5.0
+CRASH_LOOP = 5
+CRASH_WINDOW = 60.0
+#: a retiring child that is still there this long after graceful_timeout is killed
+RETIRE_GRACE = 1.0
+#: the supervision loop's tick while a pool converges (gunicorn's is 1 s)
+ROLL_TICK = 0.05
+
+
+class StartError(Exception):
+    """The master cannot start (another master on the prefix, a bus it
+    cannot attach): nothing was forked, nothing shared was changed."""
+
+
+def _signals_held_until_ready(cls):
+    """The class of a child whose signals stay blocked (as the master blocks
+    them around fork) until its own handlers are installed.
+
+    A child inherits the master's Python handlers, which only queue the
+    signal for a master loop the child never runs: a TERM sent between fork
+    and the child's ``init_signals`` would be swallowed, and a retired child
+    would live on.  Held, it is delivered to the child's own handler."""
+
+    def make(*args):
+        child = cls(*args)
+        init_signals = child.init_signals
+
+        def init_signals_then_release():
+            init_signals()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, processes.HELD_SIGNALS)
+
+        child.init_signals = init_signals_then_release
+        return child
+
+    return make
 
 
 class ShmArbiter(Arbiter):
@@ -43,6 +94,19 @@ class ShmArbiter(Arbiter):
         self.bus = None
         self._slots = {}
         self._halting = False
+        # Rolls: each pool has a target code generation.  HUP bumps the
+        # workers', USR2 the protocol servers'; every child remembers the
+        # generation it was forked for.  ``manage_workers`` converges each
+        # pool to exactly its target count of current-generation children:
+        # older ones are retired (workers once their successors are forked,
+        # protocol servers once theirs are up), a retiring child that
+        # outstays graceful_timeout is killed, and HUPs that arrive together
+        # coalesce into one reload.  A child's signals are held from fork
+        # until its own handlers are in place, so no retirement is lost.
+        self.generation = dict.fromkeys(KINDS, 0)
+        self._reload_requested = False
+        self._converging = False
+        self._failures = {kind: [] for kind in KINDS}
         super().__init__(app)
 
     # ---------------------------------------------------------------- setup
@@ -53,13 +117,59 @@ class ShmArbiter(Arbiter):
         self.protocol_timeout = self.cfg.protocol_timeout
 
     def start(self):
-        super().start()
-        self.bus = bus_mod.attach(self.cfg.prefix, kind="master", label=f"master {self.proc_name}")
-        self.bus.control.set_master_slot(self.bus.slot)
+        # The bus first: a master that may not run on this prefix must leave
+        # before it binds, writes a pidfile or forks anything.
+        self.bus = self.claim_bus()
+        try:
+            super().start()
+        except BaseException:
+            self.release_bus()
+            raise
         self.log.info(
             "Bus %r ready in /dev/shm; %d protocol server(s), %d worker(s) x %d thread(s)",
             self.cfg.prefix, self.num_protocol, self.num_workers, self.cfg.threads,
         )
+
+    def claim_bus(self):
+        """Attach the bus and become its master, unless a live master holds it.
+
+        Two masters on one prefix would share channels and each remove the
+        bus at its exit, under the other's feet; so the second refuses.  The
+        check and the claim happen under the bus lock: of two masters
+        starting at once, exactly one wins."""
+        prefix = self.cfg.prefix
+        try:
+            bus = bus_mod.attach(prefix, ring_size=self.cfg.ring_size, kind="master", label=f"master {self.proc_name}")
+        except (OSError, ValueError, TypeError, bus_mod.BusError) as exc:
+            raise StartError(f"cannot attach the bus {prefix!r}: {type(exc).__name__}: {exc}") from None
+        other = None
+        with bus._locked_bus():
+            slot = bus.control.master_slot
+            if slot is not None and slot != bus.slot and bus.is_alive(slot):
+                info = bus.control.read_slot(slot)
+                if info.kind == "master":
+                    other = info
+            if other is None:
+                bus.control.set_master_slot(bus.slot)
+        if other is not None:
+            bus.detach()  # leave the bus as we found it: it is the other master's
+            raise StartError(
+                f"another `shmchannels serve` (master pid {other.pid}) is already running on bus prefix {prefix!r}; "
+                f"stop it, or give this one its own prefix (--prefix, SHMCHANNELS_PREFIX or prefix in shmchannels.toml)"
+            )
+        return bus
+
+    def release_bus(self):
+        """At the master's exit: remove the bus (``Bus.destroy``)."""
+        bus, self.bus = self.bus, None
+        if bus is None:
+            return
+        try:
+            if bus.control.master_slot == bus.slot:
+                bus.control.set_master_slot(None)
+        except Exception:  # pragma: no cover - the bus is going anyway
+            pass
+        bus.destroy()
 
     def run(self):
         set_title(f"shmchannels: master [{self.proc_name}]")
@@ -68,7 +178,7 @@ class ShmArbiter(Arbiter):
     # ---------------------------------------------------------------- pools
 
     def children(self, kind):
-        return {pid: w for pid, w in self.WORKERS.items() if w.kind == kind and not getattr(w, "retiring", False)}
+        return {pid: w for pid, w in self.WORKERS.items() if w.kind == kind and not w.retiring}
 
     def spawn_worker(self, kind="worker"):
         from shmchannels.protocol_process import ProtocolServerProcess
@@ -76,36 +186,113 @@ class ShmArbiter(Arbiter):
 
         # gunicorn's spawn_worker builds ``self.worker_class`` with
         # ``self.LISTENERS`` and ``self.timeout``: point them at the kind.
-        listeners, timeout = self.LISTENERS, self.timeout
+        listeners, timeout, worker_class = self.LISTENERS, self.timeout, self.worker_class
         if kind == "protocol":
-            self.worker_class = ProtocolServerProcess
+            self.worker_class = _signals_held_until_ready(ProtocolServerProcess)
             self.timeout = self.protocol_timeout
         else:
-            self.worker_class = ChannelWorkerProcess
+            self.worker_class = _signals_held_until_ready(ChannelWorkerProcess)
             ChannelWorkerProcess.listeners_to_close = tuple(listeners)
             self.LISTENERS = []
+        master = os.getpid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, processes.HELD_SIGNALS)
         try:
             pid = super().spawn_worker()  # only the parent returns
         finally:
-            self.LISTENERS, self.timeout = listeners, timeout
+            if os.getpid() == master:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, processes.HELD_SIGNALS)
+                self.LISTENERS, self.timeout, self.worker_class = listeners, timeout, worker_class
+        worker = self.WORKERS[pid]
+        worker.generation = self.generation[kind]
+        worker.spawned = time.monotonic()
+        worker.retiring = None  # monotonic deadline once retired
         return pid
 
     def spawn_workers(self):
         self.manage_workers()
 
     def manage_workers(self):
+        """Converge both pools to their targets (see ``__init__``)."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self.apply_reload()
+        up = self._up_pids()
+        self._converging = False
         for kind, target in (("protocol", self.num_protocol), ("worker", self.num_workers)):
-            kids = sorted(self.children(kind).items(), key=lambda kv: kv[1].age)
-            for _ in range(target - len(kids)):
-                self.spawn_worker(kind)
+            self._converge(kind, target, up)
+        self._kill_overdue()
+
+    def _up_pids(self):
+        """pid -> kind of the children that are up: booted, with their slot on the bus."""
+        if self.bus is None or not self.bus.usable:
+            return {}
+        control = self.bus.control
+        up = {}
+        for i in self.bus.live_slots():
+            info = control.read_slot(i)
+            if info.pid in self.WORKERS:
+                up[info.pid] = info.kind
+        return up
+
+    def wait_for_signals(self, timeout=1.0):
+        # While a pool converges, look again soon: old children are retired
+        # as soon as enough current ones are up.
+        return super().wait_for_signals(ROLL_TICK if self._converging else timeout)
+
+    def _converge(self, kind, target, up):
+        gen = self.generation[kind]
+        live = [(pid, w) for pid, w in self.WORKERS.items() if w.kind == kind and not w.retiring]
+        current = [(pid, w) for pid, w in live if w.generation == gen]
+        old = [(pid, w) for pid, w in live if w.generation != gen]
+
+        def is_up(pid):
+            return up.get(pid) == kind
+
+        # Not up first (they serve nobody yet), then the oldest.
+        by_retire_order = lambda kv: (is_up(kv[0]), kv[1].age)  # noqa: E731
+        rolled = 0
+        if kind == "worker":
+            # Old workers go at once, their successors are forked right
+            # after: messages wait in their channels meanwhile, and old and
+            # new code never take turns.
+            for pid, w in old:
+                self.retire(pid, w, signal.SIGTERM)
+            rolled, old = len(old), []
+        if len(current) > target:  # TTOU, or a smaller pool after HUP
+            current.sort(key=by_retire_order)
+            for pid, w in current[: len(current) - target]:
+                self.retire(pid, w, signal.SIGTERM)
+            current = current[len(current) - target:]
+        for i in range(target - len(current)):
+            if i:
                 time.sleep(0.05)
-            while len(kids) > target:
-                pid, worker = kids.pop(0)  # the oldest go first
-                self.retire(pid, worker, signal.SIGTERM)
+            self.spawn_worker(kind)
+            self._converging = True
+        if kind == "worker" and rolled:
+            self.log.info("rolled %d worker(s); protocol servers untouched", rolled)
+        # Old protocol servers stay until enough new ones are up, so the
+        # clients they close (1012) reconnect to a server that accepts.
+        ready = sum(1 for pid, _ in current if is_up(pid))
+        keep = max(0, target - ready)
+        if ready < len(current) or old:
+            self._converging = True
+        if len(old) > keep:
+            old.sort(key=by_retire_order)
+            for pid, w in old[: len(old) - keep]:
+                self.retire(pid, w, signal.SIGUSR2)
 
     def retire(self, pid, worker, sig):
-        worker.retiring = True
+        worker.retiring = time.monotonic() + self.cfg.graceful_timeout + RETIRE_GRACE
         self.kill_worker(pid, sig)
+
+    def _kill_overdue(self):
+        now = time.monotonic()
+        for pid, worker in list(self.WORKERS.items()):
+            if worker.retiring and now > worker.retiring and not getattr(worker, "overdue", False):
+                worker.overdue = True
+                self.log.warning("%s (pid:%s) still running %s s after it was retired: killing it",
+                                 NAMES[worker.kind], pid, self.cfg.graceful_timeout)
+                self.kill_worker(pid, signal.SIGKILL)
 
     # --------------------------------------------------------- supervision
 
@@ -146,52 +333,114 @@ class ShmArbiter(Arbiter):
                 self.kill_worker(pid, signal.SIGKILL)
 
     def reap_workers(self):
-        before = set(self.WORKERS)
+        """gunicorn's reaping, for both pools: a child that could not boot
+        (WORKER_BOOT_ERROR) or load the application (APP_LOAD_ERROR) halts
+        the master instead of being respawned, and so does a pool whose
+        children keep failing right after they start.  Every reaped child's
+        slot, rings and memberships are reclaimed on the bus at once."""
+        halt = None
+        gone = 0
         try:
-            super().reap_workers()
-        except HaltServer:
-            if not self._halting:
+            while True:
+                wpid, status = os.waitpid(-1, os.WNOHANG)
+                if not wpid:
+                    break
+                if self.reexec_pid == wpid:
+                    self.reexec_pid = 0
+                    continue
+                worker = self.WORKERS.pop(wpid, None)
+                if worker is None:
+                    self.log.debug("Reaped unknown child process (pid:%s, status:%s)", wpid, status)
+                    continue
+                gone += 1
+                self._slots.pop(wpid, None)
+                reason = self._child_exited(wpid, worker, status)
+                if reason is not None and halt is None:
+                    halt = reason
+                worker.tmp.close()
+                self.cfg.child_exit(self, worker)
+        except OSError as e:
+            if e.errno != errno.ECHILD:
                 raise
-            # Already halting: a second child failing to boot changes nothing.
         finally:
-            gone = before - set(self.WORKERS)
-            for pid in gone:
-                self._slots.pop(pid, None)
-            if gone and self.bus is not None:
+            if gone and self.bus is not None and self.bus.usable:
                 # Reclaim at once: the dead child's rings, memberships and any
                 # half-written record are cleaned up before anyone waits on them.
                 n = self.bus.reclaim_dead()
                 if n:
                     self.log.info("reclaimed %d dead process slot(s) on the bus", n)
+        if halt is not None and not self._halting:
+            raise HaltServer(*halt)
+
+    def _child_exited(self, pid, worker, status):
+        """Log a reaped child's end; (reason, exit status) if the master must halt."""
+        name = NAMES.get(worker.kind, "worker")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                sig_name = signal.Signals(sig).name
+            except ValueError:
+                sig_name = f"signal {sig}"
+            if sig == signal.SIGKILL and not worker.retiring and not worker.aborted:
+                self.log.error("%s (pid:%s) was sent %s! Perhaps out of memory?", name.capitalize(), pid, sig_name)
+            elif sig in (signal.SIGTERM, signal.SIGKILL):
+                self.log.info("%s (pid:%s) was sent %s", name.capitalize(), pid, sig_name)
+            else:
+                self.log.warning("%s (pid:%s) was sent %s!", name.capitalize(), pid, sig_name)
+            return None
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if not code:
+            return None
+        self.log.error("%s (pid:%s) exited with code %s.", name.capitalize(), pid, code)
+        if code == self.WORKER_BOOT_ERROR:
+            return (f"a {name} (pid {pid}) failed to boot (exit code {code}); see its error above. "
+                    f"Not restarting it: fix the error, then start again.", self.WORKER_BOOT_ERROR)
+        if code == self.APP_LOAD_ERROR:
+            return (f"a {name} (pid {pid}) could not load the application (exit code {code}); see its error above. "
+                    f"Not restarting it: fix the error, then start again.", self.APP_LOAD_ERROR)
+        now = time.monotonic()
+        if not worker.retiring and now - getattr(worker, "spawned", now) < FAST_FAILURE:
+            recent = [t for t in self._failures[worker.kind] if now - t < CRASH_WINDOW] + [now]
+            self._failures[worker.kind] = recent
+            if len(recent) >= CRASH_LOOP:
+                return (f"{len(recent)} {name}s exited with an error within {FAST_FAILURE:.0f} s of starting "
+                        f"(the last: pid {pid}, exit code {code}); see the errors above. "
+                        f"Not restarting them again.", self.WORKER_BOOT_ERROR)
+        return None
 
     # --------------------------------------------------------------- signals
 
+    def handle_hup(self):
+        """HUP: a reload at the next turn of the loop (HUPs that arrive
+        together make one reload)."""
+        self.log.info("Hang up: %s", self.master_name)
+        self._reload_requested = True
+
     def reload(self):
-        """HUP: new workers with new code and config; protocol servers stay."""
-        self._stats["reloads"] += 1
+        self._reload_requested = True
+
+    def apply_reload(self):
+        """New workers with new code and config; protocol servers stay."""
         old_address = self.cfg.address
-        self.app.reload()
+        try:
+            self.app.reload()
+        except ConfigError as exc:
+            self.log.error("HUP: the new config is invalid, keeping the running config and workers: %s", exc)
+            return
+        self._stats["reloads"] += 1
         self.setup(self.app)
         self.log.reopen_files()
         if old_address != self.cfg.address:
             self.log.warning("bind changed on HUP: protocol servers keep their sockets until a restart")
         self.cfg.on_reload(self)
-        old = list(self.children("worker").items())
-        for _ in range(self.num_workers):
-            self.spawn_worker("worker")
-        for pid, worker in old:
-            self.retire(pid, worker, signal.SIGTERM)  # finish the current consumer, then exit
-        self.log.info("rolled %d worker(s); protocol servers untouched", len(old))
+        self.generation["worker"] += 1
+        self.log.info("rolling the workers to generation %d; protocol servers untouched", self.generation["worker"])
 
     def handle_usr2(self):
         """Roll the protocol servers: new ones first, then the old ones close
         their WebSockets with 1012 (service restart) and drain."""
-        old = list(self.children("protocol").items())
-        for _ in range(self.num_protocol):
-            self.spawn_worker("protocol")
-        for pid, worker in old:
-            self.retire(pid, worker, signal.SIGUSR2)
-        self.log.info("rolling %d protocol server(s)", len(old))
+        self.generation["protocol"] += 1
+        self.log.info("rolling the protocol servers to generation %d", self.generation["protocol"])
 
     def handle_winch(self):
         self.log.debug("SIGWINCH ignored")
@@ -201,12 +450,13 @@ class ShmArbiter(Arbiter):
     def stop(self, graceful=True):
         """Graceful: protocol servers drain first, then workers.  Otherwise
         QUIT everyone.  Whatever is left after graceful_timeout is killed."""
+        self._halting = True  # a child failing to boot now changes nothing
         unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
         sock.close_sockets(self.LISTENERS, unlink)
         self.LISTENERS = []
         deadline = time.time() + self.cfg.graceful_timeout
         if graceful:
-            for kind in ("protocol", "worker"):
+            for kind in KINDS:
                 pids = [pid for pid, w in self.WORKERS.items() if w.kind == kind]
                 for pid in pids:
                     self.kill_worker(pid, signal.SIGTERM)
@@ -225,7 +475,10 @@ class ShmArbiter(Arbiter):
                 self.reap_workers()
                 time.sleep(0.05)
         self.kill_workers(signal.SIGKILL)
-        self.reap_workers()
+        deadline = time.time() + 2.0
+        while self.WORKERS and time.time() < deadline:
+            self.reap_workers()
+            time.sleep(0.01)
 
     def _quick_requested(self):
         try:
@@ -249,7 +502,5 @@ class ShmArbiter(Arbiter):
                 self.pidfile.unlink()
             self.cfg.on_exit(self)
         finally:
-            if self.bus is not None:
-                self.bus.destroy()
-                self.bus = None
+            self.release_bus()
         sys.exit(exit_status)

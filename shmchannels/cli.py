@@ -20,6 +20,7 @@ from gunicorn.errors import AppImportError, ConfigError
 from . import __version__, config as config_mod, control, objects, segments
 
 RELOAD_EXIT = 75  # a dev child asking its parent to restart it
+DEV_STOP_TIMEOUT = 10.0  # seconds a stopping dev child gets before it is killed
 
 
 def _prefix_arg(parser):
@@ -113,6 +114,7 @@ def main(argv=None):
 
 def cmd_serve(args):
     from .application import ShmApplication
+    from .arbiter import StartError
 
     app = ShmApplication(config_file=args.config, cli=config_mod.cli_values(args))
     if args.print_config:
@@ -123,7 +125,11 @@ def cmd_serve(args):
         app.load()  # imports the routing and the WSGI app, as a worker would
         print(f"Config OK ({app.shm.config_file or 'no config file'}); application loaded.")
         return 0
-    app.run()
+    try:
+        app.run()
+    except StartError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -208,8 +214,14 @@ def cmd_dev(args):
 def _dev_parent():
     """Bind once, then run the dev server in a child, restarting it when its
     sources change (the child watches its own modules and exits with
-    RELOAD_EXIT).  Binding here keeps the port across restarts."""
+    RELOAD_EXIT).  Binding here keeps the port across restarts.
+
+    The child never outlives the parent: TERM, INT, HUP and QUIT are passed
+    on (the child stops gracefully, and is killed if it has not within
+    DEV_STOP_TIMEOUT), and the child asks the kernel for a TERM when the
+    parent dies (``processes.die_with_parent``), SIGKILL included."""
     import subprocess
+    import time
 
     from gunicorn import sock as gsock
 
@@ -221,14 +233,37 @@ def _dev_parent():
     fds = [lst.sock.fileno() for lst in listeners]
     for fd in fds:
         os.set_inheritable(fd, True)
-    env = dict(os.environ, SHMCHANNELS_DEV_CHILD="1", SHMCHANNELS_DEV_FDS=",".join(map(str, fds)))
+    env = dict(os.environ, SHMCHANNELS_DEV_CHILD="1", SHMCHANNELS_DEV_FDS=",".join(map(str, fds)),
+               SHMCHANNELS_DEV_PARENT=str(os.getpid()))
+    child = None
+    stop_at = []  # monotonic time of the first stop signal
+
+    def stop_child():
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    def on_signal(signum, frame):
+        if not stop_at:
+            stop_at.append(time.monotonic())
+        stop_child()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, on_signal)
     while True:
         child = subprocess.Popen(argv, env=env, pass_fds=fds)
-        try:
-            rc = child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            return child.wait()
+        if stop_at:  # a signal came while the child was starting
+            stop_child()
+        while True:
+            try:
+                rc = child.wait(timeout=0.2 if stop_at else None)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - stop_at[0] > DEV_STOP_TIMEOUT:
+                    print(f"shmchannels dev: the server did not stop within {DEV_STOP_TIMEOUT:.0f} s; killing it",
+                          file=sys.stderr, flush=True)
+                    child.kill()
+        if stop_at:
+            return 0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else rc
         if rc != RELOAD_EXIT:
             return rc
         print("shmchannels dev: source changed, restarting", flush=True)
@@ -256,6 +291,13 @@ def _dev_child(args):
     from .server.server import ProtocolServer
     from .workers.runner import ConsumerRunner
 
+    parent = os.environ.get("SHMCHANNELS_DEV_PARENT") if os.environ.get("SHMCHANNELS_DEV_CHILD") else None
+    if parent:
+        from .processes import die_with_parent
+
+        die_with_parent(signal.SIGTERM)  # never serve on after `shmchannels dev` is gone
+        if os.getppid() != int(parent):  # it went before we asked
+            return 0
     cfg, bundle, layer, bus = _consumer_process(args, "process", "shmchannels dev")
     runner = ConsumerRunner(layer, bundle.router, threads=max(cfg.threads, 4))
     runner.start()

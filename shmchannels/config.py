@@ -13,7 +13,12 @@ precedence, lowest first:
 3. environment variables ``SHMCHANNELS_<NAME>`` (lists comma-separated);
 4. command-line flags.
 
-An unknown key or an invalid value is an error naming the setting.
+An unknown key or an invalid value is an error naming the setting, where it
+came from and the rule it breaks (``RULES``); after every source is applied,
+``ShmConfig.validate`` checks the rules between settings (a message must fit
+in half a ring ...) and builds what the children build from the config (the
+layer's engine, the protocol server's config), so a config that loads is one
+every child can boot with.
 """
 
 import argparse
@@ -23,6 +28,9 @@ import tomllib
 from gunicorn import config as gconfig
 from gunicorn.config import Setting, validate_bool, validate_pos_int, validate_string
 from gunicorn.errors import ConfigError
+
+from . import names
+from .core import DEFAULT_MAX_MESSAGE_SIZE
 
 ENV_PREFIX = "SHMCHANNELS_"
 CONFIG_FILE = "shmchannels.toml"
@@ -126,6 +134,23 @@ class RingSize(ShmSetting, Setting):
     default = 8 << 20
     desc = """\
         Bytes of message space per channel ring (a power of two).
+        """
+
+
+class MaxMessageSize(ShmSetting, Setting):
+    name = "max_message_size"
+    section = "Channel layer"
+    cli = ["--max-message-size"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = DEFAULT_MAX_MESSAGE_SIZE
+    desc = """\
+        Largest encoded message, bytes (MessageTooLarge above it).
+
+        A message must fit in half a ring: ``ring_size`` must be at least
+        twice ``max_message_size`` plus 4 KiB, rounded up to a power of two.
+        WebSocket messages (``ws_max_size``) need 64 KiB of envelope on top.
         """
 
 
@@ -332,6 +357,70 @@ GUNICORN_SETTINGS = [
     "preload_app", "worker_tmp_dir",
 ]
 
+def _size(n):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return str(n)
+
+
+def _prefix_rule(v):
+    try:
+        names.require_prefix(v)
+    except TypeError:
+        return f"prefix must be 1-64 ASCII letters, digits, '_', '-' or '.', not starting with '-' or '.' (got {v!r})"
+
+
+def _ring_size_rule(v):
+    if v < 64 << 10 or v > 1 << 30 or v & (v - 1):
+        return f"ring_size must be a power of two between 64 KiB and 1 GiB (got {v})"
+
+
+def _bind_rule(v):
+    from gunicorn.util import parse_address
+
+    for address in v:
+        try:
+            parse_address(address)
+        except (RuntimeError, ValueError) as exc:
+            return f"bind must be HOST:PORT, [IPV6]:PORT, unix:PATH or fd://FD (got {address!r}: {exc})"
+
+
+def _at_least(name, low):
+    def rule(v):
+        if v < low:
+            return f"{name} must be at least {low} (got {v!r})"
+    return rule
+
+
+def _positive_seconds(name):
+    def rule(v):
+        if not v > 0:
+            return f"{name} must be a positive number of seconds (got {v!r})"
+    return rule
+
+
+#: per-setting rules beyond the validator's type check: each returns the
+#: broken rule as a message naming the setting and the value, or None.
+RULES = {
+    "prefix": _prefix_rule,
+    "ring_size": _ring_size_rule,
+    "max_message_size": _at_least("max_message_size", 1024),
+    "capacity": _at_least("capacity", 1),
+    "reply_capacity": _at_least("reply_capacity", 1),
+    "expiry": _positive_seconds("expiry"),
+    "group_expiry": _at_least("group_expiry", 1),
+    "threads": _at_least("threads", 1),
+    "ws_max_size": _at_least("ws_max_size", 1),
+    "uvloop": lambda v: None if v in ("auto", "on", "off") else f"uvloop must be auto, on or off (got {v!r})",
+    "bind": _bind_rule,
+}
+
+#: bytes of a WebSocket message's envelope (reply channel, path, order ...)
+#: on top of its payload, as the layer's default max_message_size assumes
+WS_ENVELOPE = 64 << 10
+
+
 SHM_SETTINGS = [cls.name for cls in gconfig.KNOWN_SETTINGS if issubclass(cls, ShmSetting)]
 EXPOSED = SHM_SETTINGS + GUNICORN_SETTINGS
 
@@ -389,8 +478,11 @@ class ShmConfig:
         # (`shmchannels status`) and the signals.
         self.cfg.set("control_socket_disable", True)
 
-    def set(self, name, value, source):
+    def set(self, name, value, source, where=None):
+        """Apply one value; ``source`` is recorded for --print-config, errors
+        name ``where`` (default: the source)."""
         name = _key(name)
+        where = where or source
         if name not in EXPOSED:
             raise ConfigError(
                 f"unknown setting {name!r} (from {source}); known settings: {', '.join(sorted(EXPOSED))}"
@@ -403,7 +495,11 @@ class ShmConfig:
         try:
             self.cfg.set(name, value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid value {value!r} for {name} (from {source}): {exc}") from None
+            raise ConfigError(f"{where}: invalid value {value!r} for {name}: {exc}") from None
+        rule = RULES.get(name)
+        broken = rule(self.cfg.settings[name].get()) if rule else None
+        if broken:
+            raise ConfigError(f"{where}: {broken}")
         self.sources[name] = source
 
     def load(self, config_file=None, environ=None, cli=None):
@@ -414,8 +510,53 @@ class ShmConfig:
         for key, value in env_values(environ).items():
             self.set(key, value, f"environment {ENV_PREFIX}{key.upper()}")
         for key, value in (cli or {}).items():
-            self.set(key, value, "command line")
+            self.set(key, value, "command line", where=f"command line --{_key(key).replace('_', '-')}")
+        self.validate()
         return self
+
+    def source(self, name):
+        return self.sources.get(name, "default")
+
+    def validate(self):
+        """The rules between settings, then what the children will build from
+        the config: a ConfigError naming the settings, else None."""
+        cfg = self.cfg
+        ring, mms = cfg.ring_size, cfg.max_message_size
+        if mms + 4096 > ring // 2:  # core.Core: a record fits in half a ring, plus its header
+            need = 1 << ((2 * (mms + 4096) - 1).bit_length())
+            raise ConfigError(
+                f"ring_size {_size(ring)} ({self.source('ring_size')}) is too small for max_message_size "
+                f"{mms} ({self.source('max_message_size')}): a message must fit in half a ring, so ring_size "
+                f"must be at least {_size(need)} or max_message_size at most {ring // 2 - 4096}"
+            )
+        if cfg.ws_max_size + WS_ENVELOPE > mms:
+            raise ConfigError(
+                f"ws_max_size {cfg.ws_max_size} ({self.source('ws_max_size')}) needs max_message_size of at least "
+                f"{cfg.ws_max_size + WS_ENVELOPE} (the message plus 64 KiB of envelope), got {mms} "
+                f"({self.source('max_message_size')})"
+            )
+        if cfg.uvloop == "on":
+            import importlib.util
+
+            if importlib.util.find_spec("uvloop") is None:
+                raise ConfigError(f"uvloop = on ({self.source('uvloop')}) but uvloop is not installed "
+                                  "(pip install 'shmchannels[uvloop]', or uvloop = auto)")
+        if cfg.protocol_servers == 0 and cfg.workers == 0:
+            raise ConfigError("protocol_servers and workers are both 0: there would be nothing to run")
+        # What the children build: the layer's engine (it attaches nothing
+        # until first used) and the protocol server's config.
+        from .core import Core
+        from .processes import layer_options
+        from .protocol_process import protocol_config
+
+        try:
+            Core(**layer_options(cfg))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the channel layer rejects this config: {exc}") from None
+        try:
+            protocol_config(cfg)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the protocol server rejects this config: {exc}") from None
 
     def __getattr__(self, name):
         return getattr(self.cfg, name)

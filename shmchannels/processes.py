@@ -8,6 +8,13 @@ import signal
 
 _PR_SET_PDEATHSIG = 1
 
+#: signals the master blocks around fork and a child keeps blocked until its
+#: own handlers are installed (see arbiter._signals_held_until_ready)
+HELD_SIGNALS = frozenset({
+    signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGCHLD,
+})
+
 
 def die_with_parent(sig=signal.SIGTERM):
     """Ask the kernel to send ``sig`` when the master dies (Linux), so that
@@ -39,6 +46,7 @@ def layer_options(cfg, **extra):
         "group_expiry": cfg.group_expiry,
         "capacity": cfg.capacity,
         "ring_size": cfg.ring_size,
+        "max_message_size": cfg.max_message_size,
         "channel_capacity": channel_capacity(reply_capacity=cfg.reply_capacity),
     }
     options.update(extra)

@@ -21,6 +21,31 @@ from shmchannels import processes
 TICK = 1.0
 
 
+def protocol_config(cfg):
+    """The protocol server's ProtocolConfig from the serve config (also built
+    at config load, so a config that loads is one a protocol server takes)."""
+    from shmchannels.server.config import ProtocolConfig
+
+    return ProtocolConfig(
+        prefix=cfg.prefix,
+        root_path=cfg.root_path,
+        proxy_headers=cfg.proxy_headers,
+        forwarded_allow_ips=cfg.forwarded_allow_ips,
+        keepalive=cfg.keepalive,
+        limit_request_line=cfg.limit_request_line or 1 << 20,
+        limit_request_fields=cfg.limit_request_fields or 32768,
+        limit_request_field_size=cfg.limit_request_field_size or 1 << 20,
+        limit_request_body=cfg.limit_request_body,
+        http_timeout=cfg.http_timeout,
+        ws_max_size=cfg.ws_max_size,
+        ws_ping_interval=cfg.ws_ping_interval,
+        ws_ping_timeout=cfg.ws_ping_timeout,
+        websocket_connect_timeout=cfg.websocket_connect_timeout,
+        ack_timeout=cfg.timeout + 5,
+        graceful_timeout=cfg.graceful_timeout,
+    )
+
+
 class ProtocolServerProcess(Worker):
     kind = "protocol"
 
@@ -31,36 +56,37 @@ class ProtocolServerProcess(Worker):
         super().init_process()
 
     def load_wsgi(self):
-        """Protocol servers run no application code."""
+        """Protocol servers run no application code; they attach the bus here,
+        while still booting, so a bus they cannot attach is a boot error
+        (WORKER_BOOT_ERROR halts the master) rather than a crash loop."""
+        self.layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg))
+        bus = self.layer.core.bus
+        bus.control.set_kind(bus.slot, "protocol")
+        bus.control.set_label(bus.slot, f"protocol {self.age}")
 
     def init_signals(self):
         super().init_signals()
         signal.set_wakeup_fd(-1)  # asyncio installs its own
+        # Until the event loop takes TERM and USR2 over (``_main``), they
+        # note the request, which ``_main`` honours once it serves.
+        self.early_stop = None
+
+        def note(code):
+            def handler(signum, frame):
+                self.alive = False
+                self.early_stop = self.early_stop or code
+            return handler
+
+        signal.signal(signal.SIGTERM, note(1001))
+        signal.signal(signal.SIGUSR2, note(1012))
 
     def protocol_config(self):
-        from shmchannels.server.config import ProtocolConfig
-
-        cfg = self.cfg
-        return ProtocolConfig(
-            prefix=cfg.prefix,
-            root_path=cfg.root_path,
-            proxy_headers=cfg.proxy_headers,
-            forwarded_allow_ips=cfg.forwarded_allow_ips,
-            keepalive=cfg.keepalive,
-            limit_request_line=cfg.limit_request_line or 1 << 20,
-            limit_request_fields=cfg.limit_request_fields or 32768,
-            limit_request_field_size=cfg.limit_request_field_size or 1 << 20,
-            limit_request_body=cfg.limit_request_body,
-            http_timeout=cfg.http_timeout,
-            ws_max_size=cfg.ws_max_size,
-            ws_ping_interval=cfg.ws_ping_interval,
-            ws_ping_timeout=cfg.ws_ping_timeout,
-            websocket_connect_timeout=cfg.websocket_connect_timeout,
-            ack_timeout=cfg.timeout + 5,
-            graceful_timeout=cfg.graceful_timeout,
-        )
+        return protocol_config(self.cfg)
 
     def run(self):
+        # Until it serves, a failure is a boot error (the master halts on
+        # WORKER_BOOT_ERROR rather than restart it in a loop).
+        self.booted = False
         use_uvloop = self.cfg.uvloop
         if use_uvloop in ("auto", "on"):
             try:
@@ -76,10 +102,8 @@ class ProtocolServerProcess(Worker):
         from shmchannels.server.server import ProtocolServer
 
         loop = asyncio.get_running_loop()
-        layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg))
+        layer = self.layer
         bus = layer.core.bus
-        bus.control.set_kind(bus.slot, "protocol")
-        bus.control.set_label(bus.slot, f"protocol {self.age}")
         self.server = server = ProtocolServer(layer, self.protocol_config(), self.sockets, log=processes.logging.getLogger("shmchannels.server"))
 
         def shutdown(code):
@@ -103,6 +127,9 @@ class ProtocolServerProcess(Worker):
 
         beat()
         await server.serve()
+        self.booted = True
+        if self.early_stop:
+            shutdown(self.early_stop)
         self.log.info("protocol server %s listening on %s", self.pid, ", ".join(str(s.getsockname()) for s in self.sockets))
         await server.wait_closed()
 

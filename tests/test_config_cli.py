@@ -84,3 +84,42 @@ def test_send_group_send_and_status(prefix):
 def test_status_of_a_missing_bus(prefix):
     out = run_cli("status", "--prefix", prefix + "none")
     assert out.returncode == 1 and "No bus" in out.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("capacity = 0", "capacity must be at least 1 (got 0)"),
+    ("ring_size = 1000", "ring_size must be a power of two between 64 KiB and 1 GiB (got 1000)"),
+    ('prefix = "bad prefix!"', "prefix must be 1-64 ASCII letters, digits, '_', '-' or '.', not starting with '-' or '.' (got 'bad prefix!')"),
+    ("expiry = 0", "expiry must be a positive number of seconds (got 0.0)"),
+    ("threads = 0", "threads must be at least 1 (got 0)"),
+    ('uvloop = "yes"', "uvloop must be auto, on or off (got 'yes')"),
+    ('bind = ["127.0.0.1:http"]', "bind must be HOST:PORT"),
+    ("ring_size = 1048576", "ring_size 1 MiB (config file"),
+    ("ws_max_size = 2097152", "ws_max_size 2097152 (config file"),
+    ("protocol_servers = 0\nworkers = 0", "there would be nothing to run"),
+])
+def test_invalid_settings_fail_check_config_and_serve_with_the_rule(tmp_path, prefix, setting, message):
+    conf = tmp_path / "shmchannels.toml"
+    conf.write_text(f'{setting}\nbind = ["127.0.0.1:0"]\n' if not setting.startswith("bind") else setting + "\n")
+    for args in (["--check-config"], ["--prefix", prefix] if "prefix" not in setting else []):
+        out = run_cli("serve", "-c", str(conf), *args)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], out.stderr
+        assert "Booting" not in out.stderr and "Traceback" not in out.stderr
+    from shmchannels import segments
+
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+def test_rules_apply_to_environment_and_flags_and_name_the_source():
+    with pytest.raises(ConfigError, match=r"^environment SHMCHANNELS_RING_SIZE: ring_size must be a power of two"):
+        ShmConfig().load(None, environ={"SHMCHANNELS_RING_SIZE": "1000"})
+    with pytest.raises(ConfigError, match=r"^command line --capacity: capacity must be at least 1 \(got 0\)"):
+        ShmConfig().load(None, environ={}, cli={"capacity": "0"})
+    # a smaller message size makes a smaller ring valid, and the rule says so
+    with pytest.raises(ConfigError, match=r"ring_size must be at least 4 MiB or max_message_size at most 520192"):
+        ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 20)})
+    cfg = ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 20), "max_message_size": "300000",
+                                                  "ws_max_size": "200000"}).cfg
+    assert (cfg.ring_size, cfg.max_message_size) == (1 << 20, 300000)

@@ -1,7 +1,9 @@
 """`shmchannels dev`: protocol server and worker threads in one process, with autoreload."""
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,3 +60,72 @@ def _try_get(port):
         return get(port)
     except OSError:
         return None
+
+
+def _children_of(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            kids.append(int(entry))
+    return kids
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+def _port_free(port):
+    """Nothing listens on ``port``: a connect is refused, and a server could bind it."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT does not count
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_dev_child_dies_with_the_parent(prefix, tmp_path, sig):
+    (tmp_path / "devapp.py").write_text(APP.format(version="one"))
+    log = open(tmp_path / "dev.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmchannels", "dev", "--routing", "devapp:routes", "--bind", "127.0.0.1:0",
+         "--prefix", prefix],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    child = None
+    try:
+        output = lambda: (tmp_path / "dev.log").read_text()  # noqa: E731
+        port = int(wait_for(lambda: re.search(r"serving on \('127\.0\.0\.1', (\d+)\)", output()), what="dev to listen").group(1))
+        assert get(port) == "one"
+        (child,) = _children_of(proc.pid)
+        proc.send_signal(sig)
+        rc = proc.wait(15)
+        wait_for(lambda: _gone(child), timeout=5, what="the dev child to exit with its parent")
+        wait_for(lambda: _port_free(port), timeout=5, what="the port to be free")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+        log.close()
+    if sig == signal.SIGTERM:
+        assert rc == 0, output()
+    wait_for(lambda: segments.bus_files(segments.bus_stem(prefix)) == [], timeout=5, what="the bus to be removed")

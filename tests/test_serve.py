@@ -178,3 +178,166 @@ def test_consumer_exception_is_logged_and_the_worker_keeps_going(serve):
     out = s.output()
     assert "Traceback" in out and "consumer boom raised on boom" in out
     assert s.pids("worker") == [pid]
+
+
+# ------------------------------------------------------------ boot errors
+
+
+def _halted(prefix, args, env=None, timeout=30):
+    s = Served(prefix, ["--bind", "127.0.0.1:0", *args], env=env)
+    try:
+        rc = s.proc.wait(timeout)
+    finally:
+        s.stop()
+    return rc, s.output()
+
+
+@pytest.mark.parametrize("pool", ["--protocol-servers 1 --workers 0", "--protocol-servers 0 --workers 2"])
+def test_a_child_that_cannot_attach_the_bus_halts_the_master(prefix, pool):
+    rc, out = _halted(prefix, [*pool.split(), "--routing", "workapp:routes"],
+                      env={"SHMCHANNELS_TEST_FAIL_CHILD_ATTACH": "1",
+                           "PYTHONPATH": os.pathsep.join(filter(None, [
+                               os.path.join(os.path.dirname(__file__), "apps", "failattach"),
+                               os.environ.get("PYTHONPATH")]))})
+    assert rc == 3, out  # gunicorn's WORKER_BOOT_ERROR
+    assert "refused on purpose by the test" in out
+    assert "failed to boot (exit code 3)" in out
+    assert out.count("Booting worker") <= 2, "the master kept restarting a child that cannot boot"
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+def test_workers_that_keep_dying_right_after_boot_halt_the_master(prefix):
+    rc, out = _halted(prefix, ["--protocol-servers", "0", "--workers", "1", "--routing", "crashapp:routes"], timeout=60)
+    assert rc == 3, out
+    assert "exited with an error within 5 s of starting" in out
+    assert out.count("Booting worker") <= 6
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+def test_hup_with_an_invalid_config_keeps_the_running_config_and_workers(serve, tmp_path):
+    conf = tmp_path / "serve.toml"
+    conf.write_text("threads = 2\n")
+    s = serve("--workers", "1", "-c", str(conf))
+    (pid,) = s.wait_workers(1)
+    conf.write_text("capacity = 0\n")
+    s.send_signal(signal.SIGHUP)
+    wait_for(lambda: "the new config is invalid" in s.output(), what="the refused reload")
+    assert "capacity must be at least 1 (got 0)" in s.output()
+    time.sleep(0.5)
+    assert s.pids("worker") == [pid]
+    assert s.request("work", {"n": 4})["pid"] == pid
+
+
+# ------------------------------------------------------------------ rolls
+
+
+def master_children(master_pid):
+    """pids of the live processes whose parent is ``master_pid`` (a /proc scan)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # state, ppid, ...
+        if int(fields[1]) == master_pid and fields[0] != b"Z":
+            kids.append(int(entry))
+    return sorted(kids)
+
+
+def test_rapid_hups_converge_to_the_configured_workers_with_the_newest_code(serve, tmp_path):
+    s = serve("--workers", "2")
+    first = s.wait_workers(2)
+    for i in range(2, 22):  # 20 HUPs 50 ms apart, each with newer "code"
+        (tmp_path / "version").write_text(f"v{i}")
+        s.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+
+    def converged():
+        kids, workers = master_children(s.master_pid), s.pids("worker")
+        return len(kids) == 2 and kids == workers and workers
+
+    workers = wait_for(converged, timeout=30, interval=0.1, what="exactly 2 workers, all children of the master")
+    assert not set(workers) & set(first)
+    time.sleep(1.5)  # stays converged
+    assert master_children(s.master_pid) == workers == s.pids("worker")
+    reply = s.layer.new_channel("test.reply?")
+    for n in range(40):
+        s.layer.send("work", {"n": n, "sleep": 0.01, "reply_channel": reply})
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 40 and time.monotonic() < deadline:
+        ch, msg = s.layer.receive([reply], block=True)
+        if ch is not None:
+            got.append(msg)
+    assert len(got) == 40
+    assert {m["version"] for m in got} == {"v21"}, "a worker with old code still takes messages"
+    assert {m["pid"] for m in got} <= set(workers)
+    out = s.output()
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_a_retired_worker_that_does_not_exit_is_killed_after_graceful_timeout(serve, tmp_path):
+    s = serve("--workers", "1", "--graceful-timeout", "2")
+    (old,) = s.wait_workers(1)
+    os.kill(old, signal.SIGSTOP)  # it cannot act on the TERM the roll sends it
+    try:
+        (tmp_path / "version").write_text("v2")
+        s.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        wait_for(lambda: old not in master_children(s.master_pid), timeout=15, what="the stuck old worker to be killed")
+        assert 1.5 < time.monotonic() - t0 < 8
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "after it was retired: killing it" in s.output()
+    (new,) = s.wait_workers(1)
+    assert s.request("work", {"n": 1})["version"] == "v2"
+
+
+# ------------------------------------------------------- one master a bus
+
+
+def test_a_second_master_on_the_same_prefix_refuses_to_start(prefix, tmp_path):
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    version = tmp_path / "version"
+    version.write_text("v1")
+    first = Served(prefix, ["--bind", "127.0.0.1:0", "--protocol-servers", "1", "--workers", "1",
+                            "--routing", "deployapp:routes"], env={"DEPLOYAPP_VERSION_FILE": str(version)})
+    try:
+        first.attach()
+        first.wait_workers(1)
+        first.wait_workers(1, kind="protocol")
+        port = int(wait_for(lambda: re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", first.output()),
+                            what="the port").group(1))
+
+        def get():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                return resp.status, resp.read().decode()
+
+        assert get()[0] == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "shmchannels", "serve", "--prefix", prefix, "--bind", "127.0.0.1:0",
+             "--pythonpath", os.path.join(os.path.dirname(__file__), "apps"), "--routing", "deployapp:routes"],
+            capture_output=True, text=True, timeout=30, env={**os.environ, "DEPLOYAPP_VERSION_FILE": str(version)})
+        assert second.returncode == 1, second.stderr
+        error = second.stderr.strip().splitlines()[-1]
+        assert error.startswith("Error: another `shmchannels serve`") and f"master pid {first.master_pid}" in error
+        assert "Booting worker" not in second.stderr
+        # The first one's bus is untouched: it still serves, with its children.
+        assert get() == (200, f"v1 {first.pids('worker')[0]}")
+        assert len(first.processes("master")) == 1
+    finally:
+        first.stop()
+        if first.layer is not None:
+            first.layer.core.bus.detach()
+    assert first.proc.returncode == 0

@@ -37,21 +37,25 @@ class ChannelWorkerProcess(Worker):
         # (router + channels), loaded here so import errors exit with
         # APP_LOAD_ERROR and halt the master.
         self.bundle = self.app.wsgi()
-
-    def notify(self):
-        super().notify()
-        bus = getattr(self, "bus", None)
-        if bus is not None and bus.usable:
-            busy = self.runner.busy_since()
-            bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
-
-    def run(self):
-        cfg = self.cfg
-        self.layer = shmchannels.ChannelLayer(**processes.layer_options(cfg, block_timeout=TICK))
+        # The bus too, while still booting: a bus this worker cannot attach
+        # is a boot error (WORKER_BOOT_ERROR halts the master), not a crash
+        # loop.  Its slot on the bus also tells the master it is up.
+        self.layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg, block_timeout=TICK))
         objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
         self.bus = self.layer.core.bus
         self.bus.control.set_kind(self.bus.slot, "worker")
         self.bus.control.set_label(self.bus.slot, f"worker {self.age}")
+
+    def notify(self):
+        super().notify()
+        bus = getattr(self, "bus", None)
+        runner = getattr(self, "runner", None)
+        if bus is not None and bus.usable and runner is not None:
+            busy = runner.busy_since()
+            bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
+
+    def run(self):
+        cfg = self.cfg
         router = self.bundle.router
         channels = select_channels(router.channels(), cfg.only_channels, cfg.exclude_channels)
         self.runner = ConsumerRunner(
