@@ -368,7 +368,7 @@ class Bus:
                         pass
                 segments.unlink(base)
             else:
-                ring = self._open_unowned_by_name(base)
+                ring = self._map_ring(base)
                 if ring is not None:
                     ring.fifo_remove(index)
         self.registry.drop_owner(index, gen)
@@ -380,25 +380,22 @@ class Bus:
             for key in [k for k in self._rings if names.owner_of(k) == (index, gen & names.GEN_MASK)]:
                 del self._rings[key]
 
-    def _open_unowned_by_name(self, base):
+    def _map_ring(self, base, writer=None):
+        """The ring in file ``base``, or None if it is gone or not a valid ring."""
         mapping = segments.open_existing(base)
         if mapping is None:
             return None
         try:
-            return _shm.Ring(mapping)
+            return _shm.Ring(mapping, writer)
         except ValueError:
+            mapping.close()
             return None
 
     def _ring_by_id(self, ring_id):
         hexid = f"{ring_id:016x}"
         for base, kind, m in segments.files_of_kind(self.stem, "ring", "owned"):
             if m.group(2 if kind == "owned" else 1) == hexid:
-                mapping = segments.open_existing(base)
-                if mapping is not None:
-                    try:
-                        return _shm.Ring(mapping)
-                    except ValueError:
-                        return None
+                return self._map_ring(base)
         return None
 
     # ------------------------------------------------------------------ rings
@@ -494,7 +491,7 @@ class Bus:
         """
         retired = 0
         for base, _, _ in segments.files_of_kind(self.stem, "ring"):
-            ring = self._open_unowned_by_name(base)
+            ring = self._map_ring(base)
             if ring is None or "?" not in ring.key:
                 continue
             if ring.closed:
@@ -548,16 +545,8 @@ class Bus:
 
     def all_rings(self):
         """Every ring of the bus (opened read/write), for flush and status."""
-        found = []
-        for base, _, _ in segments.files_of_kind(self.stem, "ring", "owned"):
-            mapping = segments.open_existing(base)
-            if mapping is None:
-                continue
-            try:
-                found.append(_shm.Ring(mapping, self.writer))
-            except ValueError:
-                mapping.close()
-        return found
+        rings = (self._map_ring(base, self.writer) for base, _, _ in segments.files_of_kind(self.stem, "ring", "owned"))
+        return [r for r in rings if r is not None]
 
     # ------------------------------------------------------------------ send
 

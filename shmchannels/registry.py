@@ -95,6 +95,13 @@ os.register_at_fork(
 )
 
 
+def _insert_missing(conn, rows):
+    """Insert membership rows (grp, channel, ring, owner, added) that are not there yet, in one transaction."""
+    conn.execute("BEGIN")
+    conn.executemany("INSERT OR IGNORE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+
+
 class Registry:
     """Group memberships of one bus.
 
@@ -177,11 +184,7 @@ class Registry:
     def _restore_mine(self, conn):
         """After a rebuild: put back what this process wrote."""
         rows = [(g, c, key, tag, added) for (g, c), (key, tag, added) in self._mine.items()]
-        conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT OR IGNORE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)", rows
-        )
-        conn.execute("COMMIT")
+        _insert_missing(conn, rows)
         for group in {r[0] for r in rows}:
             self.control.bump_bucket(bucket_of(group))
         logger.warning("registry of %s rebuilt elsewhere: restored this process's %d memberships", self.stem, len(rows))
@@ -224,11 +227,7 @@ class Registry:
             self._create(segments.path(new))
             conn = sqlite3.connect(segments.path(new), timeout=30, isolation_level=None)
             try:
-                conn.execute("BEGIN")
-                conn.executemany(
-                    "INSERT OR IGNORE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)", rows
-                )
-                conn.execute("COMMIT")
+                _insert_missing(conn, rows)
             finally:
                 conn.close()
             self.control.bump_registry_epoch()
