@@ -341,3 +341,26 @@ def test_a_second_master_on_the_same_prefix_refuses_to_start(prefix, tmp_path):
         if first.layer is not None:
             first.layer.core.bus.detach()
     assert first.proc.returncode == 0
+
+
+def test_of_two_masters_starting_at_once_exactly_one_runs(prefix):
+    both = [Served(prefix, ["--protocol-servers", "0", "--bind", "127.0.0.1:0", "--routing", "workapp:routes",
+                            "--workers", "1"]) for _ in range(2)]
+    try:
+        loser = wait_for(lambda: next((s for s in both if s.proc.poll() is not None), None), timeout=30,
+                         what="one of the two masters to give up")
+        (winner,) = [s for s in both if s is not loser]
+        assert loser.proc.returncode == 1, loser.output()
+        assert f"master pid {winner.master_pid}" in loser.output()
+        time.sleep(0.5)
+        assert winner.proc.poll() is None, winner.output()
+        winner.attach()
+        winner.wait_workers(1)
+        assert winner.request("work", {"n": 9})["n"] == 9
+    finally:
+        for s in both:
+            s.stop()
+            if s.layer is not None:
+                s.layer.core.bus.detach()
+            if s.proc.returncode == 1 and os.path.exists(s.log_path):
+                os.unlink(s.log_path)  # the refusal was the expected outcome
