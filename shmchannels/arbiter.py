@@ -52,6 +52,9 @@ CRASH_LOOP = 5
 CRASH_WINDOW = 60.0
 #: a retiring child that is still there this long after graceful_timeout is killed
 RETIRE_GRACE = 1.0
+#: ... plus, for a protocol server, the time its WebSocket close handshakes
+#: may take after its HTTP drain (ProtocolConfig.ws_close_timeout)
+WS_CLOSE_GRACE = 5.0
 #: the supervision loop's tick while a pool converges (gunicorn's is 1 s)
 ROLL_TICK = 0.05
 
@@ -282,7 +285,8 @@ class ShmArbiter(Arbiter):
                 self.retire(pid, w, signal.SIGUSR2)
 
     def retire(self, pid, worker, sig):
-        worker.retiring = time.monotonic() + self.cfg.graceful_timeout + RETIRE_GRACE
+        grace = RETIRE_GRACE + (WS_CLOSE_GRACE if worker.kind == "protocol" else 0.0)
+        worker.retiring = time.monotonic() + self.cfg.graceful_timeout + grace
         self.kill_worker(pid, sig)
 
     def _kill_overdue(self):
@@ -290,8 +294,8 @@ class ShmArbiter(Arbiter):
         for pid, worker in list(self.WORKERS.items()):
             if worker.retiring and now > worker.retiring and not getattr(worker, "overdue", False):
                 worker.overdue = True
-                self.log.warning("%s (pid:%s) still running %s s after it was retired: killing it",
-                                 NAMES[worker.kind], pid, self.cfg.graceful_timeout)
+                self.log.warning("%s (pid:%s) did not exit within graceful_timeout (%s s) after it was retired: killing it",
+                                 NAMES[worker.kind].capitalize(), pid, self.cfg.graceful_timeout)
                 self.kill_worker(pid, signal.SIGKILL)
 
     # --------------------------------------------------------- supervision
