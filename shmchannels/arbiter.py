@@ -57,6 +57,9 @@ RETIRE_GRACE = 1.0
 WS_CLOSE_GRACE = 5.0
 #: the supervision loop's tick while a pool converges (gunicorn's is 1 s)
 ROLL_TICK = 0.05
+#: seconds between the master's janitor passes over the bus (dead slots,
+#: expired messages nobody reads, idle single-reader rings)
+JANITOR_EVERY = 5.0
 
 
 class StartError(Exception):
@@ -110,6 +113,7 @@ class ShmArbiter(Arbiter):
         self._reload_requested = False
         self._converging = False
         self._failures = {kind: [] for kind in KINDS}
+        self._next_janitor = 0.0
         super().__init__(app)
 
     # ---------------------------------------------------------------- setup
@@ -224,6 +228,20 @@ class ShmArbiter(Arbiter):
         for kind, target in (("protocol", self.num_protocol), ("worker", self.num_workers)):
             self._converge(kind, target, up)
         self._kill_overdue()
+        self._janitor()
+
+    def _janitor(self):
+        now = time.monotonic()
+        if now < self._next_janitor or self.bus is None or not self.bus.usable:
+            return
+        self._next_janitor = now + JANITOR_EVERY
+        try:
+            reclaimed = self.bus.janitor()
+        except Exception:  # the bus is the children's too; never take the master down over it
+            self.log.exception("bus janitor pass failed")
+            return
+        if reclaimed:
+            self.log.info("janitor reclaimed %d dead process slot(s) on the bus", reclaimed)
 
     def _up_pids(self):
         """pid -> kind of the children that are up: booted, with their slot on the bus."""

@@ -364,3 +364,27 @@ def test_of_two_masters_starting_at_once_exactly_one_runs(prefix):
                 s.layer.core.bus.detach()
             if s.proc.returncode == 1 and os.path.exists(s.log_path):
                 os.unlink(s.log_path)  # the refusal was the expected outcome
+
+
+def test_the_master_purges_expired_messages_nobody_reads(serve, prefix):
+    """No reader, no sender, no attach: the master's janitor drops them.
+    Read from the ring file itself, so the check purges nothing."""
+    import struct
+
+    import shmchannels
+
+    s = serve()
+    shmchannels.ChannelLayer(prefix=prefix, expiry=1).send("nobody.reads", {"n": 1})  # expiry is the sender's
+    s.layer.core.bus.forget_ring("nobody.reads")
+    path = segments.path(segments.file_name(s.stem, f"r{segments.ring_hash('nobody.reads')}"))
+
+    def pending():
+        with open(path, "rb") as f:
+            f.seek(256)
+            _tail_pos, tail_seq = struct.unpack("<QQ", f.read(16))
+            f.seek(320)
+            _head_pos, head_seq = struct.unpack("<QQ", f.read(16))
+        return tail_seq - head_seq
+
+    assert pending() == 1
+    wait_for(lambda: pending() == 0, timeout=10, what="the janitor to purge the expired message")
