@@ -26,6 +26,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 
 from . import _shm, names, segments
 from .control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
@@ -141,6 +142,8 @@ class Bus:
         self._fifo_fds = {}
         self._stuck = {}
         self._last_retire_sweep = 0
+        self._reclaims_seen = 0
+        self._cache_listeners = []  # weak methods called when cached rings of dead processes were dropped
         self._bus_lock_depth = 0
         self._bus_rlock = threading.RLock()
         self.slot = None
@@ -267,6 +270,41 @@ class Bus:
         self._stuck.pop(ring.ring_id, None)
         return True
 
+    def on_stale_caches(self, method):
+        """Call ``method()`` (held weakly) whenever ``maintain`` dropped rings of dead processes."""
+        self._cache_listeners.append(weakref.WeakMethod(method))
+
+    def maintain(self):
+        """Let go of what dead processes left in this process's caches.
+
+        Any process's reclaim bumps a counter in the control segment; when
+        it moved, the rings cached here whose owner is dead are dropped
+        (their mappings would keep the unlinked segments' memory and
+        descriptors alive for as long as this process lives), and so are
+        the wake FIFOs of slots whose process is gone.  One shared-memory
+        load when nothing changed; callers run it now and then (parked
+        receivers' watchdogs, every 1024th send, group sends)."""
+        reclaims = self.control.reclaims
+        if reclaims == self._reclaims_seen or not self.usable:
+            return False
+        self._reclaims_seen = reclaims
+        with self._lock:
+            stale = [k for k, r in self._rings.items() if k not in self._owned and r.owner is not None
+                     and not self.is_alive(*r.owner)]
+            for k in stale:
+                del self._rings[k]
+            gone = [slot for slot in self._fifo_fds if not self.is_alive(slot)]
+            for slot in gone:
+                self._forget_fifo(slot)
+        listeners = []
+        for ref in self._cache_listeners:
+            method = ref()
+            if method is not None:
+                listeners.append(ref)
+                method()
+        self._cache_listeners = listeners
+        return bool(stale or gone)
+
     def janitor(self):
         """A supervisor's periodic pass: reclaim dead slots, purge expired
         messages, retire idle single-reader rings."""
@@ -372,6 +410,7 @@ class Bus:
                 if ring is not None:
                     ring.fifo_remove(index)
         self.registry.drop_owner(index, gen)
+        self.control.bump_reclaims()
         # The next process in this slot makes a fresh FIFO: stale wake-ups
         # and writers holding the old one cannot reach it.
         segments.unlink(segments.file_name(self.stem, f"w{index:03x}"))

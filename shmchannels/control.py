@@ -42,6 +42,7 @@ H_FLUSH_EPOCH = 32  # bumped by flush(); processes drop local buffers when it mo
 H_MASTER = 40  # slot + 1 of the serve master, 0 if none
 H_RING_SIZE = 48  # default ring data size chosen by the bus creator
 H_REGISTRY_EPOCH = 56  # which registry database is current (segments.registry_name); bumped by a rebuild
+H_RECLAIMS = 64  # bumped by every reclaim of a dead slot: caches of other processes' rings may be stale
 
 # slot words (relative to the slot)
 S_STATE = 0  # 0 free, 1 active
@@ -143,6 +144,13 @@ class Control:
 
     def bump_registry_epoch(self):
         return self.mem.add(H_REGISTRY_EPOCH, 1) + 1
+
+    @property
+    def reclaims(self):
+        return self.mem.load(H_RECLAIMS)
+
+    def bump_reclaims(self):
+        self.mem.add(H_RECLAIMS, 1)
 
     @property
     def master_slot(self):

@@ -88,6 +88,7 @@ class Core:
         self._rotation = 0
         self._last_rx = 0
         self._owners_checked = {}
+        self._sends = 0
 
     # ------------------------------------------------------------------ bus
 
@@ -97,10 +98,15 @@ class Core:
         if bus is None or not bus.usable:
             bus = bus_mod.attach(self.prefix, ring_size=self.ring_size, slots=self.slots)
             self._bus = bus
-            self._send_routes = {}
-            self._recv_rings = {}
-            self._plans = {}
+            self.clear_routes()
+            bus.on_stale_caches(self.clear_routes)
         return bus
+
+    def clear_routes(self):
+        """Forget cached routes (they hold rings, hence mappings)."""
+        self._send_routes = {}
+        self._recv_rings = {}
+        self._plans = {}
 
     def get_capacity(self, channel):
         for pattern, capacity in self.channel_capacity:
@@ -141,6 +147,9 @@ class Core:
                 f"message for {channel!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
             )
         status = ring.put(body, meta, self.expiry_ns, capacity, MSGPACK)
+        self._sends += 1
+        if not self._sends & 1023:
+            bus.maintain()
         if status == bus_mod.PUT_OK or bus.settle_put(status, ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
             return True
         self._send_routes.pop(channel, None)
@@ -350,6 +359,7 @@ class Core:
             if remaining <= 0:
                 return None, None
             self._bus.registry.refresh()
+            self._bus.maintain()
             seqs = _shm.wait_enter(rings)
             try:
                 if not ready():
@@ -378,6 +388,7 @@ class Core:
             if len(self._owners_checked) > _ROUTE_CACHE:
                 self._owners_checked.clear()
             self._owners_checked[group] = now
+            bus.maintain()
             if bus.reclaim_dead_owners(targets):
                 targets = bus.registry.targets(group, self.group_expiry)
         if not targets:
@@ -420,9 +431,7 @@ class Core:
     def flush(self):
         bus = self.bus
         bus.flush()
-        self._send_routes = {}
-        self._recv_rings = {}
-        self._plans = {}
+        self.clear_routes()
 
     def discard_channel(self, channel):
         """Drop local buffers of a channel that will not be read again."""

@@ -130,6 +130,7 @@ class Hub:
     def _watchdog(self, loop):
         """Wake every waiter of ``loop`` to look again (they re-arm by parking)."""
         self.bus.registry.refresh()
+        self.bus.maintain()
         with self.lock:
             if loop in self.loops:
                 self.loops[loop] = None

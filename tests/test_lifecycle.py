@@ -430,3 +430,59 @@ def test_an_idle_member_restores_its_memberships_within_a_park_timeout(prefix):
         if m.proc.is_alive():
             m.proc.kill()
             m.proc.join()
+
+
+def deleted_segments(prefix):
+    """Inodes of unlinked bus files that this process still maps or holds open
+    (by inode: a ring is mapped under its temporary name before it is
+    published, so names alone would mislead)."""
+    stem = segments.bus_stem(prefix)
+    live = {os.stat(p).st_ino for p in segments.bus_files(stem)}
+    held = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and stem in fields[5]:
+                held[int(fields[4])] = fields[5]
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if stem in target:
+                held[os.fstat(int(fd)).st_ino] = target
+        except OSError:
+            continue
+    return {name for ino, name in held.items() if ino not in live}
+
+
+@pytest.mark.parametrize("trigger", ["group_send", "direct sends", "parked receiver"])
+def test_a_long_lived_process_lets_go_of_dead_processes_segments(prefix, trigger):
+    """Generations of members die and are reclaimed by others: the sender,
+    which sent to all of them and woke them, ends up holding no mapping and no
+    descriptor of their unlinked rings and FIFOs (else its memory and fds grow
+    with every restart)."""
+    ctx = multiprocessing.get_context("fork")
+    layer = SharedMemoryChannelLayer(prefix=prefix, capacity=10_000)
+    for rnd in range(3):
+        m = Member(ctx, prefix, "room")
+        asyncio.run(layer.group_send("room", {"k": "x"}))
+        for c in m.channels:
+            asyncio.run(layer.send(c, {"k": "y"}))
+        m.end("sigkill", layer)
+    Member(ctx, prefix, "room").end("clean", layer)  # its attach reclaimed the dead
+    assert deleted_segments(prefix), "the test did not make this process hold dead segments"
+    if trigger == "group_send":
+        time.sleep(0.25)
+        asyncio.run(layer.group_send("room", {"k": "z"}))
+    elif trigger == "direct sends":
+        for i in range(1024):
+            asyncio.run(layer.send("somewhere", {"i": i}))
+        layer.core.bus.flush()
+    else:
+        async def park():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(layer.receive("nothing.comes"), layer.core.park_timeout + 0.5)
+        asyncio.run(park())
+    import gc as pygc
+
+    pygc.collect()
+    assert deleted_segments(prefix) == set()
