@@ -199,18 +199,9 @@ class Browser:
 
 def _group_alive(pgid):
     """Whether a process of group ``pgid`` still runs (zombies waiting for a reaper do not count)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    from serving import live_processes
+
+    return any(pgrp == pgid for _, _, pgrp in live_processes())
 
 
 class Page:

@@ -22,6 +22,26 @@ def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def live_processes():
+    """(pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if fields[0] != b"Z":
+            yield int(entry), int(fields[1]), int(fields[2])
+
+
+def children_of(pid):
+    """pids of the live processes whose parent is ``pid``, sorted."""
+    return sorted(p for p, ppid, _ in live_processes() if ppid == pid)
+
+
 class Served:
     """A running `shmchannels serve`, observed through its bus."""
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from serving import wait_for
+from serving import children_of, wait_for
 from shmchannels import segments
 
 pytestmark = pytest.mark.slow
@@ -62,22 +62,6 @@ def _try_get(port):
         return None
 
 
-def _children_of(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # state, ppid, ...
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            kids.append(int(entry))
-    return kids
-
-
 def _gone(pid):
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -114,7 +98,7 @@ def test_dev_child_dies_with_the_parent(prefix, tmp_path, sig):
         output = lambda: (tmp_path / "dev.log").read_text()  # noqa: E731
         port = int(wait_for(lambda: re.search(r"serving on \('127\.0\.0\.1', (\d+)\)", output()), what="dev to listen").group(1))
         assert get(port) == "one"
-        (child,) = _children_of(proc.pid)
+        (child,) = children_of(proc.pid)
         proc.send_signal(sig)
         rc = proc.wait(15)
         wait_for(lambda: _gone(child), timeout=5, what="the dev child to exit with its parent")

@@ -14,7 +14,7 @@ import pytest
 
 from shmchannels import segments
 
-from serving import Served, wait_for
+from serving import Served, children_of as master_children, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -229,23 +229,6 @@ def test_hup_with_an_invalid_config_keeps_the_running_config_and_workers(serve, 
 
 
 # ------------------------------------------------------------------ rolls
-
-
-def master_children(master_pid):
-    """pids of the live processes whose parent is ``master_pid`` (a /proc scan)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # state, ppid, ...
-        if int(fields[1]) == master_pid and fields[0] != b"Z":
-            kids.append(int(entry))
-    return sorted(kids)
 
 
 def test_rapid_hups_converge_to_the_configured_workers_with_the_newest_code(serve, tmp_path):
