@@ -47,6 +47,9 @@ logger = logging.getLogger("shmchannels.server")
 #: seconds between two sweeps of the ``__taken__`` markers and of the
 #: liveness of the workers holding in-flight work
 LIVENESS_INTERVAL = 0.05
+#: the same while no worker holds anything of ours: markers of new work are
+#: read at most this late, so an idle server wakes 4 times a second, not 20
+IDLE_LIVENESS_INTERVAL = 0.25
 
 
 class ProtocolServer:
@@ -192,12 +195,14 @@ class ProtocolServer:
                 self.log.warning("malformed __taken__ marker dropped: %.200r", marker)
 
     def _check_workers(self):
-        self._liveness_handle = self.loop.call_later(LIVENESS_INTERVAL, self._check_workers)
         try:
             self._drain_taken()
         except Exception:
             self.log.exception("reading __taken__ markers failed")
         taken = self.taken
+        self._liveness_handle = self.loop.call_later(
+            LIVENESS_INTERVAL if taken else IDLE_LIVENESS_INTERVAL, self._check_workers
+        )
         if not taken:
             return
         try:
