@@ -486,3 +486,39 @@ def test_a_long_lived_process_lets_go_of_dead_processes_segments(prefix, trigger
 
     pygc.collect()
     assert deleted_segments(prefix) == set()
+
+
+def _attach_then_exec(prefix, report):
+    layer = SharedMemoryChannelLayer(prefix=prefix)
+    chan = asyncio.run(layer.new_channel())
+    asyncio.run(layer.group_add("room", chan))
+    report.send(chan)
+    os.execv("/bin/sleep", ["sleep", "30"])
+
+
+def test_a_process_that_execs_is_reclaimed_like_a_dead_one(prefix):
+    """exec() closes the bus descriptors (all O_CLOEXEC), so the kernel drops
+    the slot lock: the new program is no member, and the bus reclaims it
+    while the pid lives on."""
+    ctx = multiprocessing.get_context("fork")
+    layer = SharedMemoryChannelLayer(prefix=prefix)
+    layer.core.bus  # attached before the child exists: an attach after its exec would reclaim it at once
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_attach_then_exec, args=(prefix, child))
+    proc.start()
+    try:
+        assert parent.poll(20)
+        chan = parent.recv()
+        assert layer.core.group_channels("room") == [chan]
+        deadline = time.monotonic() + 5
+        while layer.core.group_channels("room") and time.monotonic() < deadline:
+            time.sleep(0.25)
+            asyncio.run(layer.group_send("room", {"k": "x"}))
+        assert proc.is_alive(), "the exec'd program should still run"
+        assert layer.core.group_channels("room") == []
+        owners, fifos = owned_rings_and_fifos(prefix)
+        live = {f"{s:03x}" for s in layer.core.bus.live_slots()}
+        assert owners <= live and fifos <= live
+    finally:
+        proc.kill()
+        proc.join()
