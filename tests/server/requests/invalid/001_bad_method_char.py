@@ -1,0 +1,3 @@
+"""'(' is not a token character."""
+
+error = (400, 'method')

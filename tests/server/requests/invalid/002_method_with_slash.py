@@ -1,0 +1,3 @@
+"""No space after the method."""
+
+error = (400, 'method')

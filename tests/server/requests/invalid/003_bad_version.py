@@ -1,0 +1,3 @@
+"""HTTP-version must be HTTP/DIGIT.DIGIT."""
+
+error = (400, 'version')

@@ -1,0 +1,3 @@
+"""A request line without HTTP-version."""
+
+error = (400, 'HTTP/')

@@ -1,0 +1,3 @@
+"""Whitespace between version and CRLF."""
+
+error = (400, 'CRLF')

@@ -1,0 +1,3 @@
+"""A space inside the request target."""
+
+error = (400, 'HTTP/')

@@ -1,0 +1,3 @@
+"""A field line without ':'."""
+
+error = (400, 'header')

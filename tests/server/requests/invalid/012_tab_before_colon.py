@@ -1,0 +1,3 @@
+"""A tab between name and colon."""
+
+error = (400, 'header')

@@ -1,0 +1,3 @@
+"""A CR inside a field value."""
+
+error = (400, 'LF')

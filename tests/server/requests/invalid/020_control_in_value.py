@@ -1,0 +1,3 @@
+"""A control character in a value."""
+
+error = (400, 'header value')

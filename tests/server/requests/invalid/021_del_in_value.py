@@ -1,0 +1,3 @@
+"""DEL is not a field-vchar."""
+
+error = (400, 'header value')

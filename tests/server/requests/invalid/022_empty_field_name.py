@@ -1,0 +1,3 @@
+"""A field line with an empty name."""
+
+error = (400, 'header')

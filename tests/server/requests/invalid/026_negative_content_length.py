@@ -1,0 +1,3 @@
+"""A negative length."""
+
+error = (400, 'Content-Length')

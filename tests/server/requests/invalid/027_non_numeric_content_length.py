@@ -1,0 +1,3 @@
+"""A hex length."""
+
+error = (400, 'Content-Length')

@@ -1,0 +1,3 @@
+"""A chunk size past 64 bits."""
+
+error = (400, 'overflow')

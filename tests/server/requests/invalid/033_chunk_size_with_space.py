@@ -1,0 +1,3 @@
+"""Whitespace after a chunk size without an extension."""
+
+error = (400, 'chunk size')

@@ -1,0 +1,3 @@
+"""More data than the chunk size said."""
+
+error = (400, 'chunk data')

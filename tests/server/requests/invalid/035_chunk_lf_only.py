@@ -1,0 +1,3 @@
+"""Bare LF in chunked framing."""
+
+error = (400, 'CR')

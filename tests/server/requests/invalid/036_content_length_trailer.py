@@ -1,0 +1,3 @@
+"""A framing field in the trailer section."""
+
+error = (400, 'Content-Length')

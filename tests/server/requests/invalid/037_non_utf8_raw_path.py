@@ -1,0 +1,3 @@
+"""A raw non-ASCII byte in the target."""
+
+error = (400, 'url')

@@ -1,0 +1,4 @@
+"""More than one Host field line MUST get 400 (RFC 9112 3.2)."""
+
+error = (400, 'host')
+xfail = 'the parser does not check Host: two Host field lines are accepted'

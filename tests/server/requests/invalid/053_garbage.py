@@ -1,0 +1,3 @@
+"""A TLS ClientHello on the plain-text port."""
+
+error = (400, 'method')

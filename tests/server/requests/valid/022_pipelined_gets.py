@@ -1,0 +1,23 @@
+"""Three pipelined requests in one stream."""
+
+requests = [{'method': 'GET',
+  'path': '/0',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True},
+ {'method': 'GET',
+  'path': '/1',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True},
+ {'method': 'GET',
+  'path': '/2',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True}]

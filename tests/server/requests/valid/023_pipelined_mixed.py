@@ -1,0 +1,23 @@
+"""A body, then two more requests, the last one closing."""
+
+requests = [{'method': 'POST',
+  'path': '/form',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com'), (b'content-length', b'3')],
+  'body': b'abc',
+  'keep_alive': True},
+ {'method': 'GET',
+  'path': '/next',
+  'query_string': b'x',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True},
+ {'method': 'DELETE',
+  'path': '/thing/7',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com'), (b'connection', b'close')],
+  'body': b'',
+  'keep_alive': False}]

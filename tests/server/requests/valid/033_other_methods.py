@@ -1,0 +1,23 @@
+"""Registered and common extension methods."""
+
+requests = [{'method': 'PATCH',
+  'path': '/p',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com'), (b'content-length', b'2')],
+  'body': b'{}',
+  'keep_alive': True},
+ {'method': 'PURGE',
+  'path': '/cache',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True},
+ {'method': 'M-SEARCH',
+  'path': '*',
+  'query_string': b'',
+  'version': '1.1',
+  'headers': [(b'host', b'example.com')],
+  'body': b'',
+  'keep_alive': True}]
