@@ -23,13 +23,13 @@ import secrets
 
 MAX_NAME_LENGTH = 100  # names must be shorter than this, as in Channels and asgiref
 
-_V4_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+(!([\d\w\-_.]*))?$")
-_V1_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+([?!][\d\w\-_.]*)?$")
-_GROUP = re.compile(r"^[a-zA-Z\d\-_.]+$")
-_MINTED = re.compile(r"(?:^|\.)shm([0-9a-f]{3})([0-9a-f]{7})[0-9a-f]{10}!$")
-_MINTED_SINGLE = re.compile(r"\?shm([0-9a-f]{3})([0-9a-f]{7})[A-Za-z0-9_\-]+$")
+_V4_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+(!([\d\w\-_.]*))?\Z")
+_V1_CHANNEL = re.compile(r"^[a-zA-Z\d\-_.]+([?!][\d\w\-_.]*)?\Z")
+_GROUP = re.compile(r"^[a-zA-Z\d\-_.]+\Z")
+_MINTED = re.compile(r"(?:^|\.)shm([0-9a-f]{3})([0-9a-f]{7})[0-9a-f]{10}!\Z")
+_MINTED_SINGLE = re.compile(r"\?shm([0-9a-f]{3})([0-9a-f]{7})[A-Za-z0-9_\-]+\Z")
 GEN_MASK = (1 << 28) - 1
-_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}\Z")
 
 CHANNEL_RULE = (
     "a str shorter than 100 characters: ASCII letters, digits, '-', '_' or '.', "

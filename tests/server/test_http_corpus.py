@@ -1,7 +1,7 @@
 """A data-driven corpus for the sans-I/O HTTP/1.1 request parser
 (shmchannels.server.http11), in the manner of gunicorn's tests/requests.
 
-Each case is a pair of files in requests/valid/ or requests/invalid/:
+Each case is a pair of files in http_requests/valid/ or http_requests/invalid/:
 
 * ``NAME.http``: the bytes on the wire, written as ASCII text.  Line breaks
   in the file are only layout and are dropped; ``\\r``, ``\\n``, ``\\t``,
@@ -31,7 +31,7 @@ from shmchannels.server import http11
 from shmchannels.server.config import ProtocolConfig
 from shmchannels.server.http11 import EV_BODY, EV_END, EV_ERROR, EV_REQUEST, EV_UPGRADE
 
-HERE = pathlib.Path(__file__).parent / "requests"
+HERE = pathlib.Path(__file__).parent / "http_requests"
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[rnt0\\])")
 _SIMPLE = {b"r": b"\r", b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}
 REQUEST_FIELDS = ("method", "path", "query_string", "version", "headers", "body", "keep_alive")
