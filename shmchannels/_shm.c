@@ -1,233 +1,28 @@
 /*
- * shmchannels._shm: the parts of the bus that Python cannot do.
+ * shmchannels._shm: the CPython binding of the C core.
  *
- *  - a multi-producer / multi-consumer byte ring with variable-length records
- *    that lives in a shared mapping and survives SIGKILL of any participant;
- *  - atomics on arbitrary words of a shared mapping (control segment);
- *  - a futex wait over several rings that releases the GIL;
- *  - a fault-injection hook used by the crash tests.
+ * The core itself is plain C without Python.h:
  *
- * Everything else (naming, routing, expiry policy, registry, asyncio glue)
- * is Python.  The protocol is described in docs/architecture.md; the short
- * version:
+ *  - shm_layout.h: both shared-memory layouts (ring header and records; the
+ *    control segment's header, slots and intent record);
+ *  - ring.h / ring.c: the multi-producer / multi-consumer byte ring with
+ *    variable-length records that survives SIGKILL of any participant, the
+ *    intent seqlock (writer and reader), futex waits over several rings and
+ *    the fault-injection points used by the crash tests.
  *
- *   positions are absolute byte offsets that only grow (no ABA);
- *   tail = {pos, seq} and head = {pos, seq} move by 16-byte CAS;
- *   seq counts claims, so tail.seq - head.seq is the number of pending
- *   messages (the channel capacity check);
- *   a producer publishes an *intent* (ring, pos, total) in its own process
- *   slot, claims [pos, pos+total) by CAS on tail, writes a WRITING header
- *   naming itself (pid, slot, gen), copies the payload and flips the seal to
- *   READY;
- *   a consumer copies a READY record out and then CASes head past it, so a
- *   consumer that dies never loses a record it did not take, and a record is
- *   handed to exactly one consumer;
- *   every seal is tagged with its own absolute position and XORed with a
- *   per-ring random salt, so stale bytes from an earlier lap (or payload bytes
- *   chosen by a remote client) can never look like a valid record.
- *
- * Nothing here ever waits on another process.  A record whose writer died is
- * turned into a SKIP record by whoever finds it (see Ring.recover), using the
- * header or, if the writer died before writing it, the writer's intent.
+ * This file only parses arguments, calls the core and builds Python results:
+ * the types Writer, Ring and Mem (atomics on words of a shared mapping), the
+ * module functions, and the constants, among them every control-segment
+ * offset (CONTROL_*) that shmchannels/control.py uses.  The protocol is
+ * described in docs/architecture.md; the typed interface is _shm.pyi.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
-#if !defined(__x86_64__) && !defined(__aarch64__)
-#error "shmchannels needs a 64-bit x86 or ARM CPU"
-#endif
-
-#define RING_MAGIC 0x31474e49524d4853ULL /* "SHMRING1" */
-#define RING_VERSION 1u
-#define RING_HEADER_SIZE 4096u
-#define REC_HDR 64u
-#define REC_ALIGN 16u
-#define CLOSED_BIT (1ULL << 63)
-#define MAX_SLOTS 1024u
-#define MAX_WAIT_RINGS 64
-
-enum { ST_SKIP = 0, ST_WRITING = 1, ST_READY = 2, ST_PAD = 3 };
-
-/* put() results */
-enum {
-    PUT_OK = 0,
-    PUT_WAKE = 1,     /* stored; processes are parked on this ring's FIFO bits */
-    PUT_FULL = 2,     /* message-count capacity reached */
-    PUT_NOSPACE = 3,  /* ring bytes exhausted */
-    PUT_TOO_BIG = 4,  /* record can never fit this ring */
-    PUT_CLOSED = 5,   /* ring closed (its owner died, or it was retired) */
-    PUT_FORKED = 6,   /* writer identity belongs to the parent process */
-    PUT_NOMEM = 7,    /* the ring's memory could not be allocated (/dev/shm full) */
-};
-
-/* fault-injection points (tests only; a global int compare when unused) */
-enum {
-    FAULT_NONE = 0,
-    FAULT_AFTER_INTENT = 1,  /* intent published, tail not yet claimed */
-    FAULT_AFTER_CLAIM = 2,   /* tail claimed, nothing written */
-    FAULT_AFTER_PAD = 3,     /* wrap padding written, record header not */
-    FAULT_AFTER_HEADER = 4,  /* WRITING header written, payload not */
-    FAULT_BEFORE_COMMIT = 5, /* payload written, seal still WRITING */
-    FAULT_CONSUMER_COPIED = 6, /* record copied out, head not yet moved */
-    FAULT_CONSUMER_TAKEN = 7,  /* head moved, record not yet returned */
-};
-
-typedef struct {
-    uint64_t magic;       /* 0: written last by ring_init */
-    uint32_t version;     /* 8 */
-    uint32_t header_size; /* 12 */
-    uint64_t data_size;   /* 16: power of two */
-    uint64_t salt;        /* 24 */
-    uint64_t ring_id;     /* 32 */
-    uint64_t created_ns;  /* 40 */
-    uint32_t owner_slot;  /* 48: 0xffffffff when the ring has no owner */
-    uint32_t flags;       /* 52 */
-    uint64_t owner_gen;   /* 56 */
-    uint32_t key_len;     /* 64 */
-    char key[124];        /* 68 */
-    uint64_t populated;   /* 192: data bytes [0, populated) are backed by memory */
-    uint8_t _pad0[56];    /* 200 */
-    /* 256: producers */
-    uint64_t tail_pos __attribute__((aligned(64)));
-    uint64_t tail_seq;
-    uint64_t last_put_ns; /* on the producers' line: costs them nothing extra */
-    uint8_t _pad1[40];
-    /* 320: consumers */
-    uint64_t head_pos __attribute__((aligned(64)));
-    uint64_t head_seq;
-    uint8_t _pad2[48];
-    /* 384: wake-ups */
-    uint32_t wake_seq __attribute__((aligned(64)));
-    uint32_t futex_waiters;
-    uint32_t fifo_waiters;
-    uint32_t _pad3;
-    uint64_t fifo_bits[MAX_SLOTS / 64];
-    uint8_t _pad4[48];
-    /* 576: rare-event counters */
-    uint64_t full_total __attribute__((aligned(64)));
-    uint64_t expired_total;
-    uint64_t recovered_total;
-    uint64_t closer;
-} ring_hdr_t;
-
-_Static_assert(offsetof(ring_hdr_t, tail_pos) == 256, "tail offset");
-_Static_assert(offsetof(ring_hdr_t, head_pos) == 320, "head offset");
-_Static_assert(offsetof(ring_hdr_t, wake_seq) == 384, "wake offset");
-_Static_assert(offsetof(ring_hdr_t, full_total) == 576, "stats offset");
-_Static_assert(sizeof(ring_hdr_t) <= RING_HEADER_SIZE, "header size");
-
-typedef struct {
-    uint64_t seal;        /* ((pos << 2) | state) ^ salt, published last */
-    uint32_t len;         /* payload bytes; for PAD/SKIP the bytes to skip */
-    uint32_t flags;       /* caller's flags (codec) */
-    uint32_t pid;
-    uint32_t slot;
-    uint64_t gen;
-    uint64_t deadline_ns; /* CLOCK_MONOTONIC, system-wide on Linux */
-    uint64_t sent_ns;
-    uint32_t meta_len;    /* payload = meta[meta_len] + body */
-    uint32_t _r0;
-    uint64_t _r1;
-} rec_t;
-_Static_assert(sizeof(rec_t) == REC_HDR, "record header");
-
-/* The per-process claim record that lives in the caller's slot of the
- * control segment.  It is a seqlock: iseq is odd while being written. */
-typedef struct {
-    uint64_t iseq;
-    uint64_t ring_id;
-    uint64_t pos;
-    uint64_t total;
-} intent_t;
-
-/* ------------------------------------------------------------------ */
-/* process-wide state                                                  */
-
-static volatile int g_fault_point = FAULT_NONE;
-static volatile long g_fault_countdown = 0;
-static volatile uint64_t g_fork_gen = 0;
-
-static void
-fault(int point)
-{
-    if (g_fault_point == point && --g_fault_countdown <= 0) {
-        kill(getpid(), SIGKILL);
-        for (;;) pause();
-    }
-}
-#define FAULT(p) do { if (__builtin_expect(g_fault_point == (p), 0)) fault(p); } while (0)
-
-static void
-at_fork_child(void)
-{
-    g_fork_gen++;
-}
-
-static inline uint64_t
-now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static inline uint64_t
-align_up(uint64_t v, uint64_t a)
-{
-    return (v + a - 1) & ~(a - 1);
-}
-
-static inline uint64_t
-load64(const uint64_t *p)
-{
-    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-
-static inline int
-cas128(uint64_t *p, uint64_t old_lo, uint64_t old_hi, uint64_t new_lo, uint64_t new_hi)
-{
-    unsigned __int128 old = ((unsigned __int128)old_hi << 64) | old_lo;
-    unsigned __int128 nw = ((unsigned __int128)new_hi << 64) | new_lo;
-    return __sync_bool_compare_and_swap((unsigned __int128 *)p, old, nw);
-}
-
-/* A {pos, seq} pair is only ever changed by one 16-byte CAS, and pos moves on
- * every change (close only sets a bit of it), so a pos that reads the same
- * before and after the seq load proves the two belong together. */
-static inline void
-load_pair(const uint64_t *pair, uint64_t *pos, uint64_t *seq)
-{
-    for (;;) {
-        *pos = load64(&pair[0]);
-        *seq = load64(&pair[1]);
-        if (load64(&pair[0]) == *pos)
-            return;
-    }
-}
-
-static inline uint64_t
-seal_of(const ring_hdr_t *h, uint64_t pos, unsigned state)
-{
-    return ((pos << 2) | state) ^ h->salt;
-}
-
-static long
-futex_wake_all(uint32_t *addr)
-{
-    return syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
+#include "ring.h"
+#include "shm_layout.h"
 
 /* ------------------------------------------------------------------ */
 /* Writer: this process's identity and intent slot on one bus          */
@@ -235,11 +30,7 @@ futex_wake_all(uint32_t *addr)
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
-    intent_t *intent;
-    uint32_t pid;
-    uint32_t slot;
-    uint64_t gen;
-    uint64_t fork_gen;
+    writer_t w;
 } WriterObject;
 
 static int
@@ -263,11 +54,7 @@ Writer_init(WriterObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "intent offset out of range");
         return -1;
     }
-    self->intent = (intent_t *)((char *)self->view.buf + off);
-    self->pid = (uint32_t)getpid();
-    self->slot = slot;
-    self->gen = gen;
-    self->fork_gen = g_fork_gen;
+    writer_init(&self->w, (intent_t *)((char *)self->view.buf + off), slot, gen);
     return 0;
 }
 
@@ -282,7 +69,7 @@ Writer_dealloc(WriterObject *self)
 static PyObject *
 Writer_get_valid(WriterObject *self, void *closure)
 {
-    return PyBool_FromLong(self->view.obj && self->fork_gen == g_fork_gen);
+    return PyBool_FromLong(self->view.obj && writer_valid(&self->w));
 }
 
 static PyGetSetDef Writer_getset[] = {
@@ -308,10 +95,7 @@ static PyTypeObject WriterType = {
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
-    ring_hdr_t *h;
-    char *data;
-    uint64_t size;
-    uint64_t mask;
+    ring_t r;             /* r.h is NULL until initialised */
     WriterObject *writer; /* NULL for a consume-only handle */
 } RingObject;
 
@@ -332,20 +116,11 @@ Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     }
     if (PyObject_GetBuffer(mem, &self->view, PyBUF_WRITABLE) < 0)
         return -1;
-    ring_hdr_t *h = (ring_hdr_t *)self->view.buf;
-    if ((uintptr_t)h % 64 || self->view.len < (Py_ssize_t)RING_HEADER_SIZE ||
-        load64(&h->magic) != RING_MAGIC || h->version != RING_VERSION ||
-        h->header_size != RING_HEADER_SIZE || h->data_size == 0 ||
-        (h->data_size & (h->data_size - 1)) ||
-        (uint64_t)self->view.len < RING_HEADER_SIZE + h->data_size) {
+    if (ring_open(&self->r, self->view.buf, (uint64_t)self->view.len) != 0) {
         PyBuffer_Release(&self->view);
         PyErr_SetString(PyExc_ValueError, "not an initialised shmchannels ring (bad magic, version or size)");
         return -1;
     }
-    self->h = h;
-    self->data = (char *)h + RING_HEADER_SIZE;
-    self->size = h->data_size;
-    self->mask = h->data_size - 1;
     if (writer != Py_None) {
         Py_INCREF(writer);
         self->writer = (WriterObject *)writer;
@@ -363,196 +138,7 @@ Ring_dealloc(RingObject *self)
 }
 
 #define CHECK_RING(self) \
-    do { if (!(self)->h) { PyErr_SetString(PyExc_ValueError, "ring not initialised"); return NULL; } } while (0)
-
-/* Consume expired records (and padding) at the head.  Stops at the first
- * record that is live, not ready, or at the tail.  Returns nonzero if head
- * moved, i.e. if bytes or message slots were freed. */
-static uint64_t
-purge_expired(RingObject *self, uint64_t now)
-{
-    ring_hdr_t *h = self->h;
-    uint64_t progress = 0;
-    for (;;) {
-        uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-        uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-        if (hp >= tp)
-            break;
-        rec_t *r = (rec_t *)(self->data + (hp & self->mask));
-        uint64_t seal = load64(&r->seal);
-        if (seal == seal_of(h, hp, ST_PAD) || seal == seal_of(h, hp, ST_SKIP)) {
-            uint32_t skip = r->len;
-            int counted = seal == seal_of(h, hp, ST_SKIP);
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (load64(&r->seal) != seal)
-                continue;
-            progress += cas128(&h->head_pos, hp, hs, hp + skip, hs + counted);
-            continue;
-        }
-        if (seal != seal_of(h, hp, ST_READY))
-            break;
-        uint64_t deadline = r->deadline_ns;
-        uint32_t len = r->len;
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (load64(&r->seal) != seal || deadline > now)
-            break;
-        if (cas128(&h->head_pos, hp, hs, hp + align_up(REC_HDR + len, REC_ALIGN), hs + 1)) {
-            __atomic_fetch_add(&h->expired_total, 1, __ATOMIC_RELAXED);
-            progress++;
-        }
-    }
-    return progress;
-}
-
-/* Rings are sparse files.  Touching a page that tmpfs cannot supply (a full
- * /dev/shm) would kill the writer with SIGBUS, so a producer about to write
- * past `populated` first asks the kernel for those pages with
- * MADV_POPULATE_WRITE, which fails with an error instead of a signal.  Only
- * the first lap pays (one madvise per POPULATE_CHUNK); an idle ring costs
- * only the pages it ever used.  Kernels without it (before 5.14) get the
- * whole ring allocated at creation instead (segments.py, `LAZY_POPULATE`). */
-#define POPULATE_CHUNK (256u << 10)
-static int g_lazy_populate = -1;
-
-static int
-lazy_populate_supported(void)
-{
-    if (g_lazy_populate < 0) {
-        long page = sysconf(_SC_PAGESIZE);
-        void *probe = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        g_lazy_populate = probe != MAP_FAILED && madvise(probe, page, MADV_POPULATE_WRITE) == 0;
-        if (probe != MAP_FAILED)
-            munmap(probe, page);
-    }
-    return g_lazy_populate;
-}
-
-/* Make data bytes [0, end) writable without a fault.  0 on success. */
-static int
-ring_populate(RingObject *self, uint64_t end)
-{
-    ring_hdr_t *h = self->h;
-    uint64_t have = __atomic_load_n(&h->populated, __ATOMIC_ACQUIRE);
-    if (end <= have)
-        return 0;
-    long page = sysconf(_SC_PAGESIZE);
-    uint64_t from = have & ~(uint64_t)(page - 1);
-    uint64_t to = align_up(end, POPULATE_CHUNK);
-    if (to > self->size)
-        to = self->size;
-    if (g_lazy_populate && madvise(self->data + from, to - from, MADV_POPULATE_WRITE) != 0)
-        return -1;
-    while (have < to && !__atomic_compare_exchange_n(&h->populated, &have, to, 0, __ATOMIC_RELEASE,
-                                                      __ATOMIC_ACQUIRE))
-        ;
-    return 0;
-}
-
-static int
-ring_put(RingObject *self, const char *meta, uint32_t mlen, const char *body, uint64_t blen,
-         uint64_t expiry_ns, uint64_t capacity, uint32_t uflags)
-{
-    ring_hdr_t *h = self->h;
-    WriterObject *w = self->writer;
-    if (w->fork_gen != g_fork_gen)
-        return PUT_FORKED;
-    uint64_t payload = (uint64_t)mlen + blen;
-    uint64_t need = align_up(REC_HDR + payload, REC_ALIGN);
-    if (payload > UINT32_MAX || need > self->size / 2)
-        return PUT_TOO_BIG;
-    uint64_t now = now_ns();
-    int purged = 0;
-    uint64_t tp, ts, pad;
-    for (;;) {
-        tp = load64(&h->tail_pos);
-        ts = load64(&h->tail_seq);
-        if (tp & CLOSED_BIT) {
-            __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE);
-            return PUT_CLOSED;
-        }
-        uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-        uint64_t to_end = self->size - (tp & self->mask);
-        pad = to_end < need ? to_end : 0;
-        int full = capacity && ts - hs >= capacity;
-        int nospace = tp + pad + need - hp > self->size;
-        if (full || nospace) {
-            /* Tail and head were read one after the other: meanwhile other
-             * writers and a consumer may have moved head past this tail
-             * snapshot, which reads as a huge backlog.  Refuse only on a
-             * snapshot that held still across the head read. */
-            if (load64(&h->tail_pos) != tp || load64(&h->head_pos) != hp)
-                continue;
-            if (!purged) {
-                purged = 1;
-                if (purge_expired(self, now))
-                    continue;
-            }
-            __atomic_fetch_add(&h->full_total, 1, __ATOMIC_RELAXED);
-            __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE); /* no claim in flight */
-            return full ? PUT_FULL : PUT_NOSPACE;
-        }
-        /* On the first lap the claim ends at tp + pad + need; later laps
-         * only reuse bytes that were populated on the first. */
-        uint64_t populated = __atomic_load_n(&h->populated, __ATOMIC_ACQUIRE);
-        if (populated < self->size && tp + pad + need > populated && ring_populate(self, tp + pad + need) != 0) {
-            __atomic_fetch_add(&h->full_total, 1, __ATOMIC_RELAXED);
-            __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE);
-            return PUT_NOMEM;
-        }
-        intent_t *in = w->intent;
-        __atomic_store_n(&in->iseq, in->iseq + 1, __ATOMIC_RELAXED); /* odd: writing */
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        in->ring_id = h->ring_id;
-        in->pos = tp;
-        in->total = pad + need;
-        __atomic_store_n(&in->iseq, in->iseq + 1, __ATOMIC_RELEASE); /* even: valid */
-        FAULT(FAULT_AFTER_INTENT);
-        if (cas128(&h->tail_pos, tp, ts, tp + pad + need, ts + 1))
-            break;
-    }
-    FAULT(FAULT_AFTER_CLAIM);
-    uint64_t p = tp;
-    if (pad) {
-        rec_t *pr = (rec_t *)(self->data + (p & self->mask));
-        pr->len = (uint32_t)pad;
-        __atomic_store_n(&pr->seal, seal_of(h, p, ST_PAD), __ATOMIC_RELEASE);
-        p += pad;
-        FAULT(FAULT_AFTER_PAD);
-    }
-    rec_t *r = (rec_t *)(self->data + (p & self->mask));
-    r->len = (uint32_t)payload;
-    r->flags = uflags;
-    r->pid = w->pid;
-    r->slot = w->slot;
-    r->gen = w->gen;
-    r->deadline_ns = now + expiry_ns;
-    r->sent_ns = now;
-    __atomic_store_n(&h->last_put_ns, now, __ATOMIC_RELAXED);
-    r->meta_len = mlen;
-    __atomic_store_n(&r->seal, seal_of(h, p, ST_WRITING), __ATOMIC_RELEASE);
-    FAULT(FAULT_AFTER_HEADER);
-    char *dst = (char *)r + REC_HDR;
-    if (mlen)
-        memcpy(dst, meta, mlen);
-    if (blen)
-        memcpy(dst + mlen, body, blen);
-    FAULT(FAULT_BEFORE_COMMIT);
-    uint64_t writing = seal_of(h, p, ST_WRITING);
-    /* A recoverer only rewrites records of dead writers, so this CAS cannot
-     * fail while we live; it is a CAS so that the rule is enforced, not hoped. */
-    __atomic_compare_exchange_n(&r->seal, &writing, seal_of(h, p, ST_READY), 0,
-                                __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-    /* The claim is resolved: an intent is only meaningful while in flight. */
-    __atomic_store_n(&w->intent->total, 0, __ATOMIC_RELEASE);
-    /* Dekker with the waiters: our seal store must be visible before we read
-     * their counters, and their counter increments before they re-check. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&h->futex_waiters, __ATOMIC_RELAXED)) {
-        __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-        futex_wake_all(&h->wake_seq);
-    }
-    return __atomic_load_n(&h->fifo_waiters, __ATOMIC_RELAXED) ? PUT_WAKE : PUT_OK;
-}
+    do { if (!(self)->r.h) { PyErr_SetString(PyExc_ValueError, "ring not initialised"); return NULL; } } while (0)
 
 static PyObject *
 Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -585,59 +171,32 @@ Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    int rc = ring_put(self, meta, (uint32_t)mlen, PyBytes_AS_STRING(args[0]),
+    int rc = ring_put(&self->r, &self->writer->w, meta, (uint32_t)mlen, PyBytes_AS_STRING(args[0]),
                       (uint64_t)PyBytes_GET_SIZE(args[0]), expiry_ns, capacity, (uint32_t)flags);
     return PyLong_FromLong(rc);
 }
 
 /* One attempt at the head.  Returns 1 with *out set, 0 when empty,
  * -1 when the head record is not ready (writer in progress or dead),
- * -2 on a Python error. */
+ * -2 on a Python error.  The record is copied out before head moves. */
 static int
-ring_take(RingObject *self, uint64_t now, PyObject **out)
+take_one(RingObject *self, uint64_t now, PyObject **out)
 {
-    ring_hdr_t *h = self->h;
+    ring_take_t t;
     for (;;) {
-        uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-        uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-        if (hp >= tp)
-            return 0;
-        rec_t *r = (rec_t *)(self->data + (hp & self->mask));
-        uint64_t seal = load64(&r->seal);
-        if (seal == seal_of(h, hp, ST_PAD) || seal == seal_of(h, hp, ST_SKIP)) {
-            uint32_t skip = r->len;
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (load64(&r->seal) != seal)
-                continue;
-            cas128(&h->head_pos, hp, hs, hp + skip, hs + (seal == seal_of(h, hp, ST_SKIP)));
-            continue;
-        }
-        if (seal != seal_of(h, hp, ST_READY))
-            return -1;
-        uint32_t len = r->len, mlen = r->meta_len, flags = r->flags;
-        uint64_t deadline = r->deadline_ns, sent = r->sent_ns;
-        uint64_t total = align_up(REC_HDR + len, REC_ALIGN);
-        if (mlen > len || (hp & self->mask) + total > self->size) {
-            /* Either another consumer took the record and a producer reused
-             * the bytes after we read the seal (head has moved: retry), or
-             * the mapping is corrupt: refuse rather than read out of bounds. */
-            if (load64(&h->head_pos) != hp)
-                continue;
+        int rc = ring_take_begin(&self->r, now, &t);
+        if (rc == -2) {
             PyErr_SetString(PyExc_RuntimeError, "corrupt ring record");
             return -2;
         }
-        if (deadline <= now) {
-            if (cas128(&h->head_pos, hp, hs, hp + total, hs + 1))
-                __atomic_fetch_add(&h->expired_total, 1, __ATOMIC_RELAXED);
-            continue;
-        }
-        const char *src = (const char *)r + REC_HDR;
-        PyObject *body = PyBytes_FromStringAndSize(src + mlen, len - mlen);
+        if (rc != 1)
+            return rc;
+        PyObject *body = PyBytes_FromStringAndSize(t.src + t.meta_len, t.len - t.meta_len);
         if (!body)
             return -2;
         PyObject *meta;
-        if (mlen) {
-            meta = PyBytes_FromStringAndSize(src, mlen);
+        if (t.meta_len) {
+            meta = PyBytes_FromStringAndSize(t.src, t.meta_len);
             if (!meta) {
                 Py_DECREF(body);
                 return -2;
@@ -646,27 +205,22 @@ ring_take(RingObject *self, uint64_t now, PyObject **out)
             meta = Py_None;
             Py_INCREF(meta);
         }
-        FAULT(FAULT_CONSUMER_COPIED);
-        /* The copy is only ours if head has not moved: nobody may reuse the
-         * bytes before head passes them, and head positions never repeat. */
-        if (!cas128(&h->head_pos, hp, hs, hp + total, hs + 1)) {
+        if (!ring_take_commit(&self->r, &t)) {
             Py_DECREF(body);
             Py_DECREF(meta);
             continue;
         }
-        FAULT(FAULT_CONSUMER_TAKEN);
-        PyObject *t = PyTuple_New(4);
-        if (!t) {
+        PyObject *tup = PyTuple_New(4);
+        if (!tup) {
             Py_DECREF(body);
             Py_DECREF(meta);
             return -2;
         }
-        PyTuple_SET_ITEM(t, 0, PyLong_FromUnsignedLong(flags));
-        PyTuple_SET_ITEM(t, 1, body);
-        PyTuple_SET_ITEM(t, 2, meta);
-        PyTuple_SET_ITEM(t, 3, PyLong_FromUnsignedLongLong(deadline));
-        (void)sent;
-        *out = t;
+        PyTuple_SET_ITEM(tup, 0, PyLong_FromUnsignedLong(t.flags));
+        PyTuple_SET_ITEM(tup, 1, body);
+        PyTuple_SET_ITEM(tup, 2, meta);
+        PyTuple_SET_ITEM(tup, 3, PyLong_FromUnsignedLongLong(t.deadline_ns));
+        *out = tup;
         return 1;
     }
 }
@@ -677,7 +231,7 @@ Ring_get(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
     PyObject *out = NULL;
-    int rc = ring_take(self, now_ns(), &out);
+    int rc = take_one(self, now_ns(), &out);
     if (rc == 1)
         return out;
     if (rc == 0)
@@ -703,7 +257,7 @@ Ring_get_many(RingObject *self, PyObject *arg)
     PyObject *status = Py_True;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *out = NULL;
-        int rc = ring_take(self, now, &out);
+        int rc = take_one(self, now, &out);
         if (rc == 1) {
             int e = PyList_Append(list, out);
             Py_DECREF(out);
@@ -725,25 +279,11 @@ Ring_get_many(RingObject *self, PyObject *arg)
     return res;
 }
 
-/* True when the head record can be consumed right now (READY, PAD or SKIP). */
-static int
-ring_consumable(RingObject *self)
-{
-    ring_hdr_t *h = self->h;
-    uint64_t hp = load64(&h->head_pos);
-    uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-    if (hp >= tp)
-        return 0;
-    uint64_t seal = load64(&((rec_t *)(self->data + (hp & self->mask)))->seal);
-    return seal == seal_of(h, hp, ST_READY) || seal == seal_of(h, hp, ST_PAD) ||
-           seal == seal_of(h, hp, ST_SKIP);
-}
-
 static PyObject *
 Ring_has_data(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    return PyBool_FromLong(ring_consumable(self));
+    return PyBool_FromLong(ring_consumable(&self->r));
 }
 
 /* head_state() -> (pos, state, pid, slot, gen, len) describing the record at
@@ -753,34 +293,18 @@ static PyObject *
 Ring_head_state(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    uint64_t hp = load64(&h->head_pos);
-    uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-    if (hp >= tp)
-        return Py_BuildValue("(KsIIKI)", (unsigned long long)hp, "empty", 0u, 0u, 0ULL, 0u);
-    rec_t *r = (rec_t *)(self->data + (hp & self->mask));
-    uint64_t seal = load64(&r->seal);
-    const char *state = "unwritten";
-    if (seal == seal_of(h, hp, ST_READY)) state = "ready";
-    else if (seal == seal_of(h, hp, ST_PAD)) state = "pad";
-    else if (seal == seal_of(h, hp, ST_SKIP)) state = "skip";
-    else if (seal == seal_of(h, hp, ST_WRITING)) state = "writing";
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return Py_BuildValue("(KsIIKI)", (unsigned long long)hp, state, r->pid, r->slot,
-                         (unsigned long long)r->gen, r->len);
+    static const char *const names[] = {
+        [HEAD_EMPTY] = "empty", [HEAD_READY] = "ready", [HEAD_PAD] = "pad",
+        [HEAD_SKIP] = "skip", [HEAD_WRITING] = "writing", [HEAD_UNWRITTEN] = "unwritten",
+    };
+    ring_head_t s;
+    ring_head_state(&self->r, &s);
+    return Py_BuildValue("(KsIIKI)", (unsigned long long)s.pos, names[s.state], s.pid, s.slot,
+                         (unsigned long long)s.gen, s.len);
 }
 
-/* recover(pos, total): make the claim [pos, pos+total) of a dead writer
- * skippable.  The caller has established that the writer is dead (its slot
- * lock is free).  total == 0 means "the record at pos has a WRITING header;
- * take its length from there"; otherwise it is the dead writer's intent.
- *
- * The walk starts at max(pos, head): bytes before head were consumed and may
- * already hold someone else's records.  Each step swaps {seal, len} with one
- * 16-byte CAS against the exact bytes it read, so a recoverer that was
- * preempted while the record was skipped, consumed and the bytes reused can
- * only fail, never scribble.  Returns True when nothing in the claim is left
- * unready. */
+/* recover(pos, total) -> True when nothing in the claim is left unready.
+ * See ring_recover. */
 static PyObject *
 Ring_recover(RingObject *self, PyObject *args)
 {
@@ -788,107 +312,27 @@ Ring_recover(RingObject *self, PyObject *args)
     unsigned long long pos, total;
     if (!PyArg_ParseTuple(args, "KK", &pos, &total))
         return NULL;
-    ring_hdr_t *h = self->h;
-    for (int guard = 0; guard < 8; guard++) {
-        uint64_t hp = load64(&h->head_pos);
-        uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-        uint64_t p = pos > hp ? pos : hp;
-        uint64_t end = total ? pos + total : 0;
-        if (total && p >= end)
-            Py_RETURN_TRUE; /* already consumed */
-        if (p >= tp)
-            Py_RETURN_TRUE;
-        rec_t *r = (rec_t *)(self->data + (p & self->mask));
-        uint64_t seal = load64(&r->seal);
-        uint64_t lenflags = __atomic_load_n((uint64_t *)&r->len, __ATOMIC_ACQUIRE);
-        if (seal == seal_of(h, p, ST_PAD)) {
-            if (!total || p + (uint32_t)lenflags >= end)
-                Py_RETURN_TRUE;
-            pos = p + (uint32_t)lenflags; /* the record follows the padding */
-            total = end - pos;
-            continue;
-        }
-        if (seal == seal_of(h, p, ST_READY) || seal == seal_of(h, p, ST_SKIP))
-            Py_RETURN_TRUE;
-        uint64_t skip;
-        if (seal == seal_of(h, p, ST_WRITING))
-            skip = align_up(REC_HDR + (uint32_t)lenflags, REC_ALIGN);
-        else if (total)
-            skip = end - p; /* from pos, or from where head entered the claim */
-        else
-            Py_RETURN_FALSE; /* nothing tells us the length */
-        if (skip % REC_ALIGN || skip == 0 || p + skip > tp) {
-            PyErr_SetString(PyExc_ValueError, "recovery span does not fit the claimed region");
-            return NULL;
-        }
-        uint64_t new_lenflags = (lenflags & 0xffffffff00000000ULL) | (uint32_t)skip;
-        if (cas128(&r->seal, seal, lenflags, seal_of(h, p, ST_SKIP), new_lenflags)) {
-            __atomic_fetch_add(&h->recovered_total, 1, __ATOMIC_RELAXED);
-            __atomic_thread_fence(__ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&h->futex_waiters, __ATOMIC_RELAXED)) {
-                __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-                futex_wake_all(&h->wake_seq);
-            }
-            Py_RETURN_TRUE;
-        }
-        /* lost a race: look again */
+    int rc = ring_recover(&self->r, pos, total);
+    if (rc < 0) {
+        PyErr_SetString(PyExc_ValueError, "recovery span does not fit the claimed region");
+        return NULL;
     }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(rc);
 }
 
-/* discard_all() consumes every consumable record (flush).  Returns the number
- * of messages dropped; stops early at a record that is not ready. */
+/* discard_all() consumes every consumable record (flush) -> messages dropped. */
 static PyObject *
 Ring_discard_all(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    uint64_t n = 0;
-    for (;;) {
-        uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-        uint64_t tp = load64(&h->tail_pos) & ~CLOSED_BIT;
-        if (hp >= tp)
-            break;
-        rec_t *r = (rec_t *)(self->data + (hp & self->mask));
-        uint64_t seal = load64(&r->seal);
-        uint64_t step;
-        int counted;
-        if (seal == seal_of(h, hp, ST_PAD) || seal == seal_of(h, hp, ST_SKIP)) {
-            step = r->len;
-            counted = seal == seal_of(h, hp, ST_SKIP);
-        } else if (seal == seal_of(h, hp, ST_READY)) {
-            step = align_up(REC_HDR + r->len, REC_ALIGN);
-            counted = 1;
-        } else {
-            break;
-        }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (load64(&r->seal) != seal)
-            continue;
-        if (cas128(&h->head_pos, hp, hs, hp + step, hs + counted) && seal == seal_of(h, hp, ST_READY))
-            n++;
-    }
-    return PyLong_FromUnsignedLongLong(n);
+    return PyLong_FromUnsignedLongLong(ring_discard_all(&self->r));
 }
 
-/* reset() drops everything up to the current tail, committed or not.  Only
- * for the case recovery cannot resolve (two writers died in the same claim
- * window); at-most-once delivery permits the loss. */
 static PyObject *
 Ring_reset(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    for (;;) {
-        uint64_t hp, hs, tp, ts;
-        load_pair(&h->head_pos, &hp, &hs);
-        load_pair(&h->tail_pos, &tp, &ts);
-        tp &= ~CLOSED_BIT;
-        if (hp == tp && hs == ts)
-            break;
-        if (cas128(&h->head_pos, hp, hs, tp, ts))
-            break;
-    }
+    ring_reset(&self->r);
     Py_RETURN_NONE;
 }
 
@@ -899,74 +343,25 @@ static PyObject *
 Ring_purge(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    return PyLong_FromUnsignedLongLong(purge_expired(self, now_ns()));
+    return PyLong_FromUnsignedLongLong(ring_purge(&self->r, now_ns()));
 }
 
-/* damage() checks the header words that every put and get trusts: None if
- * they are consistent, else a sentence saying what is wrong.  A consistent
- * header keeps head <= tail, at most one lap of bytes between them, and no
- * more claims than 16-byte records fit in those bytes. */
+/* damage() -> None if the header words are consistent, else a sentence. */
 static PyObject *
 Ring_damage(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    uint64_t hp, hs, tp, ts;
-    for (int i = 0; i < 1000; i++) {
-        load_pair(&h->head_pos, &hp, &hs);
-        load_pair(&h->tail_pos, &tp, &ts);
-        tp &= ~CLOSED_BIT;
-        uint64_t hp2, hs2;
-        load_pair(&h->head_pos, &hp2, &hs2);
-        if (hp2 == hp && hs2 == hs)
-            break; /* a snapshot no consumer moved under us */
-    }
     char buf[200];
-    if (hp % REC_ALIGN || tp % REC_ALIGN)
-        snprintf(buf, sizeof buf, "misaligned head %llu or tail %llu", (unsigned long long)hp, (unsigned long long)tp);
-    else if (hp > tp)
-        snprintf(buf, sizeof buf, "head %llu is past tail %llu", (unsigned long long)hp, (unsigned long long)tp);
-    else if (tp - hp > self->size)
-        snprintf(buf, sizeof buf, "%llu bytes between head and tail in a %llu byte ring",
-                 (unsigned long long)(tp - hp), (unsigned long long)self->size);
-    else if (hs > ts)
-        snprintf(buf, sizeof buf, "head claim %llu is past tail claim %llu", (unsigned long long)hs, (unsigned long long)ts);
-    else if (ts - hs > (tp - hp) / REC_ALIGN)
-        snprintf(buf, sizeof buf, "%llu claims pending in %llu bytes", (unsigned long long)(ts - hs),
-                 (unsigned long long)(tp - hp));
-    else
+    if (!ring_damage(&self->r, buf, sizeof buf))
         Py_RETURN_NONE;
     return PyUnicode_FromString(buf);
 }
 
-/* repair() makes a damaged ring usable again: head and tail both move to
- * one aligned position past either, with the larger claim count, so every
- * pending record (whatever its state) is dropped and no word is trusted that
- * damage() rejected.  A producer racing with it fails its CAS and retries. */
 static PyObject *
 Ring_repair(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    for (;;) {
-        uint64_t hp, hs, tp, ts;
-        load_pair(&h->head_pos, &hp, &hs);
-        load_pair(&h->tail_pos, &tp, &ts);
-        uint64_t closed = tp & CLOSED_BIT;
-        tp &= ~CLOSED_BIT;
-        uint64_t pos = align_up(hp > tp ? hp : tp, REC_ALIGN);
-        uint64_t seq = hs > ts ? hs : ts;
-        if (!cas128(&h->tail_pos, tp | closed, ts, pos | closed, seq))
-            continue;
-        for (;;) {
-            load_pair(&h->head_pos, &hp, &hs);
-            if (cas128(&h->head_pos, hp, hs, pos, seq))
-                break;
-        }
-        break;
-    }
-    __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-    futex_wake_all(&h->wake_seq);
+    ring_repair(&self->r);
     Py_RETURN_NONE;
 }
 
@@ -977,17 +372,11 @@ Ring_close(RingObject *self, PyObject *arg)
     unsigned long long closer = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
         return NULL;
-    ring_hdr_t *h = self->h;
-    __atomic_store_n(&h->closer, closer + 1, __ATOMIC_RELEASE);
-    __atomic_fetch_or(&h->tail_pos, CLOSED_BIT, __ATOMIC_SEQ_CST);
-    __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-    futex_wake_all(&h->wake_seq);
+    ring_close(&self->r, closer);
     Py_RETURN_NONE;
 }
 
-/* retire(idle_ns) closes the ring if it is empty and nothing was put for
- * idle_ns.  The CAS on tail makes "empty" and "closed" one step, so no put
- * can slip in between.  Returns True if the ring is closed afterwards. */
+/* retire(idle_ns, closer_slot) -> True if the ring is closed afterwards. */
 static PyObject *
 Ring_retire(RingObject *self, PyObject *args)
 {
@@ -996,28 +385,14 @@ Ring_retire(RingObject *self, PyObject *args)
     unsigned int closer;
     if (!PyArg_ParseTuple(args, "KI", &idle_ns, &closer))
         return NULL;
-    ring_hdr_t *h = self->h;
-    uint64_t tp = load64(&h->tail_pos), ts = load64(&h->tail_seq);
-    if (tp & CLOSED_BIT)
-        Py_RETURN_TRUE;
-    uint64_t last = __atomic_load_n(&h->last_put_ns, __ATOMIC_RELAXED);
-    if (!last)
-        last = h->created_ns;
-    if (load64(&h->head_pos) != tp || now_ns() - last < idle_ns)
-        Py_RETURN_FALSE;
-    __atomic_store_n(&h->closer, (uint64_t)closer + 1, __ATOMIC_RELEASE);
-    if (!cas128(&h->tail_pos, tp, ts, tp | CLOSED_BIT, ts))
-        Py_RETURN_FALSE;
-    __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-    futex_wake_all(&h->wake_seq);
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(ring_retire(&self->r, idle_ns, closer));
 }
 
 static PyObject *
 Ring_get_closer(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    uint64_t c = __atomic_load_n(&self->h->closer, __ATOMIC_ACQUIRE);
+    uint64_t c = ring_closer_word(&self->r);
     if (!c)
         Py_RETURN_NONE;
     return PyLong_FromUnsignedLongLong(c - 1);
@@ -1027,63 +402,61 @@ static PyObject *
 Ring_get_closed(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    return PyBool_FromLong((load64(&self->h->tail_pos) & CLOSED_BIT) != 0);
+    return PyBool_FromLong(ring_closed(&self->r));
 }
 
 static PyObject *
 Ring_pending(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    uint64_t hs = load64(&h->head_seq), ts = load64(&h->tail_seq);
-    return PyLong_FromUnsignedLongLong(ts > hs ? ts - hs : 0);
+    return PyLong_FromUnsignedLongLong(ring_pending(&self->r));
 }
 
 static PyObject *
 Ring_get_fifo_waiters(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    return PyLong_FromUnsignedLong(__atomic_load_n(&self->h->fifo_waiters, __ATOMIC_RELAXED));
+    return PyLong_FromUnsignedLong(__atomic_load_n(&self->r.h->fifo_waiters, __ATOMIC_RELAXED));
 }
 
 static PyObject *
 Ring_get_futex_waiters(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    return PyLong_FromUnsignedLong(__atomic_load_n(&self->h->futex_waiters, __ATOMIC_RELAXED));
+    return PyLong_FromUnsignedLong(__atomic_load_n(&self->r.h->futex_waiters, __ATOMIC_RELAXED));
 }
 
 static PyObject *
 Ring_get_ring_id(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    return PyLong_FromUnsignedLongLong(self->h->ring_id);
+    return PyLong_FromUnsignedLongLong(self->r.h->ring_id);
 }
 
 static PyObject *
 Ring_get_owner(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    if (self->h->owner_slot == 0xffffffffu)
+    if (self->r.h->owner_slot == 0xffffffffu)
         Py_RETURN_NONE;
-    return Py_BuildValue("(IK)", self->h->owner_slot, (unsigned long long)self->h->owner_gen);
+    return Py_BuildValue("(IK)", self->r.h->owner_slot, (unsigned long long)self->r.h->owner_gen);
 }
 
 static PyObject *
 Ring_get_key(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    uint32_t n = self->h->key_len;
-    if (n > sizeof(self->h->key))
-        n = sizeof(self->h->key);
-    return PyUnicode_DecodeUTF8(self->h->key, n, "replace");
+    uint32_t n = self->r.h->key_len;
+    if (n > sizeof(self->r.h->key))
+        n = sizeof(self->r.h->key);
+    return PyUnicode_DecodeUTF8(self->r.h->key, n, "replace");
 }
 
 static PyObject *
 Ring_get_data_size(RingObject *self, void *closure)
 {
     CHECK_RING(self);
-    return PyLong_FromUnsignedLongLong(self->size);
+    return PyLong_FromUnsignedLongLong(self->r.size);
 }
 
 static int
@@ -1108,10 +481,7 @@ Ring_fifo_add(RingObject *self, PyObject *arg)
     unsigned slot;
     if (slot_arg(arg, &slot) < 0)
         return NULL;
-    uint64_t bit = 1ULL << (slot % 64);
-    uint64_t old = __atomic_fetch_or(&self->h->fifo_bits[slot / 64], bit, __ATOMIC_SEQ_CST);
-    if (!(old & bit))
-        __atomic_fetch_add(&self->h->fifo_waiters, 1, __ATOMIC_SEQ_CST);
+    ring_fifo_add(&self->r, slot);
     Py_RETURN_NONE;
 }
 
@@ -1122,10 +492,7 @@ Ring_fifo_remove(RingObject *self, PyObject *arg)
     unsigned slot;
     if (slot_arg(arg, &slot) < 0)
         return NULL;
-    uint64_t bit = 1ULL << (slot % 64);
-    uint64_t old = __atomic_fetch_and(&self->h->fifo_bits[slot / 64], ~bit, __ATOMIC_SEQ_CST);
-    if (old & bit)
-        __atomic_fetch_sub(&self->h->fifo_waiters, 1, __ATOMIC_SEQ_CST);
+    ring_fifo_remove(&self->r, slot);
     Py_RETURN_NONE;
 }
 
@@ -1133,38 +500,28 @@ static PyObject *
 Ring_fifo_slots(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    PyObject *list = PyList_New(0);
+    unsigned slots[MAX_SLOTS];
+    unsigned n = ring_fifo_slots(&self->r, slots);
+    PyObject *list = PyList_New(n);
     if (!list)
         return NULL;
-    for (unsigned w = 0; w < MAX_SLOTS / 64; w++) {
-        uint64_t bits = __atomic_load_n(&self->h->fifo_bits[w], __ATOMIC_ACQUIRE);
-        while (bits) {
-            unsigned b = (unsigned)__builtin_ctzll(bits);
-            bits &= bits - 1;
-            PyObject *v = PyLong_FromUnsignedLong(w * 64 + b);
-            if (!v || PyList_Append(list, v) < 0) {
-                Py_XDECREF(v);
-                Py_DECREF(list);
-                return NULL;
-            }
-            Py_DECREF(v);
+    for (unsigned i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(slots[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
         }
+        PyList_SET_ITEM(list, i, v);
     }
     return list;
 }
 
-/* notify(): wake threads parked in wait() on this ring.  Used after an
- * in-process drain moved records into local buffers. */
+/* notify(): wake threads parked in wait() on this ring. */
 static PyObject *
 Ring_notify(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&h->futex_waiters, __ATOMIC_RELAXED)) {
-        __atomic_fetch_add(&h->wake_seq, 1, __ATOMIC_SEQ_CST);
-        futex_wake_all(&h->wake_seq);
-    }
+    ring_notify(&self->r);
     Py_RETURN_NONE;
 }
 
@@ -1172,40 +529,23 @@ static PyObject *
 Ring_stats(RingObject *self, PyObject *unused)
 {
     CHECK_RING(self);
-    ring_hdr_t *h = self->h;
-    uint64_t hp = load64(&h->head_pos), hs = load64(&h->head_seq);
-    uint64_t tp = load64(&h->tail_pos), ts = load64(&h->tail_seq);
-    uint64_t oldest = 0;
-    /* Age of the oldest message: the first READY record from the head. */
-    uint64_t p = hp, end = tp & ~CLOSED_BIT;
-    for (int i = 0; i < 64 && p < end; i++) {
-        rec_t *r = (rec_t *)(self->data + (p & self->mask));
-        uint64_t seal = load64(&r->seal);
-        if (seal == seal_of(h, p, ST_READY)) {
-            oldest = r->sent_ns;
-            break;
-        }
-        if (seal == seal_of(h, p, ST_PAD) || seal == seal_of(h, p, ST_SKIP)) {
-            p += r->len;
-            continue;
-        }
-        break;
-    }
+    ring_stats_t s;
+    ring_stats(&self->r, &s);
     return Py_BuildValue(
         "{sKsKsKsKsKsKsKsKsKsKsIsIsO}",
-        "sent", (unsigned long long)ts,
-        "pending", (unsigned long long)(ts > hs ? ts - hs : 0),
-        "bytes_used", (unsigned long long)((tp & ~CLOSED_BIT) - hp),
-        "data_size", (unsigned long long)self->size,
-        "full", (unsigned long long)__atomic_load_n(&h->full_total, __ATOMIC_RELAXED),
-        "expired", (unsigned long long)__atomic_load_n(&h->expired_total, __ATOMIC_RELAXED),
-        "recovered", (unsigned long long)__atomic_load_n(&h->recovered_total, __ATOMIC_RELAXED),
-        "oldest_sent_ns", (unsigned long long)oldest,
-        "created_ns", (unsigned long long)h->created_ns,
-        "last_put_ns", (unsigned long long)__atomic_load_n(&h->last_put_ns, __ATOMIC_RELAXED),
-        "fifo_waiters", __atomic_load_n(&h->fifo_waiters, __ATOMIC_RELAXED),
-        "futex_waiters", __atomic_load_n(&h->futex_waiters, __ATOMIC_RELAXED),
-        "closed", (tp & CLOSED_BIT) ? Py_True : Py_False);
+        "sent", (unsigned long long)s.sent,
+        "pending", (unsigned long long)s.pending,
+        "bytes_used", (unsigned long long)s.bytes_used,
+        "data_size", (unsigned long long)s.data_size,
+        "full", (unsigned long long)s.full,
+        "expired", (unsigned long long)s.expired,
+        "recovered", (unsigned long long)s.recovered,
+        "oldest_sent_ns", (unsigned long long)s.oldest_sent_ns,
+        "created_ns", (unsigned long long)s.created_ns,
+        "last_put_ns", (unsigned long long)s.last_put_ns,
+        "fifo_waiters", s.fifo_waiters,
+        "futex_waiters", s.futex_waiters,
+        "closed", s.closed ? Py_True : Py_False);
 }
 
 static PyMethodDef Ring_methods[] = {
@@ -1274,32 +614,20 @@ shm_ring_init(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "ring data size must be a power of two between 4 KiB and 4 GiB");
         return NULL;
     }
-    if (key_len > 124) {
+    if (key_len > (Py_ssize_t)RING_KEY_MAX) {
         PyErr_SetString(PyExc_ValueError, "ring key too long");
         return NULL;
     }
     Py_buffer v;
     if (PyObject_GetBuffer(mem, &v, PyBUF_WRITABLE) < 0)
         return NULL;
-    if ((uint64_t)v.len < RING_HEADER_SIZE + data_size || (uintptr_t)v.buf % 64) {
-        PyBuffer_Release(&v);
+    int rc = ring_format(v.buf, (uint64_t)v.len, data_size, ring_id, salt, owner_slot, owner_gen, key,
+                         (uint64_t)key_len);
+    PyBuffer_Release(&v);
+    if (rc != 0) {
         PyErr_SetString(PyExc_ValueError, "mapping too small for the ring");
         return NULL;
     }
-    ring_hdr_t *h = (ring_hdr_t *)v.buf;
-    memset(h, 0, RING_HEADER_SIZE);
-    h->version = RING_VERSION;
-    h->header_size = RING_HEADER_SIZE;
-    h->data_size = data_size;
-    h->salt = salt | 1; /* never zero: fresh zeroed memory must not look sealed */
-    h->ring_id = ring_id;
-    h->created_ns = now_ns();
-    h->owner_slot = owner_slot < 0 ? 0xffffffffu : (uint32_t)owner_slot;
-    h->owner_gen = owner_gen;
-    h->key_len = (uint32_t)key_len;
-    memcpy(h->key, key, (size_t)key_len);
-    __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
-    PyBuffer_Release(&v);
     Py_RETURN_NONE;
 }
 
@@ -1307,7 +635,7 @@ shm_ring_init(PyObject *mod, PyObject *args)
  * on each ring.  Call wait(rings, seqs, timeout) after re-checking for data,
  * and always wait_leave(rings). */
 static int
-rings_from_seq(PyObject *seq, RingObject **rings, Py_ssize_t *n)
+rings_from_seq(PyObject *seq, ring_t **rings, Py_ssize_t *n)
 {
     PyObject *fast = PySequence_Fast(seq, "rings must be a sequence");
     if (!fast)
@@ -1320,12 +648,12 @@ rings_from_seq(PyObject *seq, RingObject **rings, Py_ssize_t *n)
     }
     for (Py_ssize_t i = 0; i < len; i++) {
         PyObject *o = PySequence_Fast_GET_ITEM(fast, i);
-        if (!PyObject_TypeCheck(o, &RingType) || !((RingObject *)o)->h) {
+        if (!PyObject_TypeCheck(o, &RingType) || !((RingObject *)o)->r.h) {
             Py_DECREF(fast);
             PyErr_SetString(PyExc_TypeError, "wait needs initialised Ring objects");
             return -1;
         }
-        rings[i] = (RingObject *)o;
+        rings[i] = &((RingObject *)o)->r;
     }
     *n = len;
     Py_DECREF(fast);
@@ -1335,45 +663,30 @@ rings_from_seq(PyObject *seq, RingObject **rings, Py_ssize_t *n)
 static PyObject *
 shm_wait_enter(PyObject *mod, PyObject *arg)
 {
-    RingObject *rings[MAX_WAIT_RINGS];
+    ring_t *rings[MAX_WAIT_RINGS];
+    uint64_t vals[MAX_WAIT_RINGS];
     Py_ssize_t n;
     if (rings_from_seq(arg, rings, &n) < 0)
         return NULL;
     PyObject *seqs = PyTuple_New(n);
     if (!seqs)
         return NULL;
+    ring_wait_enter(rings, (int)n, vals);
     for (Py_ssize_t i = 0; i < n; i++)
-        __atomic_fetch_add(&rings[i]->h->futex_waiters, 1, __ATOMIC_SEQ_CST);
-    for (Py_ssize_t i = 0; i < n; i++)
-        PyTuple_SET_ITEM(seqs, i, PyLong_FromUnsignedLong(
-            __atomic_load_n(&rings[i]->h->wake_seq, __ATOMIC_SEQ_CST)));
+        PyTuple_SET_ITEM(seqs, i, PyLong_FromUnsignedLong((unsigned long)vals[i]));
     return seqs;
 }
 
 static PyObject *
 shm_wait_leave(PyObject *mod, PyObject *arg)
 {
-    RingObject *rings[MAX_WAIT_RINGS];
+    ring_t *rings[MAX_WAIT_RINGS];
     Py_ssize_t n;
     if (rings_from_seq(arg, rings, &n) < 0)
         return NULL;
-    for (Py_ssize_t i = 0; i < n; i++)
-        __atomic_fetch_sub(&rings[i]->h->futex_waiters, 1, __ATOMIC_SEQ_CST);
+    ring_wait_leave(rings, (int)n);
     Py_RETURN_NONE;
 }
-
-struct futex_waitv_arg {
-    uint64_t val;
-    uint64_t uaddr;
-    uint32_t flags;
-    uint32_t __reserved;
-};
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-#define FUTEX2_SIZE_U32_ 0x02
-
-static int g_have_waitv = -1; /* unknown until first use */
 
 /* wait(rings, seqs, timeout) -> True if woken or data may be there, False on
  * timeout.  Releases the GIL.  EINTR returns True so that Python runs its
@@ -1385,7 +698,8 @@ shm_wait(PyObject *mod, PyObject *args)
     double timeout;
     if (!PyArg_ParseTuple(args, "OOd", &rseq, &sseq, &timeout))
         return NULL;
-    RingObject *rings[MAX_WAIT_RINGS];
+    ring_t *rings[MAX_WAIT_RINGS];
+    uint64_t vals[MAX_WAIT_RINGS];
     Py_ssize_t n;
     if (rings_from_seq(rseq, rings, &n) < 0)
         return NULL;
@@ -1397,56 +711,16 @@ shm_wait(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "one seq per ring");
         return NULL;
     }
-    struct futex_waitv_arg w[MAX_WAIT_RINGS];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        w[i].val = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(sf, i));
-        w[i].uaddr = (uint64_t)(uintptr_t)&rings[i]->h->wake_seq;
-        w[i].flags = FUTEX2_SIZE_U32_;
-        w[i].__reserved = 0;
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        vals[i] = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(sf, i));
     Py_DECREF(sf);
     if (PyErr_Occurred())
         return NULL;
-    if (timeout < 0)
-        timeout = 0;
-    long rc;
-    int err = 0;
+    int woken;
     Py_BEGIN_ALLOW_THREADS
-    if (n > 1 && g_have_waitv != 0) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        double whole = (double)(long long)timeout;
-        deadline.tv_sec += (time_t)whole;
-        deadline.tv_nsec += (long)((timeout - whole) * 1e9);
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec += 1;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        rc = syscall(SYS_futex_waitv, w, (unsigned)n, 0, &deadline, CLOCK_MONOTONIC);
-        err = rc < 0 ? errno : 0;
-        if (rc < 0 && err == ENOSYS)
-            g_have_waitv = 0;
-        else
-            g_have_waitv = 1;
-    } else {
-        rc = -1;
-        err = ENOSYS;
-    }
-    if (rc < 0 && err == ENOSYS) {
-        /* One ring, or an old kernel: wait on the first ring.  With several
-         * rings the caller bounds the timeout, so others are re-checked. */
-        struct timespec rel;
-        double t = n > 1 && timeout > 0.05 ? 0.05 : timeout;
-        rel.tv_sec = (time_t)t;
-        rel.tv_nsec = (long)((t - (double)rel.tv_sec) * 1e9);
-        rc = syscall(SYS_futex, (uint32_t *)(uintptr_t)w[0].uaddr, FUTEX_WAIT, (uint32_t)w[0].val,
-                     &rel, NULL, 0);
-        err = rc < 0 ? errno : 0;
-    }
+    woken = ring_wait(rings, vals, (int)n, timeout);
     Py_END_ALLOW_THREADS
-    if (rc < 0 && err == ETIMEDOUT)
-        Py_RETURN_FALSE;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(woken);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1485,8 +759,9 @@ Mem_dealloc(MemObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static uint64_t *
-mem_word(MemObject *self, PyObject *off_obj)
+/* The 8-byte aligned span [off, off + size) of the mapping, or NULL. */
+static void *
+mem_span(MemObject *self, PyObject *off_obj, Py_ssize_t size, const char *what)
 {
     if (!self->view.obj) {
         PyErr_SetString(PyExc_ValueError, "Mem not initialised");
@@ -1495,11 +770,17 @@ mem_word(MemObject *self, PyObject *off_obj)
     Py_ssize_t off = PyLong_AsSsize_t(off_obj);
     if (off == -1 && PyErr_Occurred())
         return NULL;
-    if (off < 0 || off % 8 || off + 8 > self->view.len) {
-        PyErr_SetString(PyExc_IndexError, "word offset out of range or unaligned");
+    if (off < 0 || off % 8 || off + size > self->view.len) {
+        PyErr_Format(PyExc_IndexError, "%s offset out of range or unaligned", what);
         return NULL;
     }
-    return (uint64_t *)((char *)self->view.buf + off);
+    return (char *)self->view.buf + off;
+}
+
+static inline uint64_t *
+mem_word(MemObject *self, PyObject *off_obj)
+{
+    return (uint64_t *)mem_span(self, off_obj, 8, "word");
 }
 
 static PyObject *
@@ -1508,7 +789,7 @@ Mem_load(MemObject *self, PyObject *arg)
     uint64_t *p = mem_word(self, arg);
     if (!p)
         return NULL;
-    return PyLong_FromUnsignedLongLong(__atomic_load_n(p, __ATOMIC_ACQUIRE));
+    return PyLong_FromUnsignedLongLong(word_load(p));
 }
 
 static PyObject *
@@ -1524,7 +805,7 @@ Mem_store(MemObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long v = PyLong_AsUnsignedLongLong(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+    word_store(p, v);
     Py_RETURN_NONE;
 }
 
@@ -1542,9 +823,7 @@ Mem_cas(MemObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long nw = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    uint64_t e = expected;
-    return PyBool_FromLong(__atomic_compare_exchange_n(p, &e, (uint64_t)nw, 0, __ATOMIC_SEQ_CST,
-                                                       __ATOMIC_SEQ_CST));
+    return PyBool_FromLong(word_cas(p, expected, nw));
 }
 
 static PyObject *
@@ -1560,7 +839,22 @@ Mem_add(MemObject *self, PyObject *const *args, Py_ssize_t nargs)
     long long d = PyLong_AsLongLong(args[1]);
     if (d == -1 && PyErr_Occurred())
         return NULL;
-    return PyLong_FromUnsignedLongLong(__atomic_fetch_add(p, (uint64_t)d, __ATOMIC_SEQ_CST));
+    return PyLong_FromUnsignedLongLong(word_add(p, (uint64_t)d));
+}
+
+/* read_intent(offset) -> (ring_id, pos, total) of the claim in flight in the
+ * intent record at offset (a slot's CONTROL_S_INTENT), or None. */
+static PyObject *
+Mem_read_intent(MemObject *self, PyObject *arg)
+{
+    const intent_t *in = mem_span(self, arg, (Py_ssize_t)sizeof(intent_t), "intent");
+    if (!in)
+        return NULL;
+    uint64_t ring_id, pos, total;
+    if (!intent_read(in, &ring_id, &pos, &total))
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KKK)", (unsigned long long)ring_id, (unsigned long long)pos,
+                         (unsigned long long)total);
 }
 
 static PyMethodDef Mem_methods[] = {
@@ -1568,6 +862,8 @@ static PyMethodDef Mem_methods[] = {
     {"store", (PyCFunction)(void (*)(void))Mem_store, METH_FASTCALL, "store(offset, value) (seq_cst)"},
     {"cas", (PyCFunction)(void (*)(void))Mem_cas, METH_FASTCALL, "cas(offset, expected, new) -> bool"},
     {"add", (PyCFunction)(void (*)(void))Mem_add, METH_FASTCALL, "add(offset, delta) -> previous"},
+    {"read_intent", (PyCFunction)Mem_read_intent, METH_O,
+     "read_intent(offset) -> (ring_id, pos, total) | None: the seqlocked claim in flight"},
     {NULL}
 };
 
@@ -1586,14 +882,13 @@ static PyTypeObject MemType = {
 /* ------------------------------------------------------------------ */
 
 static PyObject *
-shm_set_fault(PyObject *mod, PyObject *args)
+py_set_fault(PyObject *mod, PyObject *args)
 {
     int point;
     long countdown;
     if (!PyArg_ParseTuple(args, "il", &point, &countdown))
         return NULL;
-    g_fault_countdown = countdown;
-    g_fault_point = point;
+    shm_set_fault(point, countdown);
     Py_RETURN_NONE;
 }
 
@@ -1609,7 +904,7 @@ static PyMethodDef module_methods[] = {
     {"wait_enter", shm_wait_enter, METH_O, "register as a futex waiter; returns wake sequence values"},
     {"wait", shm_wait, METH_VARARGS, "wait(rings, seqs, timeout) -> False on timeout"},
     {"wait_leave", shm_wait_leave, METH_O, "unregister as a futex waiter"},
-    {"set_fault", shm_set_fault, METH_VARARGS, "set_fault(point, countdown): SIGKILL self there (tests)"},
+    {"set_fault", py_set_fault, METH_VARARGS, "set_fault(point, countdown): SIGKILL self there (tests)"},
     {"monotonic_ns", shm_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns, as the ring sees it"},
     {NULL}
 };
@@ -1637,21 +932,50 @@ PyInit__shm(void)
         PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0 ||
         PyModule_AddObject(m, "Mem", (PyObject *)&MemType) < 0)
         return NULL;
+    int lazy_populate = shm_core_init();
     struct { const char *name; long value; } consts[] = {
         {"HEADER_SIZE", RING_HEADER_SIZE}, {"RECORD_HEADER", REC_HDR}, {"RECORD_ALIGN", REC_ALIGN},
         {"MAX_SLOTS", MAX_SLOTS}, {"INTENT_SIZE", sizeof(intent_t)},
         {"PUT_OK", PUT_OK}, {"PUT_WAKE", PUT_WAKE}, {"PUT_FULL", PUT_FULL},
         {"PUT_NOSPACE", PUT_NOSPACE}, {"PUT_TOO_BIG", PUT_TOO_BIG}, {"PUT_CLOSED", PUT_CLOSED},
         {"PUT_FORKED", PUT_FORKED}, {"PUT_NOMEM", PUT_NOMEM},
-        {"LAZY_POPULATE", lazy_populate_supported()},
+        {"LAZY_POPULATE", lazy_populate},
         {"FAULT_NONE", FAULT_NONE}, {"FAULT_AFTER_INTENT", FAULT_AFTER_INTENT},
         {"FAULT_AFTER_CLAIM", FAULT_AFTER_CLAIM}, {"FAULT_AFTER_PAD", FAULT_AFTER_PAD},
         {"FAULT_AFTER_HEADER", FAULT_AFTER_HEADER}, {"FAULT_BEFORE_COMMIT", FAULT_BEFORE_COMMIT},
         {"FAULT_CONSUMER_COPIED", FAULT_CONSUMER_COPIED}, {"FAULT_CONSUMER_TAKEN", FAULT_CONSUMER_TAKEN},
+        /* the control segment (shm_layout.h), for shmchannels/control.py */
+        {"CONTROL_VERSION", CONTROL_VERSION},
+        {"CONTROL_HEADER_SIZE", CONTROL_HEADER_SIZE},
+        {"CONTROL_SLOT_SIZE", CONTROL_SLOT_SIZE},
+        {"CONTROL_GROUP_BUCKETS", CONTROL_GROUP_BUCKETS},
+        {"CONTROL_LABEL_SIZE", CONTROL_LABEL_SIZE},
+        {"CONTROL_H_MAGIC", offsetof(ctrl_hdr_t, magic)},
+        {"CONTROL_H_VERSION", offsetof(ctrl_hdr_t, version)},
+        {"CONTROL_H_CREATED", offsetof(ctrl_hdr_t, created_ns)},
+        {"CONTROL_H_BOOT", offsetof(ctrl_hdr_t, boot)},
+        {"CONTROL_H_FLUSH_EPOCH", offsetof(ctrl_hdr_t, flush_epoch)},
+        {"CONTROL_H_MASTER", offsetof(ctrl_hdr_t, master)},
+        {"CONTROL_H_RING_SIZE", offsetof(ctrl_hdr_t, ring_size)},
+        {"CONTROL_H_REGISTRY_EPOCH", offsetof(ctrl_hdr_t, registry_epoch)},
+        {"CONTROL_H_RECLAIMS", offsetof(ctrl_hdr_t, reclaims)},
+        {"CONTROL_S_STATE", offsetof(ctrl_slot_t, state)},
+        {"CONTROL_S_GEN", offsetof(ctrl_slot_t, gen)},
+        {"CONTROL_S_PID", offsetof(ctrl_slot_t, pid)},
+        {"CONTROL_S_KIND", offsetof(ctrl_slot_t, kind)},
+        {"CONTROL_S_STARTED", offsetof(ctrl_slot_t, started_ns)},
+        {"CONTROL_S_HEARTBEAT", offsetof(ctrl_slot_t, heartbeat_ns)},
+        {"CONTROL_S_INTENT", offsetof(ctrl_slot_t, intent)},
+        {"CONTROL_S_LABEL", offsetof(ctrl_slot_t, label)},
         {NULL, 0}};
     for (int i = 0; consts[i].name; i++)
         if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0)
             return NULL;
-    pthread_atfork(NULL, NULL, at_fork_child);
+    /* 64 bits: not a C long constant on every platform */
+    PyObject *magic = PyLong_FromUnsignedLongLong(CONTROL_MAGIC);
+    if (!magic || PyModule_AddObject(m, "CONTROL_MAGIC", magic) < 0) {
+        Py_XDECREF(magic);
+        return NULL;
+    }
     return m;
 }

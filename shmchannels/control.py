@@ -27,32 +27,37 @@ from dataclasses import dataclass
 from . import _shm
 from .exceptions import BusError
 
-MAGIC = int.from_bytes(b"SHMCTRL1", "little")
-VERSION = 2  # 2: registry epoch word; registry files named g<epoch>
-HEADER_SIZE = 4096
-SLOT_SIZE = 128
-GROUP_BUCKETS = 4096
+# The layout is defined once, in shm_layout.h (the C ring writes the intent
+# in every slot); these names are the offsets that _shm exports from there.
+MAGIC = _shm.CONTROL_MAGIC  # b"SHMCTRL1", little-endian
+VERSION = _shm.CONTROL_VERSION  # 2: registry epoch word; registry files named g<epoch>
+HEADER_SIZE = _shm.CONTROL_HEADER_SIZE
+SLOT_SIZE = _shm.CONTROL_SLOT_SIZE
+GROUP_BUCKETS = _shm.CONTROL_GROUP_BUCKETS
+LABEL_SIZE = _shm.CONTROL_LABEL_SIZE
 
 # header words
-H_MAGIC = 0
-H_VERSION = 8  # low 32 bits: version, high 32 bits: number of slots
-H_CREATED = 16  # time.time_ns() at creation
-H_BOOT = 24  # random id of this incarnation of the bus
-H_FLUSH_EPOCH = 32  # bumped by flush(); processes drop local buffers when it moves
-H_MASTER = 40  # slot + 1 of the serve master, 0 if none
-H_RING_SIZE = 48  # default ring data size chosen by the bus creator
-H_REGISTRY_EPOCH = 56  # which registry database is current (segments.registry_name); bumped by a rebuild
-H_RECLAIMS = 64  # bumped by every reclaim of a dead slot: caches of other processes' rings may be stale
+H_MAGIC = _shm.CONTROL_H_MAGIC
+H_VERSION = _shm.CONTROL_H_VERSION  # low 32 bits: version, high 32 bits: number of slots
+H_CREATED = _shm.CONTROL_H_CREATED  # time.time_ns() at creation
+H_BOOT = _shm.CONTROL_H_BOOT  # random id of this incarnation of the bus
+H_FLUSH_EPOCH = _shm.CONTROL_H_FLUSH_EPOCH  # bumped by flush(); processes drop local buffers when it moves
+H_MASTER = _shm.CONTROL_H_MASTER  # slot + 1 of the serve master, 0 if none
+H_RING_SIZE = _shm.CONTROL_H_RING_SIZE  # default ring data size chosen by the bus creator
+# which registry database is current (segments.registry_name); bumped by a rebuild
+H_REGISTRY_EPOCH = _shm.CONTROL_H_REGISTRY_EPOCH
+# bumped by every reclaim of a dead slot: caches of other processes' rings may be stale
+H_RECLAIMS = _shm.CONTROL_H_RECLAIMS
 
 # slot words (relative to the slot)
-S_STATE = 0  # 0 free, 1 active
-S_GEN = 8  # bumped each time the slot is claimed
-S_PID = 16
-S_KIND = 24
-S_STARTED = 32  # time.time_ns()
-S_HEARTBEAT = 40  # CLOCK_MONOTONIC ns, written by the process's supervision tick
-S_INTENT = 64  # 32 bytes owned by the C ring: iseq, ring_id, pos, total
-S_LABEL = 96  # 32 bytes of UTF-8: a human name for `shmchannels status`
+S_STATE = _shm.CONTROL_S_STATE  # 0 free, 1 active
+S_GEN = _shm.CONTROL_S_GEN  # bumped each time the slot is claimed
+S_PID = _shm.CONTROL_S_PID
+S_KIND = _shm.CONTROL_S_KIND
+S_STARTED = _shm.CONTROL_S_STARTED  # time.time_ns()
+S_HEARTBEAT = _shm.CONTROL_S_HEARTBEAT  # CLOCK_MONOTONIC ns, written by the process's supervision tick
+S_INTENT = _shm.CONTROL_S_INTENT  # _shm.INTENT_SIZE bytes owned by the C ring: iseq, ring_id, pos, total
+S_LABEL = _shm.CONTROL_S_LABEL  # LABEL_SIZE bytes of UTF-8: a human name for `shmchannels status`
 
 KINDS = {0: "process", 1: "master", 2: "protocol", 3: "worker", 4: "cli"}
 KIND_CODES = {v: k for k, v in KINDS.items()}
@@ -170,7 +175,7 @@ class Control:
     def read_slot(self, index):
         base = self.slot_offset(index)
         load = self.mem.load
-        raw_label = bytes(self.mapping[base + S_LABEL : base + S_LABEL + 32])
+        raw_label = bytes(self.mapping[base + S_LABEL : base + S_LABEL + LABEL_SIZE])
         return Slot(
             index=index,
             state=load(base + S_STATE),
@@ -191,7 +196,7 @@ class Control:
         self.mem.store(base + S_STARTED, time.time_ns())
         self.mem.store(base + S_HEARTBEAT, _shm.monotonic_ns())
         self.set_label(index, label)
-        for off in range(0, 32, 8):  # no intent carries over from a previous owner
+        for off in range(0, _shm.INTENT_SIZE, 8):  # no intent carries over from a previous owner
             self.mem.store(base + S_INTENT + off, 0)
         self.mem.store(base + S_STATE, STATE_ACTIVE)
         return gen
@@ -201,15 +206,15 @@ class Control:
 
     def set_label(self, index, label):
         base = self.slot_offset(index) + S_LABEL
-        raw = label.encode("utf-8")[:31]
-        self.mapping[base : base + 32] = raw + b"\0" * (32 - len(raw))
+        raw = label.encode("utf-8")[: LABEL_SIZE - 1]
+        self.mapping[base : base + LABEL_SIZE] = raw + b"\0" * (LABEL_SIZE - len(raw))
 
     def set_kind(self, index, kind):
         self.mem.store(self.slot_offset(index) + S_KIND, KIND_CODES.get(kind, 0))
 
     def free_slot(self, index):
         base = self.slot_offset(index)
-        for off in range(0, 32, 8):
+        for off in range(0, _shm.INTENT_SIZE, 8):
             self.mem.store(base + S_INTENT + off, 0)
         self.mem.store(base + S_STATE, STATE_FREE)
 
@@ -227,17 +232,11 @@ class Control:
         return None
 
     def intent(self, index):
-        """The slot's in-flight claim, or None.  Read as a seqlock."""
-        base = self.intent_offset(index)
-        load = self.mem.load
-        for _ in range(100):
-            seq = load(base)
-            if seq & 1:
-                continue
-            ring_id, pos, total = load(base + 8), load(base + 16), load(base + 24)
-            if load(base) == seq:
-                return Intent(index, ring_id, pos, total) if total else None
-        return None  # writer is mid-update right now; it is alive
+        """The slot's in-flight claim, or None.  A seqlock, read in C next to
+        its writer (ring_put); None also while the writer is mid-update (it
+        is alive then)."""
+        hit = self.mem.read_intent(self.intent_offset(index))
+        return None if hit is None else Intent(index, hit[0], hit[1], hit[2])
 
     # group version buckets
     def bucket_offset(self, bucket):
