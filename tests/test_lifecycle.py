@@ -307,8 +307,10 @@ def test_a_bus_kept_only_by_expired_messages_is_removed(prefix):
     time.sleep(0.4)
     from shmchannels import gc
 
-    (report,) = [r for r in gc.collect(dry_run=False) if r.prefix == prefix]
-    assert report.removed, report
+    # Any other process's first attach on this host may collect it first;
+    # either way the expired message must not keep it.
+    reports = [r for r in gc.collect(dry_run=False) if r.prefix == prefix]
+    assert all(r.removed for r in reports), reports
     assert segments.bus_files(stem) == []
 
 
