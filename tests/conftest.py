@@ -32,6 +32,15 @@ def prefix():
     assert not leftover, f"test left shared memory behind: {leftover}"
 
 
+@pytest.fixture
+def small_bus(prefix):
+    """A Bus of its own (64 KiB rings) for unit tests of the parts built on it."""
+    b = bus_mod.Bus(prefix, ring_size=1 << 16, collect_dead=False)
+    yield b
+    b.flush()  # pending records would keep the bus's files alive after the last detach
+    b.detach()
+
+
 @pytest.fixture(autouse=True)
 def no_child_process_left_behind():
     """A test's forked children must be gone when it ends.

@@ -31,13 +31,18 @@ def get(port):
         return resp.read().decode()
 
 
-def test_dev_serves_and_reloads_on_change(prefix, tmp_path):
+def start_dev(prefix, tmp_path):
+    """`shmchannels dev` on the test app (version "one"), logging to tmp_path/dev.log."""
     (tmp_path / "devapp.py").write_text(APP.format(version="one"))
-    log = open(tmp_path / "dev.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmchannels", "dev", "--routing", "devapp:routes", "--bind", "127.0.0.1:0",
-         "--prefix", prefix],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "dev.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shmchannels", "dev", "--routing", "devapp:routes", "--bind", "127.0.0.1:0",
+             "--prefix", prefix],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_dev_serves_and_reloads_on_change(prefix, tmp_path):
+    proc = start_dev(prefix, tmp_path)
     try:
         output = lambda: (tmp_path / "dev.log").read_text()  # noqa: E731
         port = int(wait_for(lambda: re.search(r"serving on \('127\.0\.0\.1', (\d+)\)", output()), what="dev to listen").group(1))
@@ -50,7 +55,6 @@ def test_dev_serves_and_reloads_on_change(prefix, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(20)
-        log.close()
     assert rc == 0, output()
     assert segments.bus_files(segments.bus_stem(prefix)) == []
 
@@ -87,12 +91,7 @@ def _port_free(port):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_dev_child_dies_with_the_parent(prefix, tmp_path, sig):
-    (tmp_path / "devapp.py").write_text(APP.format(version="one"))
-    log = open(tmp_path / "dev.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmchannels", "dev", "--routing", "devapp:routes", "--bind", "127.0.0.1:0",
-         "--prefix", prefix],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_dev(prefix, tmp_path)
     child = None
     try:
         output = lambda: (tmp_path / "dev.log").read_text()  # noqa: E731
@@ -109,7 +108,6 @@ def test_dev_child_dies_with_the_parent(prefix, tmp_path, sig):
             proc.wait()
         if child is not None and not _gone(child):
             os.kill(child, signal.SIGKILL)
-        log.close()
     if sig == signal.SIGTERM:
         assert rc == 0, output()
     wait_for(lambda: segments.bus_files(segments.bus_stem(prefix)) == [], timeout=5, what="the bus to be removed")

@@ -15,11 +15,8 @@ FLAGS = 1
 
 
 @pytest.fixture
-def bus(prefix):
-    b = bus_mod.Bus(prefix, ring_size=1 << 16, collect_dead=False)
-    yield b
-    b.flush()  # pending records would keep the bus's files alive after the last detach
-    b.detach()
+def bus(small_bus):
+    return small_bus
 
 
 @pytest.fixture
