@@ -283,7 +283,9 @@ class Bus:
         descriptors alive for as long as this process lives), and so are
         the wake FIFOs of slots whose process is gone.  One shared-memory
         load when nothing changed; callers run it now and then (parked
-        receivers' watchdogs, every 1024th send, group sends)."""
+        receivers' watchdogs, every 1024th send, group sends).  It also
+        picks up a registry rebuilt elsewhere (``Registry.refresh``)."""
+        self.registry.refresh()
         reclaims = self.control.reclaims
         if reclaims == self._reclaims_seen or not self.usable:
             return False
@@ -604,12 +606,8 @@ class Bus:
             self.wake(ring)
             return True
         if status in (PUT_FULL, PUT_NOSPACE):
-            owner = ring.owner
-            if owner is not None and not self.is_alive(*owner):
-                # Replies to a process that died: reclaim it now, drop quietly.
-                self.reclaim(owner[0])
-                self.forget_ring(key)
-                return False
+            if self.reclaim_dead_owners((key,)):
+                return False  # replies to a process that died: reclaimed now, dropped quietly
             if self.check_damage(ring) or (
                 ring.head_state()[1] in ("writing", "unwritten") and self.unstick(ring, grace=False)
             ):

@@ -358,7 +358,6 @@ class Core:
             remaining = deadline - now
             if remaining <= 0:
                 return None, None
-            self._bus.registry.refresh()
             self._bus.maintain()
             seqs = _shm.wait_enter(rings)
             try:
@@ -411,11 +410,7 @@ class Core:
                 bus.wake(ring)
                 delivered += len(channels)
             elif status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE, bus_mod.PUT_NOMEM):
-                owner = ring.owner
-                if owner is not None and not bus.is_alive(*owner):
-                    bus.reclaim(owner[0])
-                    bus.forget_ring(key)
-                else:
+                if not bus.reclaim_dead_owners((key,)):
                     over += len(channels)
             elif status == bus_mod.PUT_CLOSED:
                 bus.forget_ring(key)

@@ -129,7 +129,6 @@ class Hub:
 
     def _watchdog(self, loop):
         """Wake every waiter of ``loop`` to look again (they re-arm by parking)."""
-        self.bus.registry.refresh()
         self.bus.maintain()
         with self.lock:
             if loop in self.loops:
