@@ -31,7 +31,7 @@ TARGET_MS = 500
 
 def _victim(prefix, channel, fault, go):
     import shmchannels
-    from shmchannels import _shm
+    from shmchannels.bus import _shm
 
     layer = shmchannels.ChannelLayer(prefix=prefix)
     layer.send(channel, {"warm": True})  # route and ring are open: the next put dies inside its claim
@@ -103,7 +103,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="3 trials, docs untouched unless --write")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    from shmchannels import _shm
+    from shmchannels.bus import _shm
 
     trials = 3 if args.quick else args.trials
     cases = [

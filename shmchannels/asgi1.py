@@ -10,7 +10,7 @@ import asyncio
 import warnings
 
 from . import bus as bus_mod, names
-from .core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
+from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
 
 DEFAULT_BLOCK_TIMEOUT = 5.0

@@ -16,7 +16,7 @@ management commands works from any thread and any loop.
 from channels.layers import BaseChannelLayer
 
 from . import bus as bus_mod, names
-from .core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
+from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
 
 __all__ = ["SharedMemoryChannelLayer", "ChannelFull", "MessageTooLarge"]

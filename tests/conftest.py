@@ -23,7 +23,7 @@ def prefix():
     """A bus prefix of this test alone; its files must be gone afterwards."""
     p = f"t{os.getpid()}x{next(_counter)}"
     yield p
-    bus = bus_mod._buses.get(p)
+    bus = bus_mod.attached(p)
     if bus is not None:
         bus.detach()
     leftover = bus_files_of(p)

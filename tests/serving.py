@@ -7,7 +7,7 @@ import sys
 import time
 
 import shmchannels
-from shmchannels import segments
+from shmchannels.bus import segments
 
 APPS = os.path.join(os.path.dirname(__file__), "apps")
 

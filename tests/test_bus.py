@@ -6,7 +6,8 @@ import os
 import pytest
 
 import shmchannels
-from shmchannels import _shm, bus as bus_mod, control, segments
+from shmchannels.bus import _shm, control, segments
+from shmchannels import bus as bus_mod
 from shmchannels.exceptions import BusError
 
 CTX = multiprocessing.get_context("fork")

@@ -8,7 +8,7 @@ import pytest
 from gunicorn.errors import ConfigError
 
 import shmchannels
-from shmchannels.config import ShmConfig
+from shmchannels.runtime.config import ShmConfig
 
 
 def test_precedence_is_defaults_then_file_then_env_then_cli(tmp_path):
@@ -107,7 +107,7 @@ def test_invalid_settings_fail_check_config_and_serve_with_the_rule(tmp_path, pr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], out.stderr
         assert "Booting" not in out.stderr and "Traceback" not in out.stderr
-    from shmchannels import segments
+    from shmchannels.bus import segments
 
     assert segments.bus_files(segments.bus_stem(prefix)) == []
 

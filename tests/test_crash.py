@@ -21,9 +21,9 @@ import zlib
 import pytest
 
 import shmchannels
-from shmchannels import _shm, segments
-from shmchannels.codec import encode
-from shmchannels.control import Liveness
+from shmchannels.bus import _shm, segments
+from shmchannels.bus.codec import encode
+from shmchannels.bus.control import Liveness
 from shmchannels.layers import SharedMemoryChannelLayer
 
 CTX = multiprocessing.get_context("fork")

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import shmchannels
-from shmchannels import segments
+from shmchannels.bus import segments
 
 CTX = multiprocessing.get_context("fork")
 TAIL_POS, HEAD_POS = 256, 320  # ring header words (see docs/architecture.md)

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from serving import children_of, wait_for
-from shmchannels import segments
+from shmchannels.bus import segments
 
 pytestmark = pytest.mark.slow
 

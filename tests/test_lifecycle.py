@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from shmchannels import bus as bus_mod, segments
+from shmchannels import bus as bus_mod
+from shmchannels.bus import segments
 from shmchannels.layers import SharedMemoryChannelLayer
 
 CHANNELS_PER_MEMBER = 5
@@ -305,7 +306,7 @@ def test_a_bus_kept_only_by_expired_messages_is_removed(prefix):
     stem = segments.bus_stem(prefix)
     assert segments.bus_files(stem), "an unexpired message must keep the bus"
     time.sleep(0.4)
-    from shmchannels import gc
+    from shmchannels.bus import gc
 
     # Any other process's first attach on this host may collect it first;
     # either way the expired message must not keep it.
@@ -345,7 +346,7 @@ def test_cli_processes_leave_no_fifo(prefix):
     layer = SharedMemoryChannelLayer(prefix=prefix)
     bus = layer.core.bus
     for _ in range(3):
-        subprocess.run([sys.executable, "-m", "shmchannels.cli", "send", "--prefix", prefix, "somewhere", "{}"],
+        subprocess.run([sys.executable, "-m", "shmchannels", "send", "--prefix", prefix, "somewhere", "{}"],
                        check=True, capture_output=True)
     _, fifos = owned_rings_and_fifos(prefix)
     assert fifos == {f"{bus.slot:03x}"}

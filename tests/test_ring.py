@@ -8,7 +8,7 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shmchannels import _shm
+from shmchannels.bus import _shm
 
 HDR = _shm.RECORD_HEADER
 ALIGN = _shm.RECORD_ALIGN

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from shmchannels import segments
+from shmchannels.bus import segments
 
 from serving import Served, children_of as master_children, wait_for
 

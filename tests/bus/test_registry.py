@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from shmchannels import names, segments
-from shmchannels.control import GROUP_BUCKETS
+from shmchannels import names
+from shmchannels.bus import segments
+from shmchannels.bus.control import GROUP_BUCKETS
 from shmchannels.bus import Bus
-from shmchannels.registry import Registry, bucket_of, is_damage
+from shmchannels.bus.registry import Registry, bucket_of, is_damage
 
 DAY = 86400
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shmchannels import bus as bus_mod, names
-from shmchannels.demux import Demux, signal_waiters
+from shmchannels.engine.demux import Demux, signal_waiters
 
 SECOND = 1_000_000_000
 FLAGS = 1

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from shmchannels import bus as bus_mod, names
+from shmchannels.bus import _shm
 
 SECOND = 1_000_000_000
 FLAGS = 1
@@ -108,7 +109,7 @@ async def test_a_parked_specific_channel_is_handed_its_message(bus, hub, ring, k
     put(ring, "a", b"for a")
     hub.dispatch()
     deadline, flags, body = f_a.result()
-    assert (flags, body) == (FLAGS, b"for a") and deadline > bus_mod._shm.monotonic_ns()
+    assert (flags, body) == (FLAGS, b"for a") and deadline > _shm.monotonic_ns()
     assert not f_b.done()
     assert hub.waiters[ring] == {key + "b": [t_b[2]]}  # a is off the hub already
     hub.unpark(t_a)  # a no-op now

@@ -13,10 +13,11 @@ import logging
 import re
 import time
 
-from . import _shm, bus as bus_mod, names
-from .codec import MSGPACK, decode, encode
-from .wakeup import _resolve
-from .exceptions import MessageTooLarge
+from shmchannels.bus import _shm
+from shmchannels import bus as bus_mod, names
+from shmchannels.bus.codec import MSGPACK, decode, encode
+from shmchannels.engine.wakeup import _resolve
+from shmchannels.exceptions import MessageTooLarge
 
 logger = logging.getLogger("shmchannels.layers")
 

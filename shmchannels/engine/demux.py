@@ -23,7 +23,7 @@ import collections
 import logging
 import threading
 
-from . import _shm
+from shmchannels.bus import _shm
 
 logger = logging.getLogger("shmchannels.layers")
 
@@ -58,7 +58,7 @@ class Demux:
         self.ordered = {}  # ring key -> deque[(channel, deadline_ns, flags, body)]
         self.capacity_of = {}  # ring key -> callable(channel) -> int
         self.overflowed = 0  # messages dropped from full buffers of unread channels
-        from .control import H_FLUSH_EPOCH
+        from shmchannels.bus.control import H_FLUSH_EPOCH
 
         self._epoch_load = bus.control.mem.load  # one shared-memory load per buffered pop
         self._epoch_offset = H_FLUSH_EPOCH
@@ -226,7 +226,7 @@ class Demux:
             buf.appendleft(entry)
 
     def _capacity(self, channel):
-        from .names import ring_key
+        from shmchannels.names import ring_key
 
         capacity_of = self.capacity_of.get(ring_key(channel))
         return capacity_of(channel) if capacity_of else 100

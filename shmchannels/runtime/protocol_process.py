@@ -16,7 +16,7 @@ import sys
 from gunicorn.workers.base import Worker
 
 import shmchannels
-from shmchannels import processes
+from shmchannels.runtime import processes
 
 TICK = 1.0
 

@@ -19,9 +19,10 @@ import logging
 import os
 import struct
 
-from . import _shm, names, segments
-from .control import BUS_LOCK_BYTE
-from .exceptions import BusError
+from shmchannels.bus import _shm, segments
+from shmchannels import names
+from shmchannels.bus.control import BUS_LOCK_BYTE
+from shmchannels.exceptions import BusError
 
 logger = logging.getLogger("shmchannels.gc")
 
@@ -80,7 +81,7 @@ def survey(uid=None, exclude=()):
 
 def collect(dry_run=True, uid=None, exclude=()):
     """Survey the user's buses and remove the dead ones (unless ``dry_run``)."""
-    from .bus import Bus
+    from shmchannels.bus import Bus
 
     reports = survey(uid, exclude)
     for report in reports:

@@ -28,10 +28,11 @@ import threading
 import time
 import weakref
 
-from . import _shm, names, segments
-from .control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
-from .exceptions import BusError, ChannelFull, MessageTooLarge
-from .registry import Registry
+from shmchannels.bus import _shm, segments
+from shmchannels import names
+from shmchannels.bus.control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
+from shmchannels.exceptions import BusError, ChannelFull, MessageTooLarge
+from shmchannels.bus.registry import Registry
 
 logger = logging.getLogger("shmchannels.bus")
 
@@ -68,7 +69,11 @@ def attach(prefix="asgi", *, ring_size=DEFAULT_RING_SIZE, slots=DEFAULT_SLOTS, k
         return bus
 
 
-def attached():
+def attached(prefix=None):
+    """The buses this process is attached to (or its bus of ``prefix``, or None)."""
+    if prefix is not None:
+        bus = _buses.get(prefix)
+        return bus if bus is not None and bus.usable else None
     return [b for b in _buses.values() if b.usable]
 
 
@@ -115,7 +120,7 @@ def _collect_dead_buses(prefix):
     if _collected_in_pid == os.getpid():
         return
     _collected_in_pid = os.getpid()
-    from . import gc
+    from shmchannels.bus import gc
 
     try:
         gc.collect(dry_run=False, exclude={prefix})
@@ -735,7 +740,7 @@ class Bus:
     @property
     def hub(self):
         if self._hub is None:
-            from .wakeup import Hub
+            from shmchannels.engine.wakeup import Hub
 
             with self._lock:
                 if self._hub is None:
@@ -745,7 +750,7 @@ class Bus:
     @property
     def demux(self):
         if self._demux is None:
-            from .demux import Demux
+            from shmchannels.engine.demux import Demux
 
             with self._lock:
                 if self._demux is None:

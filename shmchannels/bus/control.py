@@ -24,8 +24,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-from . import _shm
-from .exceptions import BusError
+from shmchannels.bus import _shm
+from shmchannels.exceptions import BusError
 
 # The layout is defined once, in shm_layout.h (the C ring writes the intent
 # in every slot); these names are the offsets that _shm exports from there.

@@ -39,8 +39,10 @@ from gunicorn import sock
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import ConfigError, HaltServer
 
-from . import _shm, bus as bus_mod, processes
-from .processes import set_title
+from shmchannels.bus import _shm
+from shmchannels import bus as bus_mod
+from shmchannels.runtime import processes
+from shmchannels.runtime.processes import set_title
 
 KINDS = ("protocol", "worker")
 NAMES = {"protocol": "protocol server", "worker": "worker"}
@@ -188,8 +190,8 @@ class ShmArbiter(Arbiter):
         return {pid: w for pid, w in self.WORKERS.items() if w.kind == kind and not w.retiring}
 
     def spawn_worker(self, kind="worker"):
-        from shmchannels.protocol_process import ProtocolServerProcess
-        from shmchannels.workers.process import ChannelWorkerProcess
+        from shmchannels.runtime.protocol_process import ProtocolServerProcess
+        from shmchannels.runtime.worker_process import ChannelWorkerProcess
 
         # gunicorn's spawn_worker builds ``self.worker_class`` with
         # ``self.LISTENERS`` and ``self.timeout``: point them at the kind.

@@ -17,7 +17,9 @@ import sys
 import orjson
 from gunicorn.errors import AppImportError, ConfigError
 
-from . import __version__, config as config_mod, control, objects, segments
+from shmchannels import __version__, objects
+from shmchannels.runtime import config as config_mod
+from shmchannels.bus import control, segments
 
 RELOAD_EXIT = 75  # a dev child asking its parent to restart it
 DEV_STOP_TIMEOUT = 10.0  # seconds a stopping dev child gets before it is killed
@@ -113,8 +115,8 @@ def main(argv=None):
 
 
 def cmd_serve(args):
-    from .application import ShmApplication
-    from .arbiter import StartError
+    from shmchannels.runtime.application import ShmApplication
+    from shmchannels.runtime.arbiter import StartError
 
     app = ShmApplication(config_file=args.config, cli=config_mod.cli_values(args))
     if args.print_config:
@@ -161,8 +163,8 @@ def _consumer_process(args, kind, label):
     consumers outside `serve` (a standalone worker, the dev server)."""
     import shmchannels
 
-    from .application import WorkerBundle
-    from .processes import layer_options
+    from shmchannels.runtime.application import WorkerBundle
+    from shmchannels.runtime.processes import layer_options
 
     cfg = _load_shm_config(args).cfg
     _setup_logging(cfg.loglevel)
@@ -176,7 +178,7 @@ def _consumer_process(args, kind, label):
 
 
 def cmd_worker(args):
-    from .workers.runner import ConsumerRunner, select_channels
+    from shmchannels.workers.runner import ConsumerRunner, select_channels
 
     cfg, bundle, layer, bus = _consumer_process(args, "worker", "standalone worker")
     channels = select_channels(bundle.router.channels(), cfg.only_channels, cfg.exclude_channels)
@@ -287,13 +289,13 @@ def _dev_child(args):
     import asyncio
     import socket
 
-    from .server.config import ProtocolConfig
-    from .server.server import ProtocolServer
-    from .workers.runner import ConsumerRunner
+    from shmchannels.server.config import ProtocolConfig
+    from shmchannels.server.server import ProtocolServer
+    from shmchannels.workers.runner import ConsumerRunner
 
     parent = os.environ.get("SHMCHANNELS_DEV_PARENT") if os.environ.get("SHMCHANNELS_DEV_CHILD") else None
     if parent:
-        from .processes import die_with_parent
+        from shmchannels.runtime.processes import die_with_parent
 
         die_with_parent(signal.SIGTERM)  # never serve on after `shmchannels dev` is gone
         if os.getppid() != int(parent):  # it went before we asked
@@ -367,13 +369,13 @@ def _existing_bus(prefix):
     if not os.path.exists(segments.path(segments.file_name(stem, "ctl"))):
         print(f"No bus with prefix {prefix!r} on this host (nothing in /dev/shm).", file=sys.stderr)
         return None
-    from . import bus as bus_mod
+    from shmchannels import bus as bus_mod
 
     return bus_mod.attach(prefix, kind="cli", label="shmchannels status")
 
 
 def cmd_gc(args):
-    from . import gc
+    from shmchannels.bus import gc
 
     remove = sys.stdout.isatty() if args.remove is None else args.remove
     reports = gc.collect(dry_run=not remove)
@@ -399,7 +401,7 @@ def cmd_status(args):
     bus = _existing_bus(prefix)
     if bus is None:
         return 1
-    from . import _shm
+    from shmchannels.bus import _shm
 
     now = _shm.monotonic_ns()
     snap = bus.status()

@@ -16,7 +16,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
 
-from .config import ShmConfig
+from shmchannels.runtime.config import ShmConfig
 
 DEMO_ROUTING = "shmchannels.demo.routing:routes"
 
@@ -77,6 +77,6 @@ class ShmApplication(BaseApplication):
         return WorkerBundle(self.cfg)
 
     def run(self):
-        from .arbiter import ShmArbiter
+        from shmchannels.runtime.arbiter import ShmArbiter
 
         ShmArbiter(self).run()

@@ -29,8 +29,8 @@ from gunicorn import config as gconfig
 from gunicorn.config import Setting, validate_bool, validate_pos_int, validate_string
 from gunicorn.errors import ConfigError
 
-from . import names
-from .core import DEFAULT_MAX_MESSAGE_SIZE
+from shmchannels import names
+from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE
 
 ENV_PREFIX = "SHMCHANNELS_"
 CONFIG_FILE = "shmchannels.toml"
@@ -545,9 +545,9 @@ class ShmConfig:
             raise ConfigError("protocol_servers and workers are both 0: there would be nothing to run")
         # What the children build: the layer's engine (it attaches nothing
         # until first used) and the protocol server's config.
-        from .core import Core
-        from .processes import layer_options
-        from .protocol_process import protocol_config
+        from shmchannels.engine.core import Core
+        from shmchannels.runtime.processes import layer_options
+        from shmchannels.runtime.protocol_process import protocol_config
 
         try:
             Core(**layer_options(cfg))

@@ -42,7 +42,7 @@ import secrets
 
 import posix_ipc
 
-from .exceptions import BusError
+from shmchannels.exceptions import BusError
 
 SHM_DIR = "/dev/shm"
 

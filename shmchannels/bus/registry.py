@@ -33,7 +33,8 @@ import threading
 import time
 import zlib
 
-from . import names, segments
+from shmchannels import names
+from shmchannels.bus import segments
 
 logger = logging.getLogger("shmchannels.registry")
 

@@ -13,9 +13,10 @@ import time
 from gunicorn.workers.base import Worker
 
 import shmchannels
-from shmchannels import objects, processes
+from shmchannels import objects
+from shmchannels.runtime import processes
 
-from .runner import ConsumerRunner, select_channels
+from shmchannels.workers.runner import ConsumerRunner, select_channels
 
 TICK = 1.0
 

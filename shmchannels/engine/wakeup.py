@@ -27,8 +27,8 @@ re-check then hands to ``Bus.unstick``.
 import asyncio
 import threading
 
-from .bus import head_unready
-from .demux import signal_waiters
+from shmchannels.bus import head_unready
+from shmchannels.engine.demux import signal_waiters
 
 
 def _resolve(fut):

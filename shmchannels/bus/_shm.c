@@ -79,7 +79,7 @@ static PyGetSetDef Writer_getset[] = {
 
 static PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmchannels._shm.Writer",
+    .tp_name = "shmchannels.bus._shm.Writer",
     .tp_basicsize = sizeof(WriterObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -587,7 +587,7 @@ static PyGetSetDef Ring_getset[] = {
 
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmchannels._shm.Ring",
+    .tp_name = "shmchannels.bus._shm.Ring",
     .tp_basicsize = sizeof(RingObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -869,7 +869,7 @@ static PyMethodDef Mem_methods[] = {
 
 static PyTypeObject MemType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmchannels._shm.Mem",
+    .tp_name = "shmchannels.bus._shm.Mem",
     .tp_basicsize = sizeof(MemObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -911,7 +911,7 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef shm_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "shmchannels._shm",
+    .m_name = "shmchannels.bus._shm",
     .m_doc = "Lock-free shared-memory rings, atomics and futex waits for shmchannels.",
     .m_size = -1,
     .m_methods = module_methods,
