@@ -122,7 +122,7 @@ def test_invalid_prefix_and_sizes_are_rejected():
 def test_forked_child_never_writes_under_the_parent_identity(prefix):
     lay = shmchannels.ChannelLayer(prefix=prefix)
     lay.send("c", {})
-    ring = lay.core.bus.ring("c")
+    ring = lay.core.bus.rings.get("c")
     q = CTX.Queue()
 
     def child():

@@ -22,13 +22,38 @@ ordered queue instead.
 import collections
 import logging
 import threading
+from typing import NamedTuple, Optional
 
+from shmchannels import names
 from shmchannels.bus import _shm
+from shmchannels.bus.control import H_FLUSH_EPOCH
 
 logger = logging.getLogger("shmchannels.layers")
 
 _PURGE_EVERY_NS = 1_000_000_000
 _WARN_EVERY_NS = 60_000_000_000
+
+
+class Waiter(NamedTuple):
+    """An asyncio receive parked on a ring (``wakeup.Hub``)."""
+    loop: object
+    future: object  # resolved with a Buffered handed over, or None: look again
+    channel: Optional[str]  # None: waits for the ring, not one channel behind it
+
+
+class Buffered(NamedTuple):
+    """A message held in this process for one channel."""
+    deadline: int  # CLOCK_MONOTONIC ns; dropped unread after it
+    flags: int
+    body: bytes
+
+
+class InOrder(NamedTuple):
+    """A message of an ordered (ASGI 1 ``prefix!``) queue: every channel behind the prefix, in arrival order."""
+    channel: str
+    deadline: int
+    flags: int
+    body: bytes
 
 
 def signal_waiters(waiters, current, elsewhere):
@@ -54,16 +79,25 @@ class Demux:
     def __init__(self, bus):
         self.bus = bus
         self.lock = threading.Lock()
-        self.buffers = {}  # channel -> deque[(deadline_ns, flags, body)]
-        self.ordered = {}  # ring key -> deque[(channel, deadline_ns, flags, body)]
+        self.buffers = {}  # channel -> deque[Buffered]
+        self.ordered = {}  # ring key -> deque[InOrder]
         self.capacity_of = {}  # ring key -> callable(channel) -> int
         self.overflowed = 0  # messages dropped from full buffers of unread channels
-        from shmchannels.bus.control import H_FLUSH_EPOCH
-
+        self._control = bus.control
         self._epoch_load = bus.control.mem.load  # one shared-memory load per buffered pop
         self._epoch_offset = H_FLUSH_EPOCH
+        self.flush_epoch = bus.control.flush_epoch
         self._last_purge = 0
         self._last_warning = 0
+
+    def check_flush_epoch(self):
+        """Drop every buffer if the bus was flushed (by any process) since we last looked."""
+        epoch = self._control.flush_epoch
+        if epoch != self.flush_epoch:
+            self.flush_epoch = epoch
+            self.clear()
+            return True
+        return False
 
     def register(self, key, capacity_of, ordered=False):
         """Declare how records of ``key`` are buffered in this process."""
@@ -80,8 +114,8 @@ class Demux:
         ring's head record is not ready (a writer is mid-copy or died).
         """
         if self.buffers.get(channel):
-            if self._epoch_load(self._epoch_offset) != self.bus.flush_epoch:
-                self.bus.check_flush_epoch()  # flushed elsewhere: buffers were cleared
+            if self._epoch_load(self._epoch_offset) != self.flush_epoch:
+                self.check_flush_epoch()  # flushed elsewhere: buffers were cleared
             got = self.pop(channel)
             if got is not None:
                 return got
@@ -131,7 +165,7 @@ class Demux:
                 flags, body, meta, deadline = rec
                 targets = _targets(key, meta)
                 if ordered is not None:
-                    ordered.extend((t, deadline, flags, body) for t in targets)
+                    ordered.extend(InOrder(t, deadline, flags, body) for t in targets)
                     touched.add(key)
                     break
                 for target in targets:
@@ -144,8 +178,7 @@ class Demux:
         return touched
 
     def deliver(self, ring, key, waiters, current, elsewhere):
-        """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [(loop,
-        future, channel)].  Takes records only until every waiting channel has
+        """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [Waiter].  Takes records only until every waiting channel has
         a message.  A waiter on ``current`` (the dispatching loop) whose
         buffer is empty gets the message as its future's result and leaves
         ``waiters`` (its receive then skips ``Hub.unpark``); others are
@@ -169,14 +202,14 @@ class Demux:
                 if not rec:
                     break
                 flags, body, meta, deadline = rec
-                entry = (deadline, flags, body)
+                entry = Buffered(deadline, flags, body)
                 for target in _targets(key, meta):
                     lst = waiters.get(target)
                     if lst and not buffers.get(target):
                         missing -= 1
                         for i, w in enumerate(lst):
-                            if w[0] is current and not w[1].done():
-                                w[1].set_result(entry)
+                            if w.loop is current and not w.future.done():
+                                w.future.set_result(entry)
                                 del lst[i]
                                 if not lst:
                                     del waiters[target]
@@ -205,7 +238,7 @@ class Demux:
             buf = self.buffers[target] = collections.deque(maxlen=max(1, cap))
         elif len(buf) == buf.maxlen:
             self._overflow(target)
-        buf.append((deadline, flags, body))
+        buf.append(Buffered(deadline, flags, body))
 
     def _overflow(self, channel):
         self.overflowed += 1
@@ -226,9 +259,7 @@ class Demux:
             buf.appendleft(entry)
 
     def _capacity(self, channel):
-        from shmchannels.names import ring_key
-
-        capacity_of = self.capacity_of.get(ring_key(channel))
+        capacity_of = self.capacity_of.get(names.ring_key(channel))
         return capacity_of(channel) if capacity_of else 100
 
     def pop(self, channel):
@@ -251,14 +282,14 @@ class Demux:
         return bool(self.buffers.get(channel))
 
     def pop_ordered(self, key):
-        """(channel, flags, body) of the oldest live message of an ordered key."""
+        """The oldest live ``InOrder`` message of an ordered key, or None."""
         with self.lock:
             q = self.ordered.get(key)
             now = _shm.monotonic_ns()
             while q:
-                channel, deadline, flags, body = q.popleft()
-                if deadline > now:
-                    return channel, flags, body
+                entry = q.popleft()
+                if entry.deadline > now:
+                    return entry
             return None
 
     def has_ordered(self, key):
@@ -284,10 +315,10 @@ class Demux:
         self._last_purge = now
         for channel in list(self.buffers):
             buf = self.buffers[channel]
-            while buf and buf[0][0] <= now:
+            while buf and buf[0].deadline <= now:
                 buf.popleft()
             if not buf:
                 del self.buffers[channel]
         for q in self.ordered.values():
-            while q and q[0][1] <= now:
+            while q and q[0].deadline <= now:
                 q.popleft()

@@ -21,14 +21,14 @@ per event loop, not one per waiter (500 parked consumers would otherwise
 churn 500 timers through the loop's heap on every message).  It only matters
 if a producer was killed between committing a record and writing the wake
 byte, or if a ring's head record belongs to a writer that died, which the
-re-check then hands to ``Bus.unstick``.
+re-check then hands to ``Recovery.unstick``.
 """
 
 import asyncio
 import threading
 
 from shmchannels.bus import head_unready
-from shmchannels.engine.demux import signal_waiters
+from shmchannels.engine.demux import Waiter, signal_waiters
 
 
 def _resolve(fut):
@@ -37,11 +37,12 @@ def _resolve(fut):
 
 
 class Hub:
-    def __init__(self, bus):
+    def __init__(self, bus, demux):
         self.bus = bus
+        self.demux = demux
         self.lock = threading.Lock()
         # ring -> {channel (None for ring-level waiters): [waiter, ...]}, where
-        # a waiter is (loop, future, channel).  Indexed by channel so that a
+        # a waiter is a demux.Waiter.  Indexed by channel so that a
         # dispatch delivers a group message to 500 parked consumers in one pass.
         self.waiters = {}
         self.keys = {}  # ring -> ring key
@@ -59,7 +60,7 @@ class Hub:
         """
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        waiter = (loop, fut, channel)
+        waiter = Waiter(loop, fut, channel)
         with self.lock:
             ws = self.waiters.get(ring)
             if ws is None:
@@ -82,7 +83,7 @@ class Hub:
         """Take a waiter off its ring.  A waiter that was handed a message is
         off already (``deliver`` took it), so this is then a no-op."""
         ring, ws, waiter = token
-        channel = waiter[2]
+        channel = waiter.channel
         with self.lock:
             lst = ws.get(channel)
             if lst is not None and waiter in lst:
@@ -102,7 +103,7 @@ class Hub:
     def cancelled(self, fut, channel):
         """A parked receive was cancelled: a message handed over goes back."""
         if fut.done() and not fut.cancelled() and fut.result() is not None:
-            self.bus.demux.requeue(channel, fut.result())
+            self.demux.requeue(channel, fut.result())
 
     async def wait(self, ring, key, ready, channel=None, timeout=None):
         """Park until ``ready()`` may be true (or the watchdog fires).
@@ -124,21 +125,21 @@ class Hub:
         if len(self.loops) > 32:
             for old in [lp for lp in self.loops if lp.is_closed()]:
                 del self.loops[old]
-        loop.add_reader(self.bus.fifo_fd, self._on_readable)
+        loop.add_reader(self.bus.wakeups.fd, self._on_readable)
         self.loops[loop] = None
 
     def _watchdog(self, loop):
         """Wake every waiter of ``loop`` to look again (they re-arm by parking)."""
-        self.bus.maintain()
+        self.bus.recovery.maintain()
         with self.lock:
             if loop in self.loops:
                 self.loops[loop] = None
-            futures = [w[1] for ws in self.waiters.values() for lst in ws.values() for w in lst if w[0] is loop]
+            futures = [w.future for ws in self.waiters.values() for lst in ws.values() for w in lst if w.loop is loop]
         for fut in futures:
             _resolve(fut)
 
     def _on_readable(self):
-        self.bus.drain_fifo()
+        self.bus.wakeups.drain()
         self.dispatch()
 
     def dispatch(self):
@@ -147,13 +148,13 @@ class Hub:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        self.bus.check_flush_epoch()
-        demux = self.bus._demux
+        demux = self.demux
+        demux.check_flush_epoch()
         elsewhere = []  # waiters of other event loops: told to look again, outside the lock
         with self.lock:
             for ring, ws in list(self.waiters.items()):
                 key = self.keys[ring]
-                if key.endswith("!") and demux is not None and key in demux.capacity_of:
+                if key.endswith("!") and key in demux.capacity_of:
                     if key in demux.ordered:
                         demux.drain(ring, key, (key,))
                         if demux.has_ordered(key):
@@ -187,7 +188,7 @@ class Hub:
                 watchdog.cancel()
             try:
                 if not loop.is_closed():
-                    loop.remove_reader(self.bus.fifo_fd)
+                    loop.remove_reader(self.bus.wakeups.fd)
             except (RuntimeError, ValueError):
                 pass
         with self.lock:
@@ -195,11 +196,3 @@ class Hub:
                 ring.fifo_remove(self.bus.slot)
             self.waiters.clear()
             self.keys.clear()
-
-    def forget_after_fork(self):
-        # The child's loops (if any) are new; the parent's registrations are
-        # the parent's.  Nothing to undo in shared memory.
-        self.lock = threading.Lock()
-        self.waiters = {}
-        self.keys = {}
-        self.loops = {}

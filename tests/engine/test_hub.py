@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from shmchannels import bus as bus_mod, names
+from shmchannels.engine.local import local_for
 from shmchannels.bus import _shm
 
 SECOND = 1_000_000_000
@@ -22,19 +23,19 @@ def bus(small_bus):
 
 @pytest.fixture
 def hub(bus):
-    return bus.hub
+    return local_for(bus).hub
 
 
 @pytest.fixture
 def key(bus):
     key = "websocket.send." + names.new_client_prefix(bus.slot, bus.gen) + "!"
-    bus.demux.register(key, lambda c: 100)
+    local_for(bus).demux.register(key, lambda c: 100)
     return key
 
 
 @pytest.fixture
 def ring(bus, key):
-    return bus.owned_ring(key)
+    return bus.rings.owned(key)
 
 
 def put(ring, meta, body, expiry_ns=60 * SECOND):
@@ -48,7 +49,7 @@ def put(ring, meta, body, expiry_ns=60 * SECOND):
 def send(bus, ring, meta, body):
     """A producer's send: a put, then a wake-up of the processes parked on the ring."""
     if put(ring, meta, body) == bus_mod.PUT_WAKE:
-        bus.wake(ring)
+        bus.wakeups.wake(ring)
 
 
 async def settle():
@@ -60,7 +61,7 @@ async def settle():
 
 
 async def test_park_registers_the_slot_bit_and_unpark_removes_it(bus, hub):
-    ring = bus.ring("jobs")
+    ring = bus.rings.get("jobs")
     fut, token = hub.park(ring, "jobs")
     assert ring.fifo_slots() == [bus.slot] and ring.fifo_waiters
     assert hub.waiters[ring] == {None: [token[2]]}
@@ -76,7 +77,7 @@ async def test_park_registers_the_slot_bit_and_unpark_removes_it(bus, hub):
 
 
 async def test_a_put_to_a_ring_with_parked_waiters_asks_for_a_wake_up(bus, hub):
-    ring = bus.ring("jobs")
+    ring = bus.rings.get("jobs")
     assert put(ring, None, b"x") == bus_mod.PUT_OK
     fut, token = hub.park(ring, "jobs")
     assert put(ring, None, b"y") == bus_mod.PUT_WAKE
@@ -88,7 +89,7 @@ async def test_a_put_to_a_ring_with_parked_waiters_asks_for_a_wake_up(bus, hub):
 
 
 async def test_dispatch_resolves_exactly_the_waiters_whose_ring_has_data(bus, hub):
-    jobs, other = bus.ring("jobs"), bus.ring("other")
+    jobs, other = bus.rings.get("jobs"), bus.rings.get("other")
     f_jobs, t_jobs = hub.park(jobs, "jobs")
     f_jobs2, t_jobs2 = hub.park(jobs, "jobs")
     f_other, t_other = hub.park(other, "other")
@@ -114,7 +115,7 @@ async def test_a_parked_specific_channel_is_handed_its_message(bus, hub, ring, k
     assert hub.waiters[ring] == {key + "b": [t_b[2]]}  # a is off the hub already
     hub.unpark(t_a)  # a no-op now
     assert hub.waiters[ring] == {key + "b": [t_b[2]]}
-    assert bus.demux.buffered() == 0 and ring.pending == 0
+    assert local_for(bus).demux.buffered() == 0 and ring.pending == 0
     hub.unpark(t_b)
     assert ring.fifo_slots() == []
 
@@ -127,7 +128,7 @@ async def test_a_group_record_is_handed_to_every_parked_member(bus, hub, ring, k
         assert fut.result()[2] == b"g", local
     # every waiter was handed its message: the hub let go of the ring
     assert ring not in hub.waiters and ring.fifo_slots() == []
-    assert bus.demux.pop(key + "d") == (FLAGS, b"g")  # the member nobody waited for is buffered
+    assert local_for(bus).demux.pop(key + "d") == (FLAGS, b"g")  # the member nobody waited for is buffered
 
 
 async def test_dispatch_takes_only_what_the_parked_channels_need(bus, hub, ring, key):
@@ -139,15 +140,15 @@ async def test_dispatch_takes_only_what_the_parked_channels_need(bus, hub, ring,
     hub.dispatch()
     assert fut.result()[2] == b"a1"
     assert ring.pending == 2  # a2 and y1 wait in the ring
-    assert bus.demux.pop(key + "x") == (FLAGS, b"x1")
+    assert local_for(bus).demux.pop(key + "x") == (FLAGS, b"x1")
     hub.unpark(token)
 
 
 async def test_a_waiter_whose_buffer_has_data_is_told_to_look(bus, hub, ring, key):
     put(ring, "a", b"buffered")
     put(ring, "w", b"w")
-    assert bus.demux.take(ring, key, key + "w", b"w") == (FLAGS, b"w")
-    assert bus.demux.has(key + "a")
+    assert local_for(bus).demux.take(ring, key, key + "w", b"w") == (FLAGS, b"w")
+    assert local_for(bus).demux.has(key + "a")
     put(ring, "a", b"in the ring")
     fut, token = hub.park(ring, key, key + "a")
     hub.dispatch()
@@ -179,7 +180,7 @@ async def test_waiters_of_another_loop_are_woken_thread_safely(bus, hub, ring, k
         hub.dispatch()  # on this loop: the other loop's waiter is not handed the message, only woken
         assert await here.run_in_executor(None, woken.wait, 10)
         assert parked["token"][0].result() is None
-        assert bus.demux.pop(key + "a") == (FLAGS, b"m")
+        assert local_for(bus).demux.pop(key + "a") == (FLAGS, b"m")
     finally:
         thread.join(10)
         hub.unpark(parked["token"][1])
@@ -189,12 +190,12 @@ async def test_waiters_of_another_loop_are_woken_thread_safely(bus, hub, ring, k
 async def test_a_flush_elsewhere_is_noticed_by_dispatch(bus, hub, ring, key):
     put(ring, "a", b"a")
     put(ring, "w", b"w")
-    bus.demux.take(ring, key, key + "w", b"w")
-    assert bus.demux.buffered() == 1
+    local_for(bus).demux.take(ring, key, key + "w", b"w")
+    assert local_for(bus).demux.buffered() == 1
     bus.control.bump_flush_epoch()
     fut, token = hub.park(ring, key, key + "b")
     hub.dispatch()
-    assert bus.demux.buffered() == 0 and not fut.done()
+    assert local_for(bus).demux.buffered() == 0 and not fut.done()
     hub.unpark(token)
 
 
@@ -207,7 +208,7 @@ async def test_a_send_wakes_the_parked_loop_through_the_fifo(bus, hub, ring, key
     entry = await asyncio.wait_for(fut, 5)
     assert entry[2] == b"woken"
     hub.unpark(token)
-    jobs = bus.ring("jobs")
+    jobs = bus.rings.get("jobs")
     fut, token = hub.park(jobs, "jobs")
     send(bus, jobs, None, b"job")
     assert await asyncio.wait_for(fut, 5) is None
@@ -216,14 +217,14 @@ async def test_a_send_wakes_the_parked_loop_through_the_fifo(bus, hub, ring, key
 
 
 async def test_wait_returns_at_once_when_data_is_already_there(bus, hub):
-    jobs = bus.ring("jobs")
+    jobs = bus.rings.get("jobs")
     put(jobs, None, b"early")  # committed before the waiter's bit was visible: woke nobody
     assert await asyncio.wait_for(hub.wait(jobs, "jobs", jobs.has_data), 5) is None
     assert hub.waiters == {} and jobs.fifo_slots() == []
 
 
 async def test_wait_is_handed_a_message_sent_later(bus, hub, ring, key):
-    demux = bus.demux
+    demux = local_for(bus).demux
     task = asyncio.create_task(hub.wait(ring, key, lambda: demux.has(key + "a") or ring.has_data(), key + "a"))
     await settle()
     assert not task.done() and ring.fifo_slots() == [bus.slot]
@@ -237,7 +238,7 @@ async def test_wait_is_handed_a_message_sent_later(bus, hub, ring, key):
 
 
 async def test_cancellation_after_hand_over_puts_the_message_back_first(bus, hub, ring, key):
-    demux = bus.demux
+    demux = local_for(bus).demux
     ready = lambda: demux.has(key + "a") or ring.has_data()  # noqa: E731
     task = asyncio.create_task(hub.wait(ring, key, ready, key + "a"))
     other = asyncio.create_task(hub.wait(ring, key, lambda: False, key + "b"))
@@ -257,7 +258,7 @@ async def test_cancellation_after_hand_over_puts_the_message_back_first(bus, hub
 
 
 async def test_cancellation_before_any_message_loses_nothing(bus, hub, ring, key):
-    demux = bus.demux
+    demux = local_for(bus).demux
     task = asyncio.create_task(hub.wait(ring, key, lambda: False, key + "a"))
     await settle()
     task.cancel()
@@ -275,7 +276,7 @@ async def test_cancellation_before_any_message_loses_nothing(bus, hub, ring, key
 
 async def test_the_watchdog_wakes_parked_waiters_after_the_timeout(bus, hub, ring, key):
     loop = asyncio.get_running_loop()
-    jobs = bus.ring("jobs")
+    jobs = bus.rings.get("jobs")
     f1, t1 = hub.park(jobs, "jobs", timeout=0.05)
     f2, t2 = hub.park(ring, key, key + "a", timeout=0.05)
     assert hub.loops[loop] is not None  # one timer per loop, not one per waiter
@@ -298,7 +299,7 @@ async def test_the_watchdog_wakes_parked_waiters_after_the_timeout(bus, hub, rin
 
 async def test_a_park_without_timeout_has_no_watchdog(bus, hub):
     loop = asyncio.get_running_loop()
-    jobs = bus.ring("jobs")
+    jobs = bus.rings.get("jobs")
     fut, token = hub.park(jobs, "jobs")
     assert hub.loops[loop] is None
     await asyncio.sleep(0.1)
@@ -310,8 +311,8 @@ async def test_a_park_without_timeout_has_no_watchdog(bus, hub):
 
 
 def test_event_loops_in_several_threads_each_get_their_messages(bus, hub, ring, key):
-    demux = bus.demux
-    jobs = bus.ring("jobs")
+    demux = local_for(bus).demux
+    jobs = bus.rings.get("jobs")
     n_threads, per_thread = 4, 5
     results, errors = {}, []
     parked = threading.Barrier(n_threads + 1)
