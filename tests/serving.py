@@ -9,7 +9,9 @@ import time
 import shmchannels
 from shmchannels.bus import segments
 
-APPS = os.path.join(os.path.dirname(__file__), "apps")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+APPS = os.path.join(TESTS, "apps")
 
 
 def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):

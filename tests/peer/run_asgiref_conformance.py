@@ -8,7 +8,7 @@ afresh from the current working tree (a copy of it, so this repository's
 ``build/`` is not touched) and reinstalled there, non-editable and without
 the ``channels`` extra; then our test module
 (``asgiref_conformance_module.py``) runs with that virtualenv's pytest in a
-subprocess.  Usable from pytest (``tests/test_peer_asgiref_conformance.py``)
+subprocess.  Usable from pytest (``tests/layers/test_peer_asgiref_conformance.py``)
 or by hand::
 
     .venv/bin/python tests/peer/run_asgiref_conformance.py

@@ -4,7 +4,7 @@ The sdist of channels_redis (wheels carry no tests) is downloaded from PyPI
 into ``.cache/peer/`` once; ``tests/test_core.py`` is extracted into a
 temporary directory together with our adapter (``channels_redis_conftest.py``
 copied as ``conftest.py``) and run by pytest in a subprocess with this
-interpreter.  Usable from pytest (``tests/test_peer_channels_redis.py``) or
+interpreter.  Usable from pytest (``tests/layers/test_peer_channels_redis.py``) or
 by hand::
 
     .venv/bin/python tests/peer/run_channels_redis.py

@@ -198,7 +198,7 @@ def test_ring_without_writer_cannot_put():
 
 def test_recover_never_touches_a_committed_record():
     # Recovery of real dead writers is exercised with fault injection in
-    # tests/test_crash.py; here: it leaves READY records alone.
+    # tests/bus/test_crash.py; here: it leaves READY records alone.
     ring, _ = make_ring()
     ring.put(b"first", None, SEC, 0, 0)
     pos = ring.head_state()[0]

@@ -34,12 +34,14 @@ import sys
 import time
 
 import pytest
+
+import serving
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.slow
 
-APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
+APPS = serving.APPS
 CLIENTS = 200
 MESSAGES = 5
 ROUNDS = ("term", "kill", "term", "kill", "term", "kill", "term")  # how each round's servers are stopped

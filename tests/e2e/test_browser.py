@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+import serving
+
 from cdp import CHROMIUM, Browser
 from serving import Served
 
@@ -29,7 +31,7 @@ pytestmark = [
                        reason=f"needs Chromium at {CHROMIUM}: apt-get install -y chromium (Debian; .ci/run installs it)"),
 ]
 
-DOCS_PNG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "demo.png")
+DOCS_PNG = os.path.join(serving.ROOT, "docs", "demo.png")
 WIDTH, HEIGHT = 1280, 800
 
 # [who, text] for each line of a log (#echo-log, #chat-log); who is "" for system lines

@@ -16,13 +16,15 @@ import sys
 import time
 
 import pytest
+
+import serving
 import websockets
 
 from serving import Served, wait_for
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(serving.ROOT, "examples")
 
 
 def started(prefix, args, cwd, env=None):
