@@ -1,5 +1,5 @@
 """Helpers of the benchmarks: a private redis-server, child processes,
-statistics, machine description, and the marked sections of docs/benchmarks.md."""
+statistics, machine description."""
 
 import contextlib
 import glob
@@ -328,29 +328,6 @@ def machine_info(redis_version=None):
         "loadavg": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         "source": source,
     }
-
-
-# ------------------------------------------------------------------------- docs
-
-
-def replace_section(path, start, end, body, title="# Benchmarks\n"):
-    """Replace the text between the ``start`` and ``end`` markers of ``path``
-    (appending a marked section if they are absent), leaving the rest alone."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = title + "\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    i, j = text.find(start), text.find(end)
-    if i >= 0 and j > i:
-        text = text[:i] + block + text[j + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def log(*args):

@@ -1,6 +1,6 @@
 """What the main() of every benchmark script does alike: the options they
 share, their prerequisites, Ctrl-C and SIGTERM, one measurement at a time on
-quiet CPUs, and the rewrite of their docs section and chart."""
+quiet CPUs, and where their results go."""
 
 import argparse
 import contextlib
@@ -10,7 +10,8 @@ import os
 import sys
 import time
 
-from _common import BenchError, log, replace_section, terminate_on_signals, wait_for_quiet
+from _common import BenchError, log, terminate_on_signals, wait_for_quiet
+from _results import RESULTS_DIR
 
 # ------------------------------------------------------------------- options
 
@@ -21,16 +22,17 @@ def new_parser(doc, *, quick, runs, write, only, only_help):
     p.add_argument("--quick", action="store_true", help=quick)
     p.add_argument("--runs", type=int, default=None, help=runs)
     p.add_argument("--write", action="store_true", help=write)
-    p.add_argument("--no-write", action="store_true", help="never touch docs/")
+    p.add_argument("--no-write", action="store_true", help="write no results file")
     p.add_argument("--only", default=only, help=only_help)
     return p
 
 
-def parse(p, argv, *, md, png, choices, kind, md_help=None, png_help=None):
-    """Add --md and --png (last, as every script lists them) and parse: --runs
-    defaults to 5 (1 with --quick), --only becomes a list of ``choices``."""
-    p.add_argument("--md", default=md, help=md_help)
-    p.add_argument("--png", default=png, help=png_help)
+def parse(p, argv, *, choices, kind):
+    """Add --results-dir and parse: --runs defaults to 5 (1 with --quick), --only
+    becomes a list of ``choices``."""
+    p.add_argument("--results-dir", default=None,
+                   help=f"where NAME.json is written (default {os.path.relpath(RESULTS_DIR)} for a full run; "
+                        "a quick or partial run writes one only with --write or --results-dir)")
     a = p.parse_args(argv)
     a.runs = a.runs or (1 if a.quick else 5)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
@@ -38,6 +40,17 @@ def parse(p, argv, *, md, png, choices, kind, md_help=None, png_help=None):
     if bad:
         p.error(f"unknown {kind}(s) {bad}; choose from {list(choices)}")
     return a
+
+
+def results_dir(args, full):
+    """Where this run writes its results file, or None: a full run to
+    bench/results unless --no-write, a quick or partial one only with --write
+    or --results-dir."""
+    if args.no_write:
+        return None
+    if args.results_dir:
+        return args.results_dir
+    return RESULTS_DIR if (full or args.write) else None
 
 
 # ------------------------------------------------------------- prerequisites
@@ -61,20 +74,6 @@ def require_modules(names):
     if missing:
         log(f"missing Python packages {missing}; install the bench extra:\n\n    .venv/bin/pip install -e '.[test,bench]'\n")
         sys.exit(2)
-
-
-def docs_wanted(args, full):
-    """Whether this run rewrites its docs section and chart: a full run does
-    unless --no-write, a quick or partial one only with --write.  Exits with
-    status 2 before measuring anything if the chart could not be drawn."""
-    write = not args.no_write and (full or args.write)
-    if write:
-        try:
-            importlib.import_module("matplotlib")
-        except ImportError:
-            log("matplotlib is needed to write the chart: .venv/bin/pip install -e '.[bench]'")
-            sys.exit(2)
-    return write
 
 
 @contextlib.contextmanager
@@ -146,16 +145,3 @@ class Run:
         if busy > 0.5:
             self.contended.append(f"{what} ({busy:.1f})")
             log(f"    other processes keep {busy:.1f} CPU(s) busy; measuring anyway")
-
-
-# --------------------------------------------------------------------- docs
-
-
-def write_docs(args, markers, draw_chart, render_markdown):
-    """Draw the chart to --png, then rewrite the script's marked section of
-    --md, which links the chart by its path relative to the markdown file."""
-    os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
-    draw_chart(args.png)
-    png_name = os.path.relpath(os.path.abspath(args.png), os.path.dirname(os.path.abspath(args.md)))
-    replace_section(args.md, *markers, render_markdown(png_name))
-    print(f"wrote {os.path.relpath(args.md)} and {os.path.relpath(args.png)}", flush=True)

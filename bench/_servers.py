@@ -345,6 +345,17 @@ class ServerRun(Run):
             info["source"] += (f"; copied aside at the start and used for every measurement (the working tree "
                                f"changed during the run: sha1 {end_hash} at the end)")
 
+    def meta(self, info, elapsed):
+        """The run's metadata for the results file."""
+        return {"machine": {"cpus": info["nproc"], "cpu": info["cpu"], "mem": info["mem"], "kernel": info["kernel"],
+                            "python": info["python"]},
+                "versions": info["versions"], "source": info["source"], "elapsed_min": round(elapsed / 60, 1),
+                "loadavg_start": info["loadavg"], "loadavg_max_1min": self.max_load,
+                "quiet_wait": {"measurements": self.measurements, "max_each_s": self.args.quiet_wait,
+                               "budget_s": self.quiet_budget, "spent_s": round(self.waited),
+                               "contended": self.contended},
+                "problems": self.problems, "errors": self.errors}
+
     def print_runtime(self, elapsed):
         new_shm = sorted(set(os.listdir("/dev/shm")) - self.shm_before)
         mine = [f for f in new_shm if any(f"-{p}@" in f for p in self.prefixes)]

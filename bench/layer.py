@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Channel-layer benchmark: shmchannels vs channels_redis vs multiprocessing.Queue.
 
-    .venv/bin/python bench/layer.py            # full run (5 runs), rewrites docs/benchmarks.md + PNG
-    .venv/bin/python bench/layer.py --quick    # smoke run; writes docs only with --write
+    .venv/bin/python bench/layer.py            # full run (5 runs), writes bench/results/layer.json
+    .venv/bin/python bench/layer.py --quick --results-dir /tmp/r    # smoke run (no file unless a dir or --write)
     .venv/bin/python bench/layer.py --runs 3 --only stream,rt
 
 Starts its own redis-server on a free 127.0.0.1 port (no persistence) and
@@ -41,37 +41,20 @@ from _common import (  # noqa: E402
     shm_files,
     stop_all,
 )
-from _report import (  # noqa: E402
-    closing_sections,
-    error_lines,
-    generated_line,
-    grey_legend,
-    ratio_lines,
-    ratio_row,
-    ratios,
-    rng,
-    save_chart,
-    stat,
-    target,
-    target_lines,
-    target_readings,
-    vals,
-)
+from _report import bar, error_lines, panel, ratios, stat, vals  # noqa: E402
+from _results import num, print_tables, ratio_table, span_cell, table, target, target_table, write  # noqa: E402
 from _run import (  # noqa: E402
     Run,
-    docs_wanted,
     interruptible,
     new_parser,
     parse,
     require_modules,
     require_program,
-    write_docs,
+    results_dir,
 )
 from _workers import MPQ, PUBSUB, REDIS, SHM  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-PNG = os.path.join(ROOT, "docs", "bench_layer.png")
 START, END = "<!-- bench:layer:start -->", "<!-- bench:layer:end -->"
 
 START_METHOD = "spawn"
@@ -109,6 +92,8 @@ SCENARIO_TITLES = {
     "big": "4. 64 KiB messages one-to-one",
     "idle": "5. idle receiver CPU",
 }
+SCENARIO_TITLES_MD = {"stream": "1. one-to-one 100 B", "rt": "2. round trip", "group": "3. group_send 1000",
+                      "big": "4. 64 KiB one-to-one", "idle": "5. idle CPU"}
 # First-run sizes (messages / round trips) for a ~2 s measurement; later runs
 # are resized from the rates measured so far.
 INITIAL = {
@@ -376,62 +361,67 @@ def run_idle(env, key):
 # ------------------------------------------------------------------ reporting
 
 
-def fmt_ratio(v):
-    return "n/a" if v is None else f"{v:.3g}x" if v < 1000 else f"{v:.0f}x"
-
-
 def fmt_rate(v):
     return fmt_num(v, "/s")
 
 
-def fmt_pct(v):
-    return "n/a" if v is None else f"{v:.3f}%"
+def us(v):
+    return fmt_time(v / 1e6) if v is not None else "n/a"
+
+
+def ms(v):
+    return fmt_time(v / 1e3) if v is not None else "n/a"
 
 
 def build_targets(results):
     """The targets of the scenarios that ran (see _report.target)."""
     t = []
 
-    def add(text, values, ok, shown):
-        t.append(target(text, values, ok, shown))
+    def add(text, values, ok, f):
+        t.append(target(text, values, ok, f))
 
     if "stream" in results:
         add("throughput >= 300x RedisChannelLayer (new_channel)", ratios(results, "stream", "shm", "redis", "rate"),
-            lambda v: v >= 300, fmt_ratio)
+            lambda v: v >= 300, "ratio")
         add('throughput >= 300x RedisChannelLayer (named "bench")',
-            ratios(results, "stream", "shm-named", "redis-named", "rate"), lambda v: v >= 300, fmt_ratio)
+            ratios(results, "stream", "shm-named", "redis-named", "rate"), lambda v: v >= 300, "ratio")
         add("throughput >= 2x multiprocessing.Queue (new_channel)", ratios(results, "stream", "shm", "mpq", "rate"),
-            lambda v: v >= 2, fmt_ratio)
+            lambda v: v >= 2, "ratio")
         add('throughput >= 2x multiprocessing.Queue (named "bench")',
-            ratios(results, "stream", "shm-named", "mpq", "rate"), lambda v: v >= 2, fmt_ratio)
+            ratios(results, "stream", "shm-named", "mpq", "rate"), lambda v: v >= 2, "ratio")
     if "rt" in results:
         add("round-trip p50 <= 1/20 of RedisChannelLayer's (Redis p50 / shm p50 >= 20)",
-            ratios(results, "rt", "shm", "redis", "p50_us", invert=True), lambda v: v >= 20, fmt_ratio)
+            ratios(results, "rt", "shm", "redis", "p50_us", invert=True), lambda v: v >= 20, "ratio")
         add("round-trip p99 <= 3x own p50 (shm p99 / p50)",
-            [r["p99_us"] / r["p50_us"] for r in results["rt"]["shm"] if r], lambda v: v <= 3, fmt_ratio)
+            [r["p99_us"] / r["p50_us"] for r in results["rt"]["shm"] if r], lambda v: v <= 3, "ratio")
     if "group" in results:
         add("group_send to 1000 <= 1/4 of RedisChannelLayer's, consumer loops (Redis / shm >= 4)",
-            ratios(results, "group", "shm", "redis", "total_ms", invert=True), lambda v: v >= 4, fmt_ratio)
+            ratios(results, "group", "shm", "redis", "total_ms", invert=True), lambda v: v >= 4, "ratio")
         add("group_send to 1000 <= 1/4 of RedisChannelLayer's, fresh waiters (Redis / shm >= 4)",
-            ratios(results, "group", "shm", "redis", "fresh_ms", invert=True), lambda v: v >= 4, fmt_ratio)
+            ratios(results, "group", "shm", "redis", "fresh_ms", invert=True), lambda v: v >= 4, "ratio")
     if "big" in results:
         add("64 KiB messages >= 50k/s (new_channel)", vals(results, "big", "shm", "rate"),
-            lambda v: v is not None and v >= 50_000, fmt_rate)
+            lambda v: v is not None and v >= 50_000, "rate")
         add('64 KiB messages >= 50k/s (named "bench")', vals(results, "big", "shm-named", "rate"),
-            lambda v: v is not None and v >= 50_000, fmt_rate)
+            lambda v: v is not None and v >= 50_000, "rate")
     if "idle" in results:
         add("idle CPU < 1% (new_channel)", vals(results, "idle", "shm", "pct"),
-            lambda v: v is not None and v < 1, fmt_pct)
+            lambda v: v is not None and v < 1, "pct")
         add('idle CPU < 1% (named "bench")', vals(results, "idle", "shm-named", "pct"),
-            lambda v: v is not None and v < 1, fmt_pct)
+            lambda v: v is not None and v < 1, "pct")
     return t
+
+
+def secs(med, lo, hi, scale):
+    """Median and range cells of a time measured in ``scale`` seconds."""
+    if med is None:
+        return "n/a", "n/a"
+    return num(med * scale, "time"), span_cell(lo * scale, hi * scale, "time")
 
 
 def result_rows(results):
     """Rows (scenario, variant, median, range, extra) for the results table."""
     rows = []
-    us = lambda v: fmt_time(v / 1e6) if v is not None else "n/a"  # noqa: E731
-    ms = lambda v: fmt_time(v / 1e3) if v is not None else "n/a"  # noqa: E731
     for sc in SCENARIOS:
         if sc not in results:
             continue
@@ -453,7 +443,7 @@ def result_rows(results):
                 if full:
                     extra.append(f"ChannelFull retries {full:.0f}")
                 extra.append(f"N={n:.0f}" if n else "")
-                rows.append((sc, label, fmt_rate(med), rng(lo, hi, fmt_rate), "; ".join(e for e in extra if e)))
+                rows.append((sc, label, num(med, "rate"), span_cell(lo, hi, "rate"), "; ".join(e for e in extra if e)))
             elif sc == "rt":
                 for field, name in (("p50_us", "p50"), ("p99_us", "p99"), ("mean_us", "mean")):
                     med, lo, hi = stat(results, sc, key, field)
@@ -463,7 +453,7 @@ def result_rows(results):
                         p999, _, _ = stat(results, sc, key, "p999_us")
                         mx, _, _ = stat(results, sc, key, "max_us")
                         extra = f"p99.9 {us(p999)}, max {us(mx)}; M={m:.0f}" if m else ""
-                    rows.append((sc, f"{label} {name}", us(med), rng(lo, hi, us), extra))
+                    rows.append((sc, f"{label} {name}", *secs(med, lo, hi, 1e-6), extra))
             elif sc == "group":
                 for field, first, call, name in (("total_ms", "first_ms", "call_ms", "consumer loops"),
                                                  ("fresh_ms", "fresh_first_ms", "fresh_call_ms", "fresh waiters")):
@@ -477,7 +467,7 @@ def result_rows(results):
                         extra += f"; first (cold) group_send of a run {ms(cold)}"
                         if retr:
                             extra += f"; group_add 'database is locked' retries {retr}"
-                    rows.append((sc, f"{label}, {name}", ms(med), rng(lo, hi, ms), extra))
+                    rows.append((sc, f"{label}, {name}", *secs(med, lo, hi, 1e-3), extra))
                 if key == SCENARIOS[sc][-1]:
                     rows.append((sc, VARIANTS["mpq"][2], "n/a", "", "not applicable: no groups"))
             elif sc == "idle":
@@ -485,7 +475,7 @@ def result_rows(results):
                 cpu, _, _ = stat(results, sc, key, "cpu_ms")
                 thr, _, _ = stat(results, sc, key, "threads")
                 extra = f"{cpu:.2f} ms CPU in the window; {thr:.0f} threads" if med is not None else ""
-                rows.append((sc, label, fmt_pct(med), rng(lo, hi, fmt_pct), extra))
+                rows.append((sc, label, num(med, "pct"), span_cell(lo, hi, "pct"), extra))
     return rows
 
 
@@ -506,279 +496,36 @@ def ratio_rows(results):
         ("big", "shm", "redis", "rate", False, "64 KiB msg/s: shm / Redis"),
         ("big", "shm", "mpq", "rate", False, "64 KiB msg/s: shm / mp.Queue"),
     ]
-    return [ratio_row(text, ratios(results, sc, a, b, field, invert=inv), fmt_ratio)
-            for sc, a, b, field, inv, text in pairs if sc in results]
+    return [(text, ratios(results, sc, a, b, field, invert=inv)) for sc, a, b, field, inv, text in pairs if sc in results]
 
 
-def print_report(results, targets, env):
-    out = []
-    out.append("\nRESULTS (median over runs, min – max)")
-    cur = None
-    for sc, label, med, r, extra in result_rows(results):
-        if sc != cur:
-            out.append(f"\n  {SCENARIO_TITLES[sc]}")
-            cur = sc
-        out.append(f"    {label:<38} {med:>12}   [{r}]   {extra}")
-    out += ratio_lines(ratio_rows(results), env.unit, 62, 9)
-    out += target_lines(targets, env.unit, 72, 10)
-    out += error_lines(env.errors)
-    print("\n".join(out), flush=True)
+def tables(results, targets, unit):
+    rows = [(SCENARIO_TITLES_MD[sc], *rest) for sc, *rest in result_rows(results)]
+    return [table("results", "Results", ["scenario", "variant", "median", "min – max", "notes"], rows, "llrll"),
+            ratio_table(ratio_rows(results), unit), target_table(targets, unit)]
 
 
-def reading(results, targets, env):
-    """A short reading of the numbers.  Every sentence is computed from this
-    run's results; the diagnostic ones appear only when their symptom does."""
-    lines = []
-
-    def g(sc, k, f):
-        return stat(results, sc, k, f)[0] if sc in results and k in results[sc] else None
-
-    t = fmt_time
-    shm, shm_n, red, mpq = (g("stream", k, "rate") for k in ("shm", "shm-named", "redis", "mpq"))
-    if shm and red and mpq:
-        lines.append(
-            f"- **One-to-one:** shmchannels delivers {fmt_num(shm)} msg/s on a `new_channel()` channel and "
-            f"{fmt_num(shm_n)} msg/s on a named one; RedisChannelLayer {fmt_num(red)} msg/s, RedisPubSub "
-            f"{fmt_num(g('stream', 'pubsub', 'rate'))} msg/s, a bare multiprocessing.Queue {fmt_num(mpq)} msg/s "
-            f"(synchronous, no event loop).  The shmchannels receiver is the bottleneck: it spends "
-            f"{g('stream', 'shm', 'recv_cpu_us'):.2f} µs CPU per message on the `new_channel()` path and "
-            f"{g('stream', 'shm-named', 'recv_cpu_us'):.2f} µs on the named path, the sender "
-            f"{g('stream', 'shm', 'send_cpu_us'):.2f} µs per message."
-        )
-    if g("rt", "shm", "p50_us"):
-        lines.append(
-            f"- **Round trip:** shmchannels p50 {t(g('rt', 'shm', 'p50_us') / 1e6)}, p99 "
-            f"{t(g('rt', 'shm', 'p99_us') / 1e6)}, p99.9 {t(g('rt', 'shm', 'p999_us') / 1e6)}; RedisChannelLayer p50 "
-            f"{t(g('rt', 'redis', 'p50_us') / 1e6)}; RedisPubSub {t(g('rt', 'pubsub', 'p50_us') / 1e6)}; "
-            f"multiprocessing.Queue {t(g('rt', 'mpq', 'p50_us') / 1e6)}.  Both shmchannels processes busy-wait up to "
-            f"50 µs for the answer (spin_us) instead of sleeping, which is what keeps them under a kernel wake-up; "
-            f"on 2 vCPUs shared with the parent, redis-server and other work, the tail is where noise shows first."
-        )
-    loops, fresh = g("group", "shm", "total_ms"), g("group", "shm", "fresh_ms")
-    if loops and fresh:
-        lines.append(
-            f"- **group_send to 1000:** with Channels-style consumer loops shmchannels needs {t(loops / 1e3)} until the "
-            f"last member has its message, RedisChannelLayer {t(g('group', 'redis', 'total_ms') / 1e3)}, RedisPubSub "
-            f"{t(g('group', 'pubsub', 'total_ms') / 1e3)}; with fresh waiters {t(fresh / 1e3)}, "
-            f"{t(g('group', 'redis', 'fresh_ms') / 1e3)} and {t(g('group', 'pubsub', 'fresh_ms') / 1e3)}.  The "
-            f"shmchannels group_send call itself takes {t(g('group', 'shm', 'call_ms') / 1e3)} (one record per "
-            f"receiving process; RedisChannelLayer's takes {t(g('group', 'redis', 'call_ms') / 1e3)}: one sorted-set "
-            f"entry per member, then one BZPOPMIN per message on the receiving side).  The rest is the receiving "
-            f"processes waking, fanning the record out and running 500 tasks each."
-        )
-        if loops > 3 * fresh:
-            lines.append(
-                f"- *Diagnosis:* shmchannels' consumer loops are {loops / fresh:.1f}x slower than its fresh waiters "
-                f"(RedisChannelLayer: {g('group', 'redis', 'total_ms') / g('group', 'redis', 'fresh_ms'):.1f}x).  A "
-                f"consumer that got its message calls receive() again, finds nothing, and - because traffic arrived "
-                f"within the last 5 ms - busy-waits spin_us (50 µs) with the event loop blocked before parking; "
-                f"{GROUP_MEMBERS} consumers x 50 µs = {GROUP_MEMBERS * 0.05:.0f} ms per broadcast per process, "
-                f"before the last consumer even runs."
-                + (f"  The diagnostic run of the same layer with `spin_us=0` takes "
-                   f"{t(g('group', 'shm-nospin', 'total_ms') / 1e3)} with consumer loops and "
-                   f"{t(g('group', 'shm-nospin', 'fresh_ms') / 1e3)} with fresh waiters."
-                   if g("group", "shm-nospin", "total_ms") else "")
-            )
-    big, big_n = g("big", "shm", "rate"), g("big", "shm-named", "rate")
-    if big and big_n:
-        lines.append(
-            f"- **64 KiB:** {fmt_num(big)} msg/s = {g('big', 'shm', 'gbps'):.2g} GB/s on a `new_channel()` channel, "
-            f"{fmt_num(big_n)} msg/s = {g('big', 'shm-named', 'gbps'):.2g} GB/s on a named one (multiprocessing.Queue "
-            f"{fmt_num(g('big', 'mpq', 'rate'))} msg/s, RedisChannelLayer {fmt_num(g('big', 'redis', 'rate'))} msg/s)."
-        )
-        rss, rss_n = g("big", "shm", "recv_rss_mb"), g("big", "shm-named", "recv_rss_mb")
-        if big < big_n / 4:
-            lines.append(
-                f"- *Diagnosis:* the `new_channel()` path is {big_n / big:.0f}x slower than the named path at 64 KiB "
-                f"({g('big', 'shm', 'recv_cpu_us'):.0f} vs {g('big', 'shm-named', 'recv_cpu_us'):.1f} µs receiver CPU "
-                f"per message) and its receiver peaked at {rss:.0f} MB RSS (named: {rss_n:.0f} MB).  The demultiplexer "
-                f"drains the ring until it is empty while the sender keeps refilling it, so the stream piles up as "
-                f"fresh 64 KiB bytes objects in the receiving process (page faults, cache misses) before receive() "
-                f"consumes any; the 8 MiB ring bounds nothing."
-            )
-    if g("idle", "shm", "pct") is not None:
-        lines.append(
-            f"- **Idle:** a receiver parked in `receive()` used {g('idle', 'shm', 'pct'):.3f}% of a CPU (named: "
-            f"{g('idle', 'shm-named', 'pct'):.3f}%); RedisChannelLayer {g('idle', 'redis', 'pct'):.3f}%, "
-            f"multiprocessing.Queue {g('idle', 'mpq', 'pct'):.3f}%, RedisPubSub {g('idle', 'pubsub', 'pct'):.3f}% "
-            f"(its reader task polls every 0.1 s)."
-        )
-    lines += target_readings(targets, env.unit)
-    if env.leftovers:
-        lines.append(f"- **The layer left files in /dev/shm** after {len(env.leftovers)} scenario run(s) (removed by "
-                     "the benchmark): " + "; ".join(f"{p}: {', '.join(f)}" for p, f in env.leftovers[:3]) + ".")
-    else:
-        lines.append("- Nothing was left in /dev/shm after any clean scenario run (checked after every one).")
-    if env.killed_leftovers:
-        lines.append(f"- {len(env.killed_leftovers)} failed scenario run(s) (listed below) left files in /dev/shm "
-                     "after the benchmark terminated their processes; removed.")
-    retries = sum(x for x in vals(results, "group", "shm", "setup_retries") if x) if "group" in results else 0
-    if retries:
-        lines.append(f"- shmchannels' `group_add` raised `sqlite3.OperationalError: database is locked` {retries} "
-                     "time(s) while the two receivers set up their groups concurrently (retried by the benchmark).")
-    return "\n".join(lines)
-
-
-def markdown(results, targets, info, env, started, elapsed, png_name):
-    a = env.args
-    md = ["## Layer", "", generated_line("layer.py", a, env.unit, started, elapsed), ""]
-    md.append(f"**Machine:** {info['nproc']} vCPU ({info['cpu']}), {info['mem']} RAM, Linux {info['kernel']}, "
-              f"load average (1/5/15 min) at start {info['loadavg']}, highest 1-min value seen between "
-              f"measurements {env.max_load:.2f}, at the end {os.getloadavg()[0]:.2f} (a 2-vCPU box shared with other "
-              f"work: anything above ~0.5 means something else competed for the CPUs).  Before each of the "
-              f"{env.measurements} measurements the script waited (up to {a.quiet_wait:g} s each, "
-              f"{QUIET_BUDGET:.0f} s in all; {env.waited:.0f} s spent) until no other process was runnable; "
-              + (f"{len(env.contended)} started anyway with others busy (number of busy CPUs): "
-                 f"{', '.join(env.contended)}." if env.contended else "none started with others busy.")
-              + f"  **Layer source:** {info['source']}.  "
-              f"**Python:** {info['python']}.  **Packages:** "
-              + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".")
-    md.append("")
-    md.append("### Method")
-    md.append("")
-    md.extend([
-        f"- Separate OS processes for every role (multiprocessing start method {START_METHOD_WHY})  Each "
-        "process builds its own layer object and uses the async API (`asyncio.run`); multiprocessing.Queue is "
-        "used synchronously (`put`/`get`, pickled by multiprocessing as usual), which is its best case.",
-        "- A private `redis-server` on a free 127.0.0.1 port with `--save '' --appendonly no` (and the pubsub "
-        "output-buffer limit lifted, because the pubsub sender outruns its subscriber), stopped at the end.  "
-        "Each scenario run uses its own layer prefix, flushes once at the end, and is checked for files left "
-        "in /dev/shm.",
-        f"- Each measurement is repeated {a.runs} time(s); all variants run one after another inside each run, so "
-        "ratios are computed run by run and then summarised (median, min – max).  Sizes adapt: the next run's "
-        f"N or M is set from the rates measured so far to take about {env.target:g} s.",
-        "- **1. One-to-one:** sender process `await send(ch, msg)` N times, receiver process `await receive(ch)` "
-        "N times, msg `{\"type\": \"websocket.receive\", \"text\": \"x\"*100}`.  The receiver makes the "
-        "channel (`new_channel()`, name passed to the sender through the parent) or uses the named channel "
-        "`\"bench\"`.  Rate = (N-1) / (time from the receiver's first to last message).  Both layers run with "
-        f"`capacity={STREAM_CAPACITY}` (more than N) so that capacity is not what is measured (for shmchannels "
-        "the 8 MiB ring is then the limit); a sender that gets ChannelFull sleeps "
-        f"{SEND_BACKOFF * 1e6:.0f} µs and retries (retries are counted).  One untimed probe message per "
-        "direction warms connections first.  The receiver checks that it got exactly N messages of the right "
-        "size; its peak RSS (`ru_maxrss`) is reported.",
-        f"- **2. Round trip:** the client makes its reply channel with `new_channel()`, sends `{{\"type\": \"req\", "
-        f"\"reply\": ..., \"text\": \"x\"*100}}` to the server's channel (named `\"bench-rt\"` like a worker's; "
-        f"RedisPubSub uses a `new_channel()` of the server because it only receives on channels subscribed before "
-        f"the first send), the server echoes to `reply`; {RT_WARMUP} warm-up round trips, then M sequential ones "
-        "timed with `perf_counter_ns` in the client.  mp.Queue: two queues.",
-        f"- **3. group_send:** two receiver processes each make {GROUP_MEMBERS} channels with `new_channel()` and "
-        f"`group_add` them to one group (for RedisPubSub too: each process adds only its own channels, which is "
-        f"exactly what that layer supports); a third process calls `group_send` once per repetition.  Time = "
-        "last receive() return in either receiver minus `time.monotonic_ns()` just before `group_send` "
-        "(CLOCK_MONOTONIC is system-wide).  Two ways of receiving, in the same processes: **consumer loops** "
-        f"({GROUP_MEMBERS} tasks per process, each `while True: await receive(its channel)` for the whole "
-        "series, as Channels consumers do; this is the main figure) and **fresh waiters** (per repetition "
-        f"{GROUP_MEMBERS} new tasks each parked in one `receive()` before the send).  {a.reps} timed "
-        "repetitions of each per run after one warm-up (the very first group_send of a run is reported as "
-        "'cold'); per run the median repetition.  multiprocessing.Queue: not applicable (no groups).  "
-        "A diagnostic variant runs shmchannels with `spin_us=0` (receive-side busy-wait off); it has no target.",
-        "- **4. 64 KiB:** as 1 with `{\"type\": \"x\", \"bytes\": b\"z\"*65536}`; GB/s counts the 65536 payload bytes.",
-        f"- **5. Idle CPU:** one receiver parked in `await receive(ch)` with no traffic for "
-        f"{1.0 if a.quick else a.idle_secs:g} s (entered 0.5 s after its last message); CPU = "
-        "`resource.getrusage(RUSAGE_SELF)` user+sys over the window / wall time.",
-    ])
-    md.append("")
-    md.append("### Results")
-    md.append("")
-    md.append("| scenario | variant | median | min – max | notes |")
-    md.append("|---|---|---:|---|---|")
-    titles = {"stream": "1. one-to-one 100 B", "rt": "2. round trip", "group": "3. group_send 1000",
-              "big": "4. 64 KiB one-to-one", "idle": "5. idle CPU"}
-    for sc, label, med, r, extra in result_rows(results):
-        md.append(f"| {titles[sc]} | {label} | {med} | {r} | {extra} |")
-    md.append("")
-    md += closing_sections(ratio_rows(results), targets, env.unit, "Layer benchmark: medians with min – max whiskers",
-                           png_name, reading(results, targets, env), env.errors)
-    return "\n".join(md) + "\n"
-
-
-COLORS = {SHM: "#1f77b4", REDIS: "#d62728", PUBSUB: "#ff7f0e", MPQ: "#2ca02c"}
-
-
-def chart(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    fig.suptitle("Channel layers on one host: shmchannels vs channels_redis vs multiprocessing.Queue "
-                 "(bars: median over runs; whiskers: min – max)", fontsize=12)
-
-    def bars(ax, sc, fields, fmt, title, xlabel, log=True, target=None, target_label=None, legend=None):
-        """Horizontal bars, one group per variant, one bar per field."""
+def chart(results):
+    """The chart's panels: medians with min – max whiskers."""
+    def bars(sc, fields, scale=1.0, names=("",)):
         if sc not in results:
-            ax.set_visible(False)
-            return
-        keys = [k for k in SCENARIOS[sc] if stat(results, sc, k, fields[0])[0] is not None]
-        if not keys:
-            ax.set_visible(False)
-            return
-        h = 0.8 / len(fields)
-        allv = []
-        for i, field in enumerate(fields):
-            st = [stat(results, sc, k, field) for k in keys]
-            meds, los, his = [x[0] for x in st], [x[1] for x in st], [x[2] for x in st]
-            allv += los + his
-            ys = [j - 0.4 + h * (i + 0.5) for j in range(len(keys))]
-            ax.barh(ys, meds, height=h * 0.9,
-                    xerr=[[m - lo for m, lo in zip(meds, los)], [hi - m for m, hi in zip(meds, his)]],
-                    color=[COLORS[VARIANTS[k][0]] for k in keys], alpha=1.0 if i == 0 else 0.5,
-                    hatch=None if i == 0 else "//", edgecolor="k", linewidth=0.3, capsize=2,
-                    error_kw={"elinewidth": 0.8}, label=legend[i] if legend else None)
-            for yy, m, hi in zip(ys, meds, his):
-                ax.text(hi, yy, "  " + fmt(m), va="center", ha="left", fontsize=7.5)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels([VARIANTS[k][2] for k in keys], fontsize=8.5)
-        ax.invert_yaxis()
-        if log:
-            ax.set_xscale("log")
-            pos = [v for v in allv if v and v > 0]
-            ax.set_xlim(min(pos) / 3, max(pos) * 12)
-        if target is not None:
-            ax.axvline(target, color="k", ls="--", lw=1)
-            ax.text(target, -0.45, f" {target_label}", fontsize=8, va="bottom")
-        if legend:
-            grey_legend(ax, loc="lower right")
-        ax.set_title(title, fontsize=10.5)
-        ax.set_xlabel(xlabel, fontsize=9)
-        ax.grid(axis="x", which="both", alpha=0.25)
+            return []
+        return [bar(VARIANTS[k][2], stat(results, sc, k, f), scale, name)
+                for f, name in zip(fields, names) for k in SCENARIOS[sc]]
 
-    bars(axes[0, 0], "stream", ["rate"], fmt_rate, "1. One-to-one throughput, 100-char message",
-         "messages/s received (log)")
-    bars(axes[0, 1], "rt", ["p50_us", "p99_us"], lambda v: fmt_time(v / 1e6),
-         "2. Round trip via a reply channel", "µs per round trip (log)", legend=["p50", "p99"])
-    bars(axes[1, 0], "group", ["total_ms", "fresh_ms"], lambda v: fmt_time(v / 1e3),
-         "3. group_send to 1000 members in 2 processes", "ms until all 1000 received (log)",
-         legend=["500 consumer loops / process", "fresh receive() per member"])
-    bars(axes[1, 1], "big", ["rate"], fmt_rate, "4. 64 KiB messages one-to-one", "messages/s received (log)",
-         target=50_000, target_label="target 50k/s")
-    bars(axes[1, 2], "idle", ["pct"], lambda v: f"{v:.3f}%", "5. Idle receiver CPU",
-         "% of one CPU while parked (log)", target=1.0, target_label="target < 1%")
-
-    # round-trip latency CDF, one line per run (a disturbed run shows as an outlier line)
-    ax = axes[0, 2]
-    if "rt" in results:
-        for k in SCENARIOS["rt"]:
-            for i, r in enumerate(x for x in results["rt"][k] if x):
-                lat = r["lat_ns"]  # sorted
-                step = max(1, len(lat) // 2000)
-                xs = [lat[j] / 1e3 for j in range(0, len(lat), step)] + [lat[-1] / 1e3]
-                ys = [j / len(lat) for j in range(0, len(lat), step)] + [1.0]
-                ax.plot(xs, ys, color=COLORS[VARIANTS[k][0]], lw=1, alpha=0.7,
-                        label=VARIANTS[k][2] if i == 0 else None)
-        ax.set_xscale("log")
-        ax.set_xlabel("round-trip latency, µs (log)", fontsize=9)
-        ax.set_ylabel("fraction of round trips", fontsize=9)
-        ax.set_title("2. Round-trip latency CDF (one line per run)", fontsize=10.5)
-        ax.axhline(0.99, color="grey", lw=0.6, ls=":")
-        ax.text(ax.get_xlim()[0], 0.99, " p99", fontsize=7, va="bottom", color="grey")
-        ax.legend(fontsize=8, loc="center right")
-        ax.grid(which="both", alpha=0.25)
-    else:
-        ax.set_visible(False)
-
-    save_chart(fig, path, top=0.96)
+    return {"png": "bench_layer.png", "alt": "Layer benchmark: medians with min – max whiskers",
+            "title": "Channel layers on one host (bars: median over runs; whiskers: min – max)",
+            "panels": [
+                panel("1. One-to-one throughput, 100-char message", "messages/s received (log)",
+                      bars("stream", ["rate"]), "rate"),
+                panel("2. Round trip via a reply channel", "seconds per round trip (log)",
+                      bars("rt", ["p50_us", "p99_us"], 1e-6, ("p50", "p99")), "time"),
+                panel("3. group_send to 1000 members in 2 processes", "seconds until all 1000 received (log)",
+                      bars("group", ["total_ms", "fresh_ms"], 1e-3, ("consumer loops", "fresh receive()")), "time"),
+                panel("4. 64 KiB messages one-to-one", "messages/s received (log)", bars("big", ["rate"]), "rate",
+                      target=50_000),
+                panel("5. Idle receiver CPU", "% of one CPU while parked (log)", bars("idle", ["pct"]), "pct",
+                      target=1.0)]}
 
 
 # ----------------------------------------------------------------------- main
@@ -787,7 +534,7 @@ def chart(results, path):
 def parse_args(argv=None):
     p = new_parser(__doc__, quick="short smoke run (1 run, ~0.3 s per measurement)",
                    runs="repetitions of every measurement (default 5; 1 with --quick)",
-                   write="with --quick or --only: still rewrite docs/benchmarks.md and the PNG",
+                   write="with --quick or --only: still write bench/results/layer.json",
                    only=",".join(SCENARIOS), only_help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--reps", type=int, default=None, help="group_send repetitions per run (default 10; 3 with --quick)")
     p.add_argument("--idle-secs", type=float, default=3.0, help="idle window in seconds (default 3)")
@@ -795,8 +542,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="before each measurement wait up to this many seconds for other busy processes to "
                         "finish (default 60; 0 with --quick)")
-    a = parse(p, argv, md=DOC, png=PNG, choices=SCENARIOS, kind="scenario",
-              md_help="markdown file whose layer section is rewritten", png_help="chart path")
+    a = parse(p, argv, choices=SCENARIOS, kind="scenario")
     a.reps = a.reps or (3 if a.quick else 10)
     if a.quick:
         a.quiet_wait = 0.0
@@ -866,10 +612,15 @@ def start_redis(cleanup, binary):
     return server
 
 
+def machine_of(info):
+    return {"cpus": info["nproc"], "cpu": info["cpu"], "mem": info["mem"], "kernel": info["kernel"],
+            "python": info["python"]}
+
+
 def main(argv=None):
     args = parse_args(argv)
     binary = check_prerequisites()
-    write = docs_wanted(args, full=not args.quick and set(args.only) == set(SCENARIOS))
+    out_dir = results_dir(args, full=not args.quick and set(args.only) == set(SCENARIOS))
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     results = {sc: {k: [] for k in SCENARIOS[sc]} for sc in args.only}
@@ -898,15 +649,25 @@ def main(argv=None):
                            f"changed during the run; at the end: {end_source})")
         log(f"note: the layer's working tree changed during the run; the run used its snapshot: {info['source']}")
     targets = build_targets(results)
-    print_report(results, targets, env)
+    tabs = tables(results, targets, env.unit)
+    print_tables(tabs)
+    print("\n".join(error_lines(env.errors)), flush=True)
     print(f"\ntotal runtime {elapsed:.0f} s", flush=True)
     if env.leftovers:
         print(f"WARNING: the layer left files in /dev/shm after clean scenario runs (removed): {env.leftovers}", flush=True)
     if env.killed_leftovers:
         print(f"note: removed files of failed scenario runs from /dev/shm: {env.killed_leftovers}", flush=True)
-    if write:
-        write_docs(args, (START, END), functools.partial(chart, results),
-                   lambda png_name: markdown(results, targets, info, env, started, elapsed, png_name))
+    if out_dir:
+        meta = {"machine": machine_of(info), "versions": info["versions"], "source": info["source"],
+                "elapsed_min": round(elapsed / 60, 1), "loadavg_start": info["loadavg"],
+                "loadavg_max_1min": env.max_load, "start_method": START_METHOD,
+                "quiet_wait": {"measurements": env.measurements, "max_each_s": args.quiet_wait,
+                               "budget_s": QUIET_BUDGET, "spent_s": round(env.waited), "contended": env.contended},
+                "errors": env.errors, "shm_leftovers": env.leftovers}
+        params = {"runs": args.runs, "quick": args.quick, "only": args.only, "reps": args.reps,
+                  "idle_secs": args.idle_secs, "target_secs": args.target_secs, "quiet_wait": args.quiet_wait}
+        write(out_dir, "layer", meta=meta, params=params, runs=results, tables=tabs, chart=chart(results),
+              started=started)
     return 1 if env.errors else 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """WebSocket benchmark: echo round trip and a 1000-client chat-room broadcast.
 
-    .venv/bin/python bench/websocket.py            # full run (5 runs), rewrites its docs/benchmarks.md section + PNG
-    .venv/bin/python bench/websocket.py --quick    # smoke run; writes docs only with --write
+    .venv/bin/python bench/websocket.py            # full run (5 runs), writes bench/results/websocket.json
+    .venv/bin/python bench/websocket.py --quick    # smoke run; writes results only with --write or --results-dir
     .venv/bin/python bench/websocket.py --runs 3 --only echo
 
 echo   one client, sequential round trips of a 100-char text frame:
@@ -51,38 +51,19 @@ from _common import (  # noqa: E402
     log,
     median,
     percentile,
-    span,
+
 )
-from _report import (  # noqa: E402
-    closing_sections,
-    error_lines,
-    fx,
-    generated_line,
-    grey_legend,
-    problem_lines,
-    ratio_lines,
-    ratio_row,
-    ratios,
-    rng,
-    save_chart,
-    server_machine_line,
-    stat,
-    target,
-    target_lines,
-    target_readings,
-    vals,
-)
+from _report import bar, error_lines, panel, ratios, stat, vals  # noqa: E402
+from _results import num, print_tables, ratio_table, span_cell, table, target, target_table, write  # noqa: E402
 from _run import (  # noqa: E402
-    docs_wanted,
     interruptible,
     new_parser,
     parse,
     require_modules,
     require_program,
-    write_docs,
+    results_dir,
 )
 from _servers import (  # noqa: E402
-    ROOT,
     Server,
     ServerRun,
     check_runs_snapshot,
@@ -94,9 +75,6 @@ from _servers import (  # noqa: E402
     venv_exe,
 )
 
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-PNG = os.path.join(ROOT, "docs", "bench_websocket.png")
-START, END = "<!-- bench:websocket:start -->", "<!-- bench:websocket:end -->"
 QUIET_BUDGET = 300.0
 MSG_SIZE = 100  # characters of every text frame
 CLIENT_STOP_TIMEOUT = 10.0
@@ -121,8 +99,6 @@ VARIANTS = {
 TITLES = {"echo": "echo round trip", "bcast": "broadcast to 1000 clients"}
 ROLE_NAMES = {"protocol": "protocol server(s)", "worker": "worker", "master": "master", "server": "server process",
               "redis": "redis-server", "other": "other"}
-ROLE_COLORS = {"protocol": "#1f77b4", "worker": "#ff7f0e", "master": "#7f7f7f", "server": "#d62728",
-               "redis": "#8c564b", "other": "#cccccc"}
 
 
 def server_argv(scenario, key, port, prefix):
@@ -167,13 +143,13 @@ def nospin_snapshot(snap):
     it).  Only for the diagnostic echo variant."""
     nospin = tempfile.mkdtemp(prefix="bench-shm-nospin-")
     shutil.copytree(os.path.join(snap, "shmchannels"), os.path.join(nospin, "shmchannels"))
-    path = os.path.join(nospin, "shmchannels", "core.py")
+    path = os.path.join(nospin, "shmchannels", "engine", "core.py")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     patched, n = re.subn(r"^DEFAULT_SPIN_US = \d+", "DEFAULT_SPIN_US = 0", text, flags=re.M)
     if n != 1:
         shutil.rmtree(nospin, ignore_errors=True)
-        raise BenchError("cannot find DEFAULT_SPIN_US in shmchannels/core.py for the spin_us=0 variant")
+        raise BenchError("cannot find DEFAULT_SPIN_US in shmchannels/engine/core.py for the spin_us=0 variant")
     with open(path, "w", encoding="utf-8") as f:
         f.write(patched)
     return nospin
@@ -360,7 +336,7 @@ def build_targets(results):
     out = []
     if "echo" in results and "shm" in results["echo"]:
         out.append(target("shmchannels echo p50 <= 1 ms", vals(results, "echo", "shm", "p50"),
-                          lambda v: v is not None and v <= 1e-3, fmt_time))
+                          lambda v: v is not None and v <= 1e-3, "time"))
     if "bcast" in results and "shm" in results["bcast"] and "daphne" in results["bcast"]:
         out.append(target("shmchannels broadcast time <= 1/3 of Daphne + channels_redis (Daphne / shm >= 3)",
                           ratios(results, "bcast", "daphne", "shm", "total"), lambda v: v >= 3))
@@ -381,7 +357,7 @@ RATIO_PAIRS = [
 
 
 def ratio_rows(results):
-    return [ratio_row(text, ratios(results, sc, a, b, field))
+    return [(text, ratios(results, sc, a, b, field))
             for sc, a, b, field, text in RATIO_PAIRS if sc in results and a in results[sc] and b in results[sc]]
 
 
@@ -417,7 +393,7 @@ def result_rows(results):
                 failed = sum(1 for r in results["echo"][key] if not r)
                 if failed and field == "p50":
                     notes += f"; **{failed} run(s) failed**"
-                rows.append(("echo", label, field, fmt_time(med), rng(lo, hi, fmt_time), notes))
+                rows.append(("echo", label, field, num(med, "time"), span_cell(lo, hi, "time"), notes))
     if "bcast" in results:
         for key in results["bcast"]:
             label = VARIANTS["bcast"][key][0]
@@ -443,316 +419,33 @@ def result_rows(results):
             failed = sum(1 for r in results["bcast"][key] if not r)
             if failed:
                 notes += f"; **{failed} run(s) failed**"
-            rows.append(("bcast", label, "all 1000 received", fmt_time(med), rng(lo, hi, fmt_time), notes))
+            rows.append(("bcast", label, "all 1000 received", num(med, "time"), span_cell(lo, hi, "time"), notes))
     return rows
 
 
-def print_report(results, targets, env):
-    out = ["\nRESULTS (median over runs, [min – max])"]
-    cur = None
-    for sc, label, metric, med, r, notes in result_rows(results):
-        if sc != cur:
-            out.append(f"\n  {TITLES[sc]}")
-            cur = sc
-        out.append(f"    {label:<44} {metric:<18} {med:>9}   [{r}]")
-        if notes:
-            out.append(f"        {notes}")
-    out += ratio_lines(ratio_rows(results), env.unit, 64, 8)
-    out += target_lines(targets, env.unit, 80, 9)
-    out += problem_lines(env.problems) + error_lines(env.errors)
-    print("\n".join(out), flush=True)
+def tables(results, targets, unit):
+    rows = [(TITLES[sc], *rest) for sc, *rest in result_rows(results)]
+    return [table("results", "Results", ["scenario", "server", "metric", "median", "min – max", "notes"], rows,
+                  "lllrll"), ratio_table(ratio_rows(results), unit), target_table(targets, unit)]
 
 
-def g_role(results, key, role, sc="echo", field="cpu_role_us"):
-    return median([r[field].get(role, 0.0) for r in results.get(sc, {}).get(key, []) if r]) or 0.0
+def chart(results):
+    def bars(sc, fields):
+        return [bar(VARIANTS[sc][k][0], stat(results, sc, k, f), series=f if len(fields) > 1 else "")
+                for f in fields for k in results.get(sc, {})]
 
-
-def reading(results, targets, env):
-    lines = []
-    g = lambda sc, k, f: stat(results, sc, k, f)[0] if k in results.get(sc, {}) else None  # noqa: E731
-    if g("echo", "shm", "p50"):
-        lines.append(
-            f"- **Echo:** a round trip through the shmchannels worker takes {fmt_time(g('echo', 'shm', 'p50'))} "
-            f"(p50; p99 {fmt_time(g('echo', 'shm', 'p99'))}), against {fmt_time(g('echo', 'uvicorn', 'p50'))} for "
-            f"uvicorn and {fmt_time(g('echo', 'daphne', 'p50'))} for Daphne + Channels, which answer inside the "
-            f"server process.  shmchannels' path has two extra process hops (protocol server → worker → "
-            f"protocol server), and its per-connection ordering adds an `__ack__` message per frame; server CPU per "
-            f"round trip: "
-            f"{roles_text(results, 'echo', 'shm', 'cpu_role_us', 'µs')} (uvicorn "
-            f"{g('echo', 'uvicorn', 'cpu_us'):.0f} µs, Daphne + Channels {g('echo', 'daphne', 'cpu_us'):.0f} µs)."
-            if g("echo", "uvicorn", "p50") and g("echo", "daphne", "p50") else
-            f"- **Echo:** shmchannels p50 {fmt_time(g('echo', 'shm', 'p50'))}, "
-            f"p99 {fmt_time(g('echo', 'shm', 'p99'))}.")
-    ns, sp = g("echo", "shm-nospin", "p50"), g("echo", "shm", "p50")
-    if ns and sp:
-        wk_ns, wk_sp = g_role(results, "shm-nospin", "worker"), g_role(results, "shm", "worker")
-        per_run = ratios(results, "echo", "shm-nospin", "shm", "p50")
-        lo, hi = span(per_run)
-        _, uv_lo, uv_hi = stat(results, "echo", "uvicorn", "p50")
-        drift = (f", and what a wake-up costs on this VM changed between runs (uvicorn's own p50 ranged "
-                 f"{fmt_time(uv_lo)} – {fmt_time(uv_hi)})" if uv_lo and uv_hi > 1.5 * uv_lo else "")
-        common = (f"an echo costs shmchannels four cross-process wake-ups (client → protocol server → worker → "
-                  f"protocol server → client) where uvicorn needs two{drift}.  The worker's consumer thread "
-                  f"(blocking `receive`, no event loop to ask) spins up to 50 µs after each message while traffic "
-                  f"is recent; in a sequential echo the next frame comes a whole round trip later, so the spin "
-                  f"either is wasted or, when wake-ups are slow, saves one.  ")
-        if ns < 0.8 * sp:
-            verdict = (f"Here it was wasted: with `spin_us=0` the p50 is {fmt_time(ns)} instead of {fmt_time(sp)} "
-                       f"and the worker burns {wk_ns:.0f} instead of {wk_sp:.0f} µs of CPU per round trip (on 2 "
-                       f"vCPUs shared by client, protocol server and worker the spinning worker holds a CPU the "
-                       f"others wait for).")
-        elif ns > 1.2 * sp:
-            verdict = (f"Here it paid off: with `spin_us=0` the p50 is {fmt_time(ns)} instead of {fmt_time(sp)}, for "
-                       f"{wk_sp - wk_ns:.0f} µs more worker CPU per round trip.")
-        else:
-            verdict = (f"On the median it made little difference ({fmt_time(ns)} without vs {fmt_time(sp)} with; "
-                       f"worker CPU {wk_ns:.0f} vs {wk_sp:.0f} µs per round trip).")
-        lines.append("- *Diagnostic (echo, spin_us=0):* " + common + verdict +
-                     f"  Per run the ratio (no spin / spin) ranged {fx(lo)} – {fx(hi)}.")
-    if g("bcast", "shm", "total"):
-        s = (f"- **Broadcast:** with 1000 clients in the room, shmchannels (1 protocol server) delivers a message to "
-             f"all of them in {fmt_time(g('bcast', 'shm', 'total'))}")
-        if g("bcast", "shm-2ps", "total"):
-            s += f", with 2 protocol servers in {fmt_time(g('bcast', 'shm-2ps', 'total'))}"
-        if g("bcast", "daphne", "total"):
-            s += (f"; Daphne + Channels 4 + channels_redis needs {fmt_time(g('bcast', 'daphne', 'total'))}"
-                  + (f" (RedisPubSub layer: {fmt_time(g('bcast', 'daphne-pubsub', 'total'))})"
-                     if g("bcast", "daphne-pubsub", "total") else ""))
-        s += (f".  Server-side CPU per broadcast: shmchannels {roles_text(results, 'bcast', 'shm', 'cpu_role_ms', 'ms')}"
-              + (f"; Daphne {roles_text(results, 'bcast', 'daphne', 'cpu_role_ms', 'ms')}"
-                 if g("bcast", "daphne", "total") else "") + ".  ")
-        s += ("Both layers move one record per receiving process: shmchannels' `Group.send` writes one per "
-              "protocol-server process, and channels_redis' `group_send` batches all members that share a process "
-              "into one sorted-set entry.  The difference is what happens per member inside the server: the "
-              f"shmchannels protocol server writes a frame to each socket "
-              f"(~{1e3 * g_role(results, 'shm', 'protocol', 'bcast', 'cpu_role_ms') / env.args.clients:.0f} µs of "
-              f"CPU per member), while in Daphne each member's consumer task is woken through its queue, "
-              f"dispatches `chat_message`, and `self.send` goes through asgiref, Daphne and autobahn onto Twisted's "
-              f"loop before the socket write"
-              + (f" (~{1e3 * g_role(results, 'daphne', 'server', 'bcast', 'cpu_role_ms') / env.args.clients:.0f} µs "
-                 f"of CPU per member; redis-server itself used "
-                 f"{g_role(results, 'daphne', 'redis', 'bcast', 'cpu_role_ms'):.2g} ms per broadcast)"
-                 if g("bcast", "daphne", "total") else "")
-              + ".  The times include the clients' own processing "
-              f"({env.client_loop or 'asyncio'} loops, 2 processes sharing the 2 vCPUs with the servers).")
-        lines.append(s)
-        two, one = g("bcast", "shm-2ps", "total"), g("bcast", "shm", "total")
-        if two and two < 0.9 * one:
-            lines.append(
-                f"- **Two protocol servers** cut the broadcast to {fmt_time(two)} from {fmt_time(one)}: each fans "
-                f"the record out to its ~{env.args.clients // 2} sockets, in parallel on the two vCPUs, for about the "
-                f"same CPU in all ({g('bcast', 'shm-2ps', 'cpu_ms'):.3g} vs {g('bcast', 'shm', 'cpu_ms'):.3g} ms "
-                f"per broadcast).  Almost all of that CPU is the protocol servers' socket writes: "
-                f"{g_role(results, 'shm', 'protocol', 'bcast', 'cpu_role_ms'):.3g} ms per 1000 sockets with one, "
-                f"against {g_role(results, 'shm', 'worker', 'bcast', 'cpu_role_ms'):.2g} ms for the worker's "
-                f"`Group.send`.")
-        if two and two > 0.9 * one:
-            lines.append(
-                f"- **Two protocol servers** do not help on this 2-vCPU box "
-                f"({fmt_time(g('bcast', 'shm-2ps', 'total'))} vs {fmt_time(g('bcast', 'shm', 'total'))}): the two "
-                "fan-outs run in parallel only if two CPUs are free, and the two client processes need them too.")
-    refused = [(k, r) for k, rs in results.get("bcast", {}).items() for r in rs
-               if r and r.get("refused") and k.startswith("shm")]
-    if refused:
-        lines.append(
-            f"- **Bug seen: spurious 503 on WebSocket connect.**  In {len(refused)} shmchannels run(s) "
-            f"({', '.join(sorted({VARIANTS['bcast'][k][0] for k, _ in refused}))}) the protocol server refused "
-            f"{sum(r['refused'] for _, r in refused)} handshake(s) with `{refused[0][1]['refusal']}` although "
-            f"the clients never have more than {env.args.client_procs * 20} handshakes in flight and "
-            f"`websocket.connect` holds 100: `send` raised ChannelFull on a channel that was not full.  The "
-            f"clients retried those handshakes, so the broadcast figures stand.  It needs more than one writer "
-            f"on the channel (here the 2 protocol servers); "
-            f"`tests/test_multiprocess.py::test_capacity_is_never_refused_below_it_with_racing_writers` "
-            f"reproduces it without a server (fixed in 8fe7f02: the full check re-reads a tail/head snapshot "
-            f"that a consumer has overtaken).")
-    lines += target_readings(targets, env.unit)
-    if env.problems:
-        lines.append("- **Problems while stopping servers:** " + "; ".join(env.problems[:5]) + ".")
-    else:
-        lines.append("- Every server stopped on SIGTERM within the timeout and no shmchannels bus files were left in "
-                     "/dev/shm (checked after every stop).")
-    return "\n".join(lines)
-
-
-def markdown(results, targets, info, env, started, elapsed, png_name):
-    a = env.args
-    md = ["## WebSocket", "", generated_line("websocket.py", a, env.unit, started, elapsed), "",
-          server_machine_line(info, env), ""]
-    md.append("### Method")
-    md.append("")
-    md.extend([
-        "- Every server is a separate process group started by the script on a free 127.0.0.1 port (checked "
-        "with `GET /` → `Hello, world!`), and stopped with SIGTERM (SIGKILL after 20 s), also on errors and "
-        "Ctrl-C; a fresh server for every measurement.  shmchannels: `shmchannels serve --protocol-servers 1 "
-        "--workers 1 --routing bench_shm:routes` (`bench/apps/bench_shm.py`: Channels-1 consumers), run from a "
-        "copy of its source taken at the start.  uvicorn: `--http httptools`, default WebSocket implementation "
-        f"({env.ws_impl.get('uvicorn', 'websockets')}), the ASGI 3 app `bench/apps/bench_asgi.py`.  Daphne: "
-        "`daphne -v 0 bench_channels:application` (`bench/apps/bench_channels.py`: Django settings in the module, "
-        "Channels 4 `AsyncWebsocketConsumer`s).  No access logs anywhere.",
-        "- Clients are separate processes (multiprocessing \"spawn\") speaking RFC 6455 by hand "
-        "(`bench/_wsclient.py`): no client library, so that client-side cost stays small and equal for all "
-        "servers.  Every text frame has 100 characters.",
-        f"- **Echo:** one client, one connection to `/echo/`, blocking socket with TCP_NODELAY; {a.echo_warm} "
-        f"warm-up round trips, then {a.echo_m} sequential ones, each timed with `perf_counter_ns` from just before "
-        "`sendall` of a pre-built masked frame to the complete echoed frame (checked byte for byte).  "
-        "shmchannels: the protocol server sends `websocket.receive` to the worker, the consumer "
-        "`message.reply_channel.send({\"text\": ...})`, the protocol server writes the frame.  uvicorn: "
-        "the ASGI app's `receive`/`send` in the server process.  Daphne: Channels 4 `AsyncWebsocketConsumer."
-        "receive` → `self.send(text_data=...)` in the server process, with no channel layer configured (an "
-        "echo needs none; this spares Daphne the per-connection layer receive loop).  Server CPU per round "
-        "trip: on-CPU time of all threads of the server's processes (`/proc/PID/task/*/schedstat`) over the "
-        "client's whole life (warm-up included) / round trips; it includes the layer's receive-side busy-wait "
-        "(`spin_us`), so it is an upper bound on the work done.  A diagnostic variant (no target) runs the "
-        "same shmchannels copy with `DEFAULT_SPIN_US = 0` patched into its `core.py` (`serve` has no setting "
-        "for the spin), to show what the busy-wait costs or gains.",
-        f"- **Broadcast:** {a.clients} clients in one room, {a.client_procs} client processes × "
-        f"{a.clients // a.client_procs} connections, each process one asyncio loop ({env.client_loop or 'uvloop'}) "
-        "with one `asyncio.Protocol` per connection that parses frames in `data_received`; at most 20 handshakes "
-        "in flight per process.  Room membership is set up on connect before the handshake completes "
-        "(shmchannels: `Group(\"room\").add(message.reply_channel)` then `{\"accept\": True}`; Channels: "
-        "`group_add` then `accept()`).  One connection of client process 0 sends a text frame; its room "
-        "consumer sends it to the room (`Group(\"room\").send(...)` / `group_send` → `chat_message` → "
-        "`self.send`); every connection stamps `time.monotonic_ns()` when the frame is parsed (CLOCK_MONOTONIC "
-        "is system-wide, so stamps compare across processes).  Time = last stamp in any process − stamp just "
-        f"before the sender's `write`.  Per run {a.warm_reps} warm-up broadcasts (the first reported as "
-        f"'first broadcast of a run'), then {a.reps} timed ones {a.rep_pause:g} s apart; per run the median.  "
-        "Daphne runs use a private `redis-server` on loopback (`--save '' --appendonly no`, flushed before each "
-        "run) with channels_redis' `RedisChannelLayer` (the default; `RedisPubSubChannelLayer` as an extra "
-        "variant).  shmchannels is also run with 2 protocol servers (the kernel spreads the connections over "
-        "the two processes that accept on the shared listening socket; the socket counts per process are "
-        "listed).  Server CPU per broadcast covers all server processes (and redis-server for Daphne) over the "
-        "timed broadcasts, pauses included.",
-        f"- {a.runs} run(s); in every run all variants of a scenario run one after the other, so ratios are "
-        "computed within each run and then summarised (median, min – max).",
-    ])
-    md.append("")
-    md.append("### Results")
-    md.append("")
-    md.append("| scenario | server | metric | median | min – max | notes |")
-    md.append("|---|---|---|---:|---|---|")
-    for sc, label, metric, med, r, notes in result_rows(results):
-        md.append(f"| {TITLES[sc]} | {label} | {metric} | {med} | {r} | {notes} |")
-    md.append("")
-    md += closing_sections(ratio_rows(results), targets, env.unit,
-                           "WebSocket benchmark: medians with min – max whiskers", png_name,
-                           reading(results, targets, env), env.errors)
-    return "\n".join(md) + "\n"
-
-
-def chart(results, env, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10.5))
-    fig.suptitle(f"WebSocket on 127.0.0.1, {env.args.runs} run(s) (bars: median over runs; whiskers: min – max)",
-                 fontsize=12)
-    tfmt = matplotlib.ticker.FuncFormatter(lambda v, _: fmt_time(v))
-
-    def hbars(ax, sc, fields, title, xlabel, target=None, target_label=None, legend=None):
-        keys = [k for k in results.get(sc, {}) if stat(results, sc, k, fields[0])[0] is not None]
-        if not keys:
-            ax.set_visible(False)
-            return
-        h = 0.8 / len(fields)
-        allv = []
-        for j, field in enumerate(fields):
-            st = [stat(results, sc, k, field) for k in keys]
-            m = [s[0] for s in st]
-            allv += [s[1] for s in st] + [s[2] for s in st]
-            ys = [i - 0.4 + h * (j + 0.5) for i in range(len(keys))]
-            ax.barh(ys, m, height=h * 0.9, color=[VARIANTS[sc][k][1] for k in keys], alpha=1.0 if j == 0 else 0.5,
-                    hatch=None if j == 0 else "//", edgecolor="k", linewidth=0.3, capsize=2,
-                    xerr=[[a - s[1] for a, s in zip(m, st)], [s[2] - a for a, s in zip(m, st)]],
-                    label=legend[j] if legend else None)
-            for y, v, s in zip(ys, m, st):
-                ax.text(s[2], y, "  " + fmt_time(v), va="center", fontsize=8.5)
-        ax.set_xscale("log")
-        pos = [v for v in allv if v]
-        lo = min(pos + ([target] if target else []))
-        ax.set_xlim(lo / 2.5, max(pos) * 8)
-        ax.xaxis.set_major_formatter(tfmt)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels([VARIANTS[sc][k][0] for k in keys], fontsize=9)
-        ax.invert_yaxis()
-        if target:
-            ax.axvline(target, color="k", ls="--", lw=0.9, label=target_label)
-        if legend or target:
-            grey_legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.grid(axis="x", which="both", alpha=0.3)
-
-    hbars(axes[0, 0], "echo", ["p50", "p99"], "Echo round trip, 100-char text frame",
-          "round-trip time (log; lower is better)", target=1e-3, target_label="target: shmchannels p50 <= 1 ms",
-          legend=["p50", "p99"])
-
-    ax = axes[0, 1]
-    if "echo" in results:
-        for k in results["echo"]:
-            for i, r in enumerate(x for x in results["echo"][k] if x):
-                lat = r["lat_ns"]
-                step = max(1, len(lat) // 1500)
-                xs = [lat[j] / 1e9 for j in range(0, len(lat), step)] + [lat[-1] / 1e9]
-                ys = [j / len(lat) for j in range(0, len(lat), step)] + [1.0]
-                ax.plot(xs, ys, color=VARIANTS["echo"][k][1], lw=1, alpha=0.7,
-                        label=VARIANTS["echo"][k][0] if i == 0 else None)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(tfmt)
-        ax.axhline(0.99, color="grey", lw=0.6, ls=":")
-        ax.axvline(1e-3, color="k", lw=0.9, ls="--", label="target: shmchannels p50 <= 1 ms")
-        ax.set_xlabel("round-trip time (log)")
-        ax.set_ylabel("fraction of round trips")
-        ax.set_title("Echo round-trip CDF (one line per run; dotted: p99)")
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(which="both", alpha=0.3)
-    else:
-        ax.set_visible(False)
-
-    target = None
-    if "bcast" in results and "daphne" in results["bcast"] and stat(results, "bcast", "daphne", "total")[0]:
-        target = stat(results, "bcast", "daphne", "total")[0] / 3
-    hbars(axes[1, 0], "bcast", ["total", "first"], f"Broadcast to {env.args.clients} clients in one room",
-          "time from send to delivery (log; lower is better)", target=target,
-          target_label="target: 1/3 of Daphne + channels_redis", legend=["all received", "first received"])
-
-    ax = axes[1, 1]
-    keys = [k for k in results.get("bcast", {}) if stat(results, "bcast", k, "cpu_ms")[0] is not None]
-    if keys:
-        left = [0.0] * len(keys)
-        for role in ("protocol", "worker", "master", "server", "redis", "other"):
-            w = []
-            for k in keys:
-                xs = [r["cpu_role_ms"].get(role, 0.0) for r in results["bcast"][k] if r]
-                w.append(median(xs) if xs else 0.0)
-            if any(x >= 0.1 for x in w):
-                ax.barh(range(len(keys)), w, left=left, color=ROLE_COLORS[role], edgecolor="k", linewidth=0.3,
-                        label=ROLE_NAMES[role])
-                left = [a + b for a, b in zip(left, w)]
-        for i, v in enumerate(left):
-            ax.text(v, i, f"  {v:.3g} ms", va="center", fontsize=8.5)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels([VARIANTS["bcast"][k][0] for k in keys], fontsize=9)
-        ax.invert_yaxis()
-        ax.set_xlim(0, max(left) * 1.3)
-        ax.set_xlabel("server on-CPU time per broadcast, ms (lower is better)")
-        ax.set_title("Broadcast: where the server-side CPU goes")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, frameon=False)
-        ax.grid(axis="x", alpha=0.3)
-    else:
-        ax.set_visible(False)
-
-    save_chart(fig, path, top=0.95)
-
-
-# ----------------------------------------------------------------------- main
+    return {"png": "bench_websocket.png", "alt": "WebSocket benchmark: medians with min – max whiskers",
+            "title": "WebSocket echo and broadcast (bars: median over runs; whiskers: min – max)",
+            "panels": [panel("Echo round trip, 100-char text frame", "seconds (log)", bars("echo", ["p50", "p99"]),
+                             "time"),
+                       panel("Broadcast to 1000 clients", "seconds until all received (log)",
+                             bars("bcast", ["total"]), "time")]}
 
 
 def parse_args(argv=None):
     p = new_parser(__doc__, quick="smoke run: 1 run, fewer round trips and broadcasts",
                    runs="runs (default 5; 1 with --quick)",
-                   write="with --quick or --only: still rewrite the docs section and PNG",
+                   write="with --quick or --only: still write bench/results/websocket.json",
                    only="echo,bcast", only_help="scenarios: echo,bcast (default both)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of variants, e.g. shm,daphne (default: all of each scenario)")
@@ -766,7 +459,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each measurement wait up to this many seconds until no other process is "
                         "runnable (default 30; 0 with --quick)")
-    a = parse(p, argv, md=DOC, png=PNG, choices=VARIANTS, kind="scenario")
+    a = parse(p, argv, choices=VARIANTS, kind="scenario")
     a.echo_m = a.echo_m or (1000 if a.quick else 5000)
     a.echo_warm = a.echo_warm or (200 if a.quick else 500)
     a.reps = a.reps or (3 if a.quick else 10)
@@ -812,7 +505,7 @@ def start_redis(env, cleanup, binary):
 def main(argv=None):
     args = parse_args(argv)
     redis_binary = check_prerequisites(args)
-    write = docs_wanted(args, full=not args.quick and set(args.only) == set(VARIANTS) and args.variants is None)
+    out_dir = results_dir(args, full=not args.quick and set(args.only) == set(VARIANTS) and args.variants is None)
     nofile = raise_nofile(max(16384, args.clients * 4))
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
@@ -841,11 +534,15 @@ def main(argv=None):
     elapsed = time.monotonic() - t_start
     env.note_source_change(info)
     targets = build_targets(results)
-    print_report(results, targets, env)
+    tabs = tables(results, targets, env.unit)
+    print_tables(tabs)
+    print("\n".join((["\nPROBLEMS", *env.problems] if env.problems else []) + error_lines(env.errors)), flush=True)
     env.print_runtime(elapsed)
-    if write:
-        write_docs(args, (START, END), functools.partial(chart, results, env),
-                   lambda png_name: markdown(results, targets, info, env, started, elapsed, png_name))
+    if out_dir:
+        params = {k: getattr(args, k) for k in ("runs", "quick", "only", "variants", "echo_m", "echo_warm", "clients",
+                                                "client_procs", "reps", "warm_reps", "rep_pause", "quiet_wait")}
+        write(out_dir, "websocket", meta=env.meta(info, elapsed), params=params, runs=results, tables=tabs,
+              chart=chart(results), started=started)
     return 1 if env.errors else 0
 
 
