@@ -8,9 +8,8 @@ crash recovery for every process that died (``recovery``) and its wake FIFO
 (``wake``).  ``_shm`` is the C core (``ring.c``, bound by ``_shm.c``).
 """
 
-from shmchannels.bus.bus import (
-    DEFAULT_RING_SIZE,
-    DEFAULT_SLOTS,
+from shmchannels.bus.bus import DEFAULT_RING_SIZE, DEFAULT_SLOTS, Bus, attach, attached, detach_all
+from shmchannels.bus.recovery import (
     PUT_CLOSED,
     PUT_FORKED,
     PUT_FULL,
@@ -19,14 +18,11 @@ from shmchannels.bus.bus import (
     PUT_OK,
     PUT_TOO_BIG,
     PUT_WAKE,
-    Bus,
-    attach,
-    attached,
-    detach_all,
     head_unready,
 )
+from shmchannels.exceptions import BusError
 
 __all__ = [
     "DEFAULT_RING_SIZE", "DEFAULT_SLOTS", "PUT_CLOSED", "PUT_FORKED", "PUT_FULL", "PUT_NOMEM", "PUT_NOSPACE",
-    "PUT_OK", "PUT_TOO_BIG", "PUT_WAKE", "Bus", "attach", "attached", "detach_all", "head_unready",
+    "PUT_OK", "PUT_TOO_BIG", "PUT_WAKE", "Bus", "BusError", "attach", "attached", "detach_all", "head_unready",
 ]

@@ -31,11 +31,9 @@ import sys
 import threading
 
 from shmchannels import names
-from shmchannels.bus import _shm, rings as rings_mod, segments
+from shmchannels.bus import _shm, gc, rings as rings_mod, segments
 from shmchannels.bus.control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
-from shmchannels.bus.recovery import (  # noqa: F401  (re-exported)
-    PUT_CLOSED, PUT_FORKED, PUT_FULL, PUT_NOMEM, PUT_NOSPACE, PUT_OK, PUT_TOO_BIG, PUT_WAKE, Recovery, head_unready,
-)
+from shmchannels.bus.recovery import Recovery
 from shmchannels.bus.registry import Registry
 from shmchannels.bus.wake import WakeFifos
 from shmchannels.exceptions import BusError
@@ -107,10 +105,8 @@ def _collect_dead_buses(prefix):
     if _collected_in_pid == os.getpid():
         return
     _collected_in_pid = os.getpid()
-    from shmchannels.bus import gc
-
     try:
-        gc.collect(dry_run=False, exclude={prefix})
+        gc.collect(Bus, dry_run=False, exclude={prefix})
     except Exception:  # never fail an attach over somebody else's debris
         logger.exception("collecting dead buses")
 
@@ -250,6 +246,24 @@ class Bus:
     def beat(self, busy_ns=None):
         """This process's heartbeat (``busy_ns``: how long its current job has run)."""
         self.control.beat(self.slot, busy_ns)
+
+    def claim_master(self):
+        """Record this process as the bus's serve master, unless another live
+        master is recorded: then return that one's ``Slot`` and change nothing.
+        Checked and claimed under the bus lock, so of two masters starting at
+        once exactly one wins."""
+        with self._locked_bus():
+            slot = self.control.master_slot
+            if slot is not None and slot != self.slot and self.is_alive(slot):
+                info = self.control.read_slot(slot)
+                if info.kind == "master":
+                    return info
+            self.control.set_master_slot(self.slot)
+        return None
+
+    def release_master(self):
+        if self.control.master_slot == self.slot:
+            self.control.set_master_slot(None)
 
     # --------------------------------------------------------------- liveness
 

@@ -79,10 +79,12 @@ def survey(uid=None, exclude=()):
     return reports
 
 
-def collect(dry_run=True, uid=None, exclude=()):
-    """Survey the user's buses and remove the dead ones (unless ``dry_run``)."""
-    from shmchannels.bus import Bus
+def collect(open_bus, dry_run=True, uid=None, exclude=()):
+    """Survey the user's buses and remove the dead ones (unless ``dry_run``).
 
+    ``open_bus`` is ``bus.Bus``: attaching reclaims every dead slot and
+    detaching as the last one out removes the files (passed in so that this
+    module, which ``Bus`` uses at attach, does not import it back)."""
     reports = survey(uid, exclude)
     for report in reports:
         if report.live_pid or dry_run:
@@ -94,7 +96,7 @@ def collect(dry_run=True, uid=None, exclude=()):
             continue
         stem = segments.bus_stem(report.prefix)
         try:
-            bus = Bus(report.prefix, kind="cli", label="shmchannels gc", collect_dead=False)
+            bus = open_bus(report.prefix, kind="cli", label="shmchannels gc", collect_dead=False)
         except BusError as exc:
             report.kept_because = str(exc)
             continue
