@@ -15,7 +15,14 @@ import logging
 import signal
 import sys
 
-from .config import ProtocolConfig, channel_capacity
+from shmchannels.options import LayerOptions
+
+from .config import BODY_CAPACITY, REPLY_CAPACITY, ProtocolConfig, layer_options, protocol_config
+
+#: the layer's options this command line sets, with their types (the rest
+#: keep LayerOptions' defaults)
+LAYER_FLAGS = {"capacity": int, "expiry": float, "group_expiry": int, "ring_size": int, "max_message_size": int,
+               "spin_us": float, "park_timeout": float}
 
 
 def build_parser():
@@ -26,10 +33,13 @@ def build_parser():
     ap.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--access-log", action="store_true", help="print access-log lines to stderr")
-    ap.add_argument("--reply-capacity", type=int, default=10_000)
-    ap.add_argument("--body-capacity", type=int, default=8, help="chunks a body channel holds")
-    ap.add_argument("--capacity", type=int, default=100, help="default channel capacity (http.request, websocket.*)")
-    ap.add_argument("--spin-us", type=int, default=None, help="layer spin before parking (default: the layer's)")
+    ap.add_argument("--reply-capacity", type=int, default=REPLY_CAPACITY)
+    ap.add_argument("--body-capacity", type=int, default=BODY_CAPACITY, help="chunks a body channel holds")
+    layer_defaults = LayerOptions()
+    helps = {"capacity": "default channel capacity (http.request, websocket.*)",
+             "spin_us": "layer spin before parking, microseconds"}
+    for name, kind in LAYER_FLAGS.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(layer_defaults, name), help=helps.get(name))
     for field in dataclasses.fields(ProtocolConfig):
         if field.name in ("prefix", "bind", "access_log", "forwarded_allow_ips"):
             continue
@@ -45,27 +55,32 @@ def build_parser():
     return ap
 
 
+def settings_from_args(args):
+    """The command line as settings (name -> value) for the translation in
+    ``config`` that every entry point uses."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("loop", "log_level", "access_log")}
+    settings["bind"] = args.bind or ["127.0.0.1:8001"]
+    return settings
+
+
+def options_from_args(args):
+    """(ProtocolConfig, LayerOptions) of this command line."""
+    settings = settings_from_args(args)
+    return protocol_config(settings), layer_options(settings)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     if not args.access_log:
         logging.getLogger("shmchannels.access").setLevel(logging.WARNING)
-    kwargs = {}
-    for field in dataclasses.fields(ProtocolConfig):
-        if hasattr(args, field.name) and field.name not in ("access_log",):
-            kwargs[field.name] = getattr(args, field.name)
-    kwargs["bind"] = args.bind or ["127.0.0.1:8001"]
-    config = ProtocolConfig(**kwargs)
+    config, options = options_from_args(args)
 
     import shmchannels
 
     from .server import ProtocolServer
 
-    extra = {} if args.spin_us is None else {"spin_us": args.spin_us}
-    layer = shmchannels.ChannelLayer(
-        prefix=config.prefix, capacity=args.capacity,
-        channel_capacity=channel_capacity(args.reply_capacity, args.body_capacity), **extra,
-    )
+    layer = shmchannels.ChannelLayer.from_options(options)
     server = ProtocolServer(layer, config)
 
     async def run():

@@ -1,15 +1,27 @@
-"""Every knob of a protocol server, with its default.
+"""Every knob of a protocol server, with its default, and the one
+translation from settings to what the processes build.
 
 ``ProtocolConfig`` is a plain dataclass so the serve master (or a test) can
-build one without argparse; ``python -m shmchannels.server`` fills it from
-its command line.  ``channel_capacity()`` gives the layer capacities the
-protocol server relies on (body chunks, reply rings).
+build one without argparse.  ``channel_capacity()`` gives the layer
+capacities the protocol server relies on (body chunks, reply rings).
+
+``protocol_config(settings)`` and ``layer_options(settings)`` turn a plain
+mapping of setting name -> value into the protocol server's
+``ProtocolConfig`` and the channel layer's ``LayerOptions``.  Every entry
+point goes through them: ``shmchannels serve`` (its protocol servers and
+workers, and the config check before anything forks), ``shmchannels
+worker``, ``shmchannels dev`` (their gunicorn-style settings, see
+``shmchannels.runtime.config.setting_values``) and ``python -m
+shmchannels.server`` (its command line), so for the same settings they run
+with the same limits.
 """
 
 import dataclasses
 import ipaddress
 import re
 from typing import Callable, List, Optional, Union
+
+from shmchannels.options import DEFAULT_PREFIX, LayerOptions
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -99,6 +111,65 @@ def channel_capacity(reply_capacity=REPLY_CAPACITY, body_capacity=BODY_CAPACITY)
         re.compile(r"^http\.request\.body\?"): body_capacity,
         re.compile(r"^shmchannels\.taken\?"): TAKEN_CAPACITY,
     }
+
+
+#: what a limit of 0 ("no limit", gunicorn's meaning) becomes for the parser
+UNLIMITED = {
+    "limit_request_line": 1 << 20,
+    "limit_request_fields": 32768,
+    "limit_request_field_size": 1 << 20,
+}
+#: seconds a protocol server waits for a worker's ack beyond the worker timeout
+ACK_MARGIN = 5
+
+_PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(ProtocolConfig) if f.name != "access_log")
+_LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerOptions) if f.name != "channel_capacity")
+
+#: the setting names the translation reads (any other name in the mapping is
+#: ignored): ProtocolConfig's fields, LayerOptions' fields, ``timeout`` (a
+#: worker's timeout; ``ack_timeout`` is it plus ACK_MARGIN unless given), and
+#: ``reply_capacity`` / ``body_capacity`` (``channel_capacity()``)
+SETTING_NAMES = frozenset(_PROTOCOL_FIELDS + _LAYER_FIELDS + ("timeout", "reply_capacity", "body_capacity"))
+
+
+def _addresses(value):
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def protocol_config(settings):
+    """The ``ProtocolConfig`` for ``settings`` (setting name -> value).
+
+    Missing names keep ProtocolConfig's defaults, except ``prefix`` (the
+    layer's, so the two agree).  A limit of 0 means no limit; ``bind`` and
+    ``forwarded_allow_ips`` may be comma-separated strings.  Raises
+    ValueError/TypeError naming the field for an invalid value.
+    """
+    kwargs = {name: settings[name] for name in _PROTOCOL_FIELDS if name in settings}
+    kwargs["prefix"] = settings.get("prefix", DEFAULT_PREFIX)
+    for name, unlimited in UNLIMITED.items():
+        if name in kwargs and not kwargs[name]:
+            kwargs[name] = unlimited
+    for name in ("bind", "forwarded_allow_ips"):
+        if name in kwargs:
+            kwargs[name] = _addresses(kwargs[name])
+    if "ack_timeout" not in kwargs and "timeout" in settings:
+        kwargs["ack_timeout"] = settings["timeout"] + ACK_MARGIN
+    return ProtocolConfig(**kwargs)
+
+
+def layer_options(settings):
+    """The channel layer's ``LayerOptions`` for ``settings`` (setting name ->
+    value): the layer of every process of a deployment (protocol servers and
+    workers alike), with the capacities ``channel_capacity()`` gives for
+    ``reply_capacity`` and ``body_capacity``.  Missing names keep
+    LayerOptions' defaults.  Raises ValueError/TypeError stating the rule."""
+    kwargs = {name: settings[name] for name in _LAYER_FIELDS if name in settings}
+    kwargs["channel_capacity"] = channel_capacity(
+        settings.get("reply_capacity", REPLY_CAPACITY), settings.get("body_capacity", BODY_CAPACITY)
+    )
+    return LayerOptions(**kwargs)
 
 
 class TrustedHosts:

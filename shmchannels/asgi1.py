@@ -12,6 +12,7 @@ import warnings
 from . import bus as bus_mod, names
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
+from .options import LayerOptions
 
 DEFAULT_BLOCK_TIMEOUT = 5.0
 
@@ -38,12 +39,7 @@ class ChannelLayer:
         park_timeout=DEFAULT_PARK_TIMEOUT,
         block_timeout=DEFAULT_BLOCK_TIMEOUT,
     ):
-        self.prefix = prefix
-        self.expiry = expiry
-        self.group_expiry = group_expiry
-        self.capacity = capacity
-        self.block_timeout = block_timeout
-        self.core = Core(
+        self._configure(LayerOptions(
             prefix=prefix,
             expiry=expiry,
             group_expiry=group_expiry,
@@ -54,8 +50,23 @@ class ChannelLayer:
             slots=slots,
             spin_us=spin_us,
             park_timeout=park_timeout,
-            validate=lambda name: names.require_channel(name, v1=True),
-        )
+        ), block_timeout)
+
+    @classmethod
+    def from_options(cls, options, block_timeout=DEFAULT_BLOCK_TIMEOUT):
+        """A layer with the given ``shmchannels.options.LayerOptions``."""
+        layer = cls.__new__(cls)
+        layer._configure(options, block_timeout)
+        return layer
+
+    def _configure(self, options, block_timeout):
+        self.options = options
+        self.prefix = options.prefix
+        self.expiry = options.expiry
+        self.group_expiry = options.group_expiry
+        self.capacity = options.capacity
+        self.block_timeout = block_timeout
+        self.core = Core(options, validate=lambda name: names.require_channel(name, v1=True))
         self.channel_capacity = self.core.channel_capacity
         self._valid_receive = set()  # names already validated for receive()
 

@@ -18,6 +18,7 @@ from channels.layers import BaseChannelLayer
 from . import bus as bus_mod, names
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
+from .options import LayerOptions
 
 __all__ = ["SharedMemoryChannelLayer", "ChannelFull", "MessageTooLarge"]
 
@@ -43,24 +44,34 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         spin_us=DEFAULT_SPIN_US,
         park_timeout=DEFAULT_PARK_TIMEOUT,
     ):
-        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        # Channels 4 keeps channel_capacity raw; get_capacity needs it compiled.
-        self.channel_capacity = self.compile_capacities(channel_capacity or {})
-        self.prefix = prefix
-        self.group_expiry = group_expiry
-        self.core = Core(
+        self._configure(LayerOptions(
             prefix=prefix,
             expiry=expiry,
             group_expiry=group_expiry,
             capacity=capacity,
-            channel_capacity=self.channel_capacity,
+            channel_capacity=channel_capacity,
             ring_size=ring_size,
             max_message_size=max_message_size,
             slots=slots,
             spin_us=spin_us,
             park_timeout=park_timeout,
-            validate=self.require_valid_channel_name,
-        )
+        ))
+
+    @classmethod
+    def from_options(cls, options):
+        """A layer with the given ``shmchannels.options.LayerOptions``."""
+        layer = cls.__new__(cls)
+        layer._configure(options)
+        return layer
+
+    def _configure(self, options):
+        super().__init__(expiry=options.expiry, capacity=options.capacity)
+        self.options = options
+        self.prefix = options.prefix
+        self.group_expiry = options.group_expiry
+        self.core = Core(options, validate=self.require_valid_channel_name)
+        # Channels 4 keeps channel_capacity raw; get_capacity needs it compiled.
+        self.channel_capacity = self.core.channel_capacity
         self._client_prefix = None
         self._prefix_bus = None
 
@@ -83,8 +94,8 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
 
     async def receive(self, channel):
         core = self.core
-        route = core._recv_rings.get(channel)
-        if route is None or not core._bus.usable:
+        route = core.cached_route(channel)
+        if route is None:
             self.require_valid_channel_name(channel)
             if "!" in channel:
                 assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (

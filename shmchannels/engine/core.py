@@ -33,9 +33,13 @@ OWNER_CHECK_NS = 200_000_000
 
 
 def compile_capacities(channel_capacity):
-    """[(compiled pattern, capacity)]: globs become regexes, compiled regexes stay."""
+    """[(compiled pattern, capacity)]: globs become regexes, compiled regexes stay.
+
+    ``channel_capacity`` maps patterns to capacities, or is a sequence of
+    (pattern, capacity) pairs (``LayerOptions.channel_capacity``)."""
     result = []
-    for pattern, value in (channel_capacity or {}).items():
+    pairs = channel_capacity.items() if hasattr(channel_capacity, "items") else (channel_capacity or ())
+    for pattern, value in pairs:
         if hasattr(pattern, "match"):
             result.append((pattern, value))
         else:
@@ -44,43 +48,22 @@ def compile_capacities(channel_capacity):
 
 
 class Core:
-    def __init__(
-        self,
-        *,
-        prefix="asgi",
-        expiry=60,
-        group_expiry=86400,
-        capacity=100,
-        channel_capacity=None,
-        ring_size=bus_mod.DEFAULT_RING_SIZE,
-        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
-        slots=bus_mod.DEFAULT_SLOTS,
-        spin_us=DEFAULT_SPIN_US,
-        park_timeout=DEFAULT_PARK_TIMEOUT,
-        validate=None,
-    ):
-        names.require_prefix(prefix)
-        if expiry <= 0:
-            raise ValueError("expiry must be positive (seconds)")
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        # A record must fit in half a ring, plus its 64-byte header.
-        if max_message_size + 4096 > ring_size // 2:
-            raise ValueError(
-                f"max_message_size {max_message_size} needs ring_size of at least "
-                f"{1 << ((2 * (max_message_size + 4096) - 1).bit_length())} (got {ring_size})"
-            )
-        self.prefix = prefix
-        self.expiry = expiry
-        self.group_expiry = group_expiry
-        self.capacity = capacity
-        self.channel_capacity = channel_capacity if isinstance(channel_capacity, list) else compile_capacities(channel_capacity)
-        self.ring_size = ring_size
-        self.max_message_size = max_message_size
-        self.slots = slots
-        self.spin_ns = int(spin_us * 1000)
-        self.park_timeout = park_timeout
-        self.expiry_ns = int(expiry * 1_000_000_000)
+    def __init__(self, options, *, validate=None):
+        """``options``: a ``shmchannels.options.LayerOptions`` (validated when
+        it was built); ``validate(name)`` raises TypeError for a channel name
+        the front end does not accept."""
+        self.options = options
+        self.prefix = options.prefix
+        self.expiry = options.expiry
+        self.group_expiry = options.group_expiry
+        self.capacity = options.capacity
+        self.channel_capacity = compile_capacities(options.channel_capacity)
+        self.ring_size = options.ring_size
+        self.max_message_size = options.max_message_size
+        self.slots = options.slots
+        self.spin_ns = int(options.spin_us * 1000)
+        self.park_timeout = options.park_timeout
+        self.expiry_ns = int(options.expiry * 1_000_000_000)
         self.validate = validate or (lambda name: names.require_channel(name))
         self._bus = None
         self._send_routes = {}
@@ -462,3 +445,13 @@ class Core:
             "channel_full_count": sum(s["full"] for s in stats),
             "messages_expired": sum(s["expired"] for s in stats),
         }
+
+    # ------------------------------------------------------------ accessors
+
+    def cached_route(self, channel):
+        """The receive route ``ring_for_receive(channel)`` cached, or None when
+        there is none or the bus it was made on is no longer usable; a front
+        end's hot path checks this before validating the name again."""
+        hit = self._recv_rings.get(channel)
+        bus = self._bus
+        return hit if hit is not None and bus is not None and bus.usable else None

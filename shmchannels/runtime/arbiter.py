@@ -41,7 +41,7 @@ from gunicorn.errors import ConfigError, HaltServer
 
 from shmchannels.bus import _shm
 from shmchannels import bus as bus_mod
-from shmchannels.runtime import processes
+from shmchannels.runtime import config as config_mod, processes
 from shmchannels.runtime.processes import set_title
 
 KINDS = ("protocol", "worker")
@@ -146,9 +146,11 @@ class ShmArbiter(Arbiter):
         bus at its exit, under the other's feet; so the second refuses.  The
         check and the claim happen under the bus lock: of two masters
         starting at once, exactly one wins."""
-        prefix = self.cfg.prefix
+        options = config_mod.options(self.cfg)[1]
+        prefix = options.prefix
         try:
-            bus = bus_mod.attach(prefix, ring_size=self.cfg.ring_size, kind="master", label=f"master {self.proc_name}")
+            bus = bus_mod.attach(prefix, ring_size=options.ring_size, slots=options.slots, kind="master",
+                                 label=f"master {self.proc_name}")
         except (OSError, ValueError, TypeError, bus_mod.BusError) as exc:
             raise StartError(f"cannot attach the bus {prefix!r}: {type(exc).__name__}: {exc}") from None
         other = None

@@ -21,6 +21,15 @@ from shmchannels import __version__, objects
 from shmchannels.runtime import config as config_mod
 from shmchannels.bus import control, segments
 
+#: the settings `worker` and `dev` take as flags (a config file and the
+#: environment set every setting; the layer and the protocol server get their
+#: options from all of them, as `serve`'s children do)
+LAYER_FLAGS = ["prefix", "capacity", "reply_capacity", "expiry", "group_expiry", "ring_size", "max_message_size"]
+PROTOCOL_FLAGS = [
+    "bind", "root_path", "http_timeout", "keepalive", "limit_request_line", "limit_request_fields",
+    "limit_request_field_size", "limit_request_body", "proxy_headers", "forwarded_allow_ips", "ws_max_size",
+    "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
+]
 RELOAD_EXIT = 75  # a dev child asking its parent to restart it
 DEV_STOP_TIMEOUT = 10.0  # seconds a stopping dev child gets before it is killed
 
@@ -51,17 +60,16 @@ def build_parser():
     worker = sub.add_parser("worker", help="run one standalone worker against a running bus")
     _config_arg(worker)
     config_mod.add_arguments(worker, [
-        "routing", "wsgi", "prefix", "threads", "only_channels", "exclude_channels", "capacity",
-        "expiry", "group_expiry", "ring_size", "reply_capacity", "loglevel", "timeout", "graceful_timeout",
-        "pythonpath", "chdir",
+        "routing", "wsgi", "threads", "only_channels", "exclude_channels", *LAYER_FLAGS, "loglevel", "timeout",
+        "graceful_timeout", "pythonpath", "chdir",
     ])
 
     dev = sub.add_parser("dev", help="one process for development: protocol server + worker threads + autoreload")
     _config_arg(dev)
     dev.add_argument("--no-reload", action="store_true", help="do not restart when source files change")
     config_mod.add_arguments(dev, [
-        "routing", "wsgi", "prefix", "bind", "threads", "capacity", "expiry", "group_expiry", "ring_size",
-        "loglevel", "root_path", "http_timeout", "pythonpath", "chdir",
+        "routing", "wsgi", "threads", *LAYER_FLAGS, *PROTOCOL_FLAGS, "loglevel", "timeout", "graceful_timeout",
+        "pythonpath", "chdir",
     ])
 
     send = sub.add_parser("send", help="send a JSON object as a message to a channel")
@@ -138,8 +146,19 @@ def cmd_serve(args):
 # --------------------------------------------------------------- worker
 
 
+def _shm_config(args):
+    """The config of a `worker` or `dev` command line: file, environment, flags."""
+    return config_mod.ShmConfig().load(args.config, cli=config_mod.cli_values(args))
+
+
+def command_options(args):
+    """(ProtocolConfig, LayerOptions) that `worker` or `dev` run with for the
+    parsed ``args``: the translation `serve`'s children use, on this config."""
+    return config_mod.options(_shm_config(args).cfg)
+
+
 def _load_shm_config(args):
-    shm = config_mod.ShmConfig().load(args.config, cli=config_mod.cli_values(args))
+    shm = _shm_config(args)
     cfg = shm.cfg
     if cfg.chdir and os.getcwd() != cfg.chdir:
         os.chdir(cfg.chdir)
@@ -159,28 +178,29 @@ def _setup_logging(level):
 
 
 def _consumer_process(args, kind, label):
-    """Config, logging, the application and the layer of a process that runs
-    consumers outside `serve` (a standalone worker, the dev server)."""
+    """Config, logging, the application, the layer and the protocol server's
+    config of a process that runs consumers outside `serve` (a standalone
+    worker, the dev server)."""
     import shmchannels
 
     from shmchannels.runtime.application import WorkerBundle
-    from shmchannels.runtime.processes import layer_options
 
     cfg = _load_shm_config(args).cfg
+    pconfig, options = config_mod.options(cfg)
     _setup_logging(cfg.loglevel)
     bundle = WorkerBundle(cfg)
-    layer = shmchannels.ChannelLayer(**layer_options(cfg, block_timeout=1.0))
+    layer = shmchannels.ChannelLayer.from_options(options, block_timeout=1.0)
     objects.use_layer(layer)  # Channel/Group in consumers use this bus
     bus = layer.core.bus
     bus.control.set_kind(bus.slot, kind)
     bus.control.set_label(bus.slot, label)
-    return cfg, bundle, layer, bus
+    return cfg, pconfig, bundle, layer, bus
 
 
 def cmd_worker(args):
     from shmchannels.workers.runner import ConsumerRunner, select_channels
 
-    cfg, bundle, layer, bus = _consumer_process(args, "worker", "standalone worker")
+    cfg, _, bundle, layer, bus = _consumer_process(args, "worker", "standalone worker")
     channels = select_channels(bundle.router.channels(), cfg.only_channels, cfg.exclude_channels)
     runner = ConsumerRunner(layer, bundle.router, channels, threads=cfg.threads)
     stopping = []
@@ -210,10 +230,10 @@ def cmd_worker(args):
 def cmd_dev(args):
     if args.no_reload or os.environ.get("SHMCHANNELS_DEV_CHILD"):
         return _dev_child(args)
-    return _dev_parent()
+    return _dev_parent(args)
 
 
-def _dev_parent():
+def _dev_parent(args):
     """Bind once, then run the dev server in a child, restarting it when its
     sources change (the child watches its own modules and exits with
     RELOAD_EXIT).  Binding here keeps the port across restarts.
@@ -227,10 +247,8 @@ def _dev_parent():
 
     from gunicorn import sock as gsock
 
-    shm = config_mod.ShmConfig().load(None)
+    shm = _shm_config(args)  # the child's config: the same file, environment and flags
     argv = [sys.executable, "-m", "shmchannels"] + sys.argv[1:]
-    bind = _dev_bind_from_argv(sys.argv[1:]) or shm.cfg.bind
-    shm.cfg.set("bind", bind)
     listeners = gsock.create_sockets(shm.cfg, _PrintLog())
     fds = [lst.sock.fileno() for lst in listeners]
     for fd in fds:
@@ -271,13 +289,6 @@ def _dev_parent():
         print("shmchannels dev: source changed, restarting", flush=True)
 
 
-def _dev_bind_from_argv(argv):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("-b", "--bind", action="append")
-    known, _ = parser.parse_known_args(argv)
-    return known.bind
-
-
 class _PrintLog:
     def info(self, msg, *args):
         print(msg % args, flush=True)
@@ -289,7 +300,6 @@ def _dev_child(args):
     import asyncio
     import socket
 
-    from shmchannels.server.config import ProtocolConfig
     from shmchannels.server.server import ProtocolServer
     from shmchannels.workers.runner import ConsumerRunner
 
@@ -300,13 +310,12 @@ def _dev_child(args):
         die_with_parent(signal.SIGTERM)  # never serve on after `shmchannels dev` is gone
         if os.getppid() != int(parent):  # it went before we asked
             return 0
-    cfg, bundle, layer, bus = _consumer_process(args, "process", "shmchannels dev")
+    cfg, pconfig, bundle, layer, bus = _consumer_process(args, "process", "shmchannels dev")
     runner = ConsumerRunner(layer, bundle.router, threads=max(cfg.threads, 4))
     runner.start()
     fds = os.environ.get("SHMCHANNELS_DEV_FDS")
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")] if fds else []
-    pconfig = ProtocolConfig(prefix=cfg.prefix, bind=[] if sockets else list(cfg.bind), root_path=cfg.root_path,
-                             http_timeout=cfg.http_timeout)
+    # With the parent's sockets, pconfig.bind is not used.
     if not args.no_reload:
         from gunicorn.reloader import Reloader
 
@@ -375,10 +384,11 @@ def _existing_bus(prefix):
 
 
 def cmd_gc(args):
+    from shmchannels import bus as bus_mod
     from shmchannels.bus import gc
 
     remove = sys.stdout.isatty() if args.remove is None else args.remove
-    reports = gc.collect(dry_run=not remove)
+    reports = gc.collect(bus_mod.Bus, dry_run=not remove)
     if not reports:
         print("No buses of this user in /dev/shm.")
         return 0

@@ -19,6 +19,12 @@ came from and the rule it breaks (``RULES``); after every source is applied,
 in half a ring ...) and builds what the children build from the config (the
 layer's engine, the protocol server's config), so a config that loads is one
 every child can boot with.
+
+What a process builds from the settings (the protocol server's
+``ProtocolConfig``, the layer's ``LayerOptions``) comes from one translation,
+``shmchannels.server.config.protocol_config`` / ``layer_options``, which
+``options(cfg)`` feeds with ``setting_values(cfg)``; ``python -m
+shmchannels.server`` feeds it its command line.
 """
 
 import argparse
@@ -30,9 +36,14 @@ from gunicorn.config import Setting, validate_bool, validate_pos_int, validate_s
 from gunicorn.errors import ConfigError
 
 from shmchannels import names
-from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE
+from shmchannels.options import LayerOptions
+from shmchannels.server import config as server_config
 
 ENV_PREFIX = "SHMCHANNELS_"
+#: the defaults of the settings that are layer options or protocol-server
+#: fields are theirs
+_LAYER_DEFAULTS = LayerOptions()
+_PROTOCOL_DEFAULTS = server_config.ProtocolConfig()
 CONFIG_FILE = "shmchannels.toml"
 
 
@@ -118,7 +129,7 @@ class Prefix(ShmSetting, Setting):
     cli = ["--prefix"]
     meta = "NAME"
     validator = validate_string
-    default = "asgi"
+    default = _LAYER_DEFAULTS.prefix
     desc = """\
         The bus prefix: processes with the same prefix share channels and groups.
         """
@@ -131,7 +142,7 @@ class RingSize(ShmSetting, Setting):
     meta = "BYTES"
     validator = validate_pos_int
     type = int
-    default = 8 << 20
+    default = _LAYER_DEFAULTS.ring_size
     desc = """\
         Bytes of message space per channel ring (a power of two).
         """
@@ -144,7 +155,7 @@ class MaxMessageSize(ShmSetting, Setting):
     meta = "BYTES"
     validator = validate_pos_int
     type = int
-    default = DEFAULT_MAX_MESSAGE_SIZE
+    default = _LAYER_DEFAULTS.max_message_size
     desc = """\
         Largest encoded message, bytes (MessageTooLarge above it).
 
@@ -161,7 +172,7 @@ class Capacity(ShmSetting, Setting):
     meta = "INT"
     validator = validate_pos_int
     type = int
-    default = 100
+    default = _LAYER_DEFAULTS.capacity
     desc = """\
         Messages a channel holds before senders get ChannelFull.
         """
@@ -174,7 +185,7 @@ class ReplyCapacity(ShmSetting, Setting):
     meta = "INT"
     validator = validate_pos_int
     type = int
-    default = 10000
+    default = server_config.REPLY_CAPACITY
     desc = """\
         Capacity of each protocol server's reply rings (all its connections share one).
         """
@@ -187,7 +198,7 @@ class Expiry(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_float
     type = float
-    default = 60.0
+    default = float(_LAYER_DEFAULTS.expiry)
     desc = """\
         Seconds after which an unread message is dropped.
         """
@@ -200,7 +211,7 @@ class GroupExpiry(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_pos_int
     type = int
-    default = 86400
+    default = _LAYER_DEFAULTS.group_expiry
     desc = """\
         Seconds after which a group membership ends.
         """
@@ -251,7 +262,7 @@ class HttpTimeout(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_float
     type = float
-    default = 60.0
+    default = _PROTOCOL_DEFAULTS.http_timeout
     desc = """\
         Seconds to wait for a worker's response before answering 504.
         """
@@ -264,7 +275,7 @@ class LimitRequestBody(ShmSetting, Setting):
     meta = "BYTES"
     validator = validate_pos_int
     type = int
-    default = 1 << 30
+    default = _PROTOCOL_DEFAULTS.limit_request_body
     desc = """\
         Largest request body accepted (413 above it); 0 means no limit.
         """
@@ -277,7 +288,7 @@ class ProxyHeaders(ShmSetting, Setting):
     validator = validate_bool
     action = "store_true"
     type = bool
-    default = False
+    default = _PROTOCOL_DEFAULTS.proxy_headers
     desc = """\
         Trust X-Forwarded-For/-Proto/-Host/-Port from ``forwarded_allow_ips``.
         """
@@ -290,7 +301,7 @@ class WsMaxSize(ShmSetting, Setting):
     meta = "BYTES"
     validator = validate_pos_int
     type = int
-    default = 1 << 20
+    default = _PROTOCOL_DEFAULTS.ws_max_size
     desc = """\
         Largest WebSocket message; bigger ones close the socket with 1009.
         """
@@ -303,7 +314,7 @@ class WsPingInterval(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_float
     type = float
-    default = 20.0
+    default = _PROTOCOL_DEFAULTS.ws_ping_interval
     desc = """\
         Seconds between keep-alive pings (0 disables them).
         """
@@ -316,7 +327,7 @@ class WsPingTimeout(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_float
     type = float
-    default = 20.0
+    default = _PROTOCOL_DEFAULTS.ws_ping_timeout
     desc = """\
         Seconds to wait for a pong before closing with 1011.
         """
@@ -329,7 +340,7 @@ class WebsocketConnectTimeout(ShmSetting, Setting):
     meta = "SECONDS"
     validator = validate_float
     type = float
-    default = 5.0
+    default = _PROTOCOL_DEFAULTS.websocket_connect_timeout
     desc = """\
         Seconds a consumer has to accept a WebSocket before it is rejected (403).
         """
@@ -471,7 +482,7 @@ class ShmConfig:
         self.sources = {}
         self.config_file = None
         # shmchannels' own defaults for gunicorn settings
-        self.cfg.set("keepalive", 5)
+        self.cfg.set("keepalive", int(_PROTOCOL_DEFAULTS.keepalive))
         self.cfg.set("proc_name", "shmchannels")
         self.cfg.set("worker_class", "sync")  # unused: the arbiter picks the classes
         # gunicorn's control socket drives its single pool; ours is the bus
@@ -543,18 +554,15 @@ class ShmConfig:
                                   "(pip install 'shmchannels[uvloop]', or uvloop = auto)")
         if cfg.protocol_servers == 0 and cfg.workers == 0:
             raise ConfigError("protocol_servers and workers are both 0: there would be nothing to run")
-        # What the children build: the layer's engine (it attaches nothing
-        # until first used) and the protocol server's config.
-        from shmchannels.engine.core import Core
-        from shmchannels.runtime.processes import layer_options
-        from shmchannels.runtime.protocol_process import protocol_config
-
+        # What the children build from the config, through the same
+        # translation they use.
+        values = setting_values(cfg)
         try:
-            Core(**layer_options(cfg))
+            server_config.layer_options(values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the channel layer rejects this config: {exc}") from None
         try:
-            protocol_config(cfg)
+            server_config.protocol_config(values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the protocol server rejects this config: {exc}") from None
 
@@ -569,6 +577,22 @@ class ShmConfig:
             value = self.cfg.settings[name].get()
             lines.append(f"{name:{width}} = {value!r}  ({self.sources.get(name, 'default')})")
         return "\n".join(lines)
+
+
+def setting_values(cfg):
+    """{setting name: value} of every exposed setting of ``cfg`` (a gunicorn
+    Config or a ShmConfig): the input of the translation to the protocol
+    server's and the layer's options."""
+    settings = cfg.settings
+    return {name: settings[name].get() for name in EXPOSED}
+
+
+def options(cfg):
+    """(ProtocolConfig, LayerOptions) of a process run with ``cfg``: what
+    every child of `serve`, `worker` and `dev` build, and what
+    ``ShmConfig.validate`` checks before anything starts."""
+    values = setting_values(cfg)
+    return server_config.protocol_config(values), server_config.layer_options(values)
 
 
 def add_arguments(parser, names=None):

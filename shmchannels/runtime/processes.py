@@ -36,21 +36,13 @@ def set_title(title):
         pass
 
 
-def layer_options(cfg, **extra):
-    """Options of the ASGI 1 layer a child process uses, from the config."""
-    from shmchannels.server.config import channel_capacity
+def layer(cfg, **kwargs):
+    """The ASGI 1 layer a process run with ``cfg`` uses (its options from
+    ``config.options``, the translation every entry point shares)."""
+    import shmchannels
+    from shmchannels.runtime import config
 
-    options = {
-        "prefix": cfg.prefix,
-        "expiry": cfg.expiry,
-        "group_expiry": cfg.group_expiry,
-        "capacity": cfg.capacity,
-        "ring_size": cfg.ring_size,
-        "max_message_size": cfg.max_message_size,
-        "channel_capacity": channel_capacity(reply_capacity=cfg.reply_capacity),
-    }
-    options.update(extra)
-    return options
+    return shmchannels.ChannelLayer.from_options(config.options(cfg)[1], **kwargs)
 
 
 def wire_logging(glog, level_name):

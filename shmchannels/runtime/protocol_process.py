@@ -15,35 +15,9 @@ import sys
 
 from gunicorn.workers.base import Worker
 
-import shmchannels
-from shmchannels.runtime import processes
+from shmchannels.runtime import config, processes
 
 TICK = 1.0
-
-
-def protocol_config(cfg):
-    """The protocol server's ProtocolConfig from the serve config (also built
-    at config load, so a config that loads is one a protocol server takes)."""
-    from shmchannels.server.config import ProtocolConfig
-
-    return ProtocolConfig(
-        prefix=cfg.prefix,
-        root_path=cfg.root_path,
-        proxy_headers=cfg.proxy_headers,
-        forwarded_allow_ips=cfg.forwarded_allow_ips,
-        keepalive=cfg.keepalive,
-        limit_request_line=cfg.limit_request_line or 1 << 20,
-        limit_request_fields=cfg.limit_request_fields or 32768,
-        limit_request_field_size=cfg.limit_request_field_size or 1 << 20,
-        limit_request_body=cfg.limit_request_body,
-        http_timeout=cfg.http_timeout,
-        ws_max_size=cfg.ws_max_size,
-        ws_ping_interval=cfg.ws_ping_interval,
-        ws_ping_timeout=cfg.ws_ping_timeout,
-        websocket_connect_timeout=cfg.websocket_connect_timeout,
-        ack_timeout=cfg.timeout + 5,
-        graceful_timeout=cfg.graceful_timeout,
-    )
 
 
 class ProtocolServerProcess(Worker):
@@ -59,7 +33,7 @@ class ProtocolServerProcess(Worker):
         """Protocol servers run no application code; they attach the bus here,
         while still booting, so a bus they cannot attach is a boot error
         (WORKER_BOOT_ERROR halts the master) rather than a crash loop."""
-        self.layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg))
+        self.layer = processes.layer(self.cfg)
         bus = self.layer.core.bus
         bus.control.set_kind(bus.slot, "protocol")
         bus.control.set_label(bus.slot, f"protocol {self.age}")
@@ -81,7 +55,9 @@ class ProtocolServerProcess(Worker):
         signal.signal(signal.SIGUSR2, note(1012))
 
     def protocol_config(self):
-        return protocol_config(self.cfg)
+        """The ProtocolConfig of this process (the listening sockets come
+        from the master, so its ``bind`` is not used)."""
+        return config.options(self.cfg)[0]
 
     def run(self):
         # Until it serves, a failure is a boot error (the master halts on

@@ -12,7 +12,6 @@ import time
 
 from gunicorn.workers.base import Worker
 
-import shmchannels
 from shmchannels import objects
 from shmchannels.runtime import processes
 
@@ -41,7 +40,7 @@ class ChannelWorkerProcess(Worker):
         # The bus too, while still booting: a bus this worker cannot attach
         # is a boot error (WORKER_BOOT_ERROR halts the master), not a crash
         # loop.  Its slot on the bus also tells the master it is up.
-        self.layer = shmchannels.ChannelLayer(**processes.layer_options(self.cfg, block_timeout=TICK))
+        self.layer = processes.layer(self.cfg, block_timeout=TICK)
         objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
         self.bus = self.layer.core.bus
         self.bus.control.set_kind(self.bus.slot, "worker")
