@@ -1,5 +1,5 @@
 """A test application whose workers boot, then die with an error at once
-(tests/test_serve.py: the master halts instead of respawning them forever)."""
+(tests/runtime/test_serve.py: the master halts instead of respawning them forever)."""
 
 import os
 import threading

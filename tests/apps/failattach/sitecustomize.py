@@ -1,4 +1,4 @@
-"""On sys.path of a `shmchannels serve` under test (tests/test_serve.py): with
+"""On sys.path of a `shmchannels serve` under test (tests/runtime/test_serve.py): with
 SHMCHANNELS_TEST_FAIL_CHILD_ATTACH set, every child of the master fails to
 attach the bus, as a child would on a bus it cannot open."""
 

@@ -14,7 +14,7 @@ import pytest
 
 from shmchannels.bus import segments
 
-from serving import Served, children_of as master_children, wait_for
+from serving import APPS, Served, children_of as master_children, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +197,7 @@ def test_a_child_that_cannot_attach_the_bus_halts_the_master(prefix, pool):
     rc, out = _halted(prefix, [*pool.split(), "--routing", "workapp:routes"],
                       env={"SHMCHANNELS_TEST_FAIL_CHILD_ATTACH": "1",
                            "PYTHONPATH": os.pathsep.join(filter(None, [
-                               os.path.join(os.path.dirname(__file__), "apps", "failattach"),
+                               os.path.join(APPS, "failattach"),
                                os.environ.get("PYTHONPATH")]))})
     assert rc == 3, out  # gunicorn's WORKER_BOOT_ERROR
     assert "refused on purpose by the test" in out
@@ -310,7 +310,7 @@ def test_a_second_master_on_the_same_prefix_refuses_to_start(prefix, tmp_path):
         assert get()[0] == 200
         second = subprocess.run(
             [sys.executable, "-m", "shmchannels", "serve", "--prefix", prefix, "--bind", "127.0.0.1:0",
-             "--pythonpath", os.path.join(os.path.dirname(__file__), "apps"), "--routing", "deployapp:routes"],
+             "--pythonpath", APPS, "--routing", "deployapp:routes"],
             capture_output=True, text=True, timeout=30, env={**os.environ, "DEPLOYAPP_VERSION_FILE": str(version)})
         assert second.returncode == 1, second.stderr
         error = second.stderr.strip().splitlines()[-1]
