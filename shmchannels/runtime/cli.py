@@ -26,7 +26,7 @@ from shmchannels.bus import control, segments
 #: options from all of them, as `serve`'s children do)
 LAYER_FLAGS = ["prefix", "capacity", "reply_capacity", "expiry", "group_expiry", "ring_size", "max_message_size"]
 PROTOCOL_FLAGS = [
-    "bind", "root_path", "http_timeout", "keepalive", "limit_request_line", "limit_request_fields",
+    "bind", "backlog", "root_path", "http_timeout", "keepalive", "limit_request_line", "limit_request_fields",
     "limit_request_field_size", "limit_request_body", "proxy_headers", "forwarded_allow_ips", "ws_max_size",
     "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
 ]
