@@ -153,15 +153,7 @@ class ShmArbiter(Arbiter):
                                  label=f"master {self.proc_name}")
         except (OSError, ValueError, TypeError, bus_mod.BusError) as exc:
             raise StartError(f"cannot attach the bus {prefix!r}: {type(exc).__name__}: {exc}") from None
-        other = None
-        with bus._locked_bus():
-            slot = bus.control.master_slot
-            if slot is not None and slot != bus.slot and bus.is_alive(slot):
-                info = bus.control.read_slot(slot)
-                if info.kind == "master":
-                    other = info
-            if other is None:
-                bus.control.set_master_slot(bus.slot)
+        other = bus.claim_master()
         if other is not None:
             bus.detach()  # leave the bus as we found it: it is the other master's
             raise StartError(
@@ -176,8 +168,7 @@ class ShmArbiter(Arbiter):
         if bus is None:
             return
         try:
-            if bus.control.master_slot == bus.slot:
-                bus.control.set_master_slot(None)
+            bus.release_master()
         except Exception:  # pragma: no cover - the bus is going anyway
             pass
         bus.destroy()
