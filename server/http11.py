@@ -1,16 +1,27 @@
 """Sans-I/O HTTP/1.1, server side, on httptools (llhttp).
 
-``RequestParser.feed(data)`` turns bytes into a list of events:
+``RequestParser.feed(data)`` turns bytes into a list of ``(kind, value)``
+events, ``kind`` an ``EventKind``:
 
-* ``(EV_REQUEST, Request)``  a request head, validated and limit-checked;
-* ``(EV_BODY, bytes)``       body bytes of the latest request (chunked
-  framing already removed);
-* ``(EV_END, None)``         the latest request is complete;
-* ``(EV_UPGRADE, bytes)``    the latest request asked for an upgrade; the
-  bytes that followed its head (parsing stops there);
-* ``(EV_ERROR, (status, reason))``  the stream is unusable from here: answer
-  ``status`` and close.  400 malformed, 413 body over limit, 414 request
-  target over limit, 417 unknown Expect, 431 header fields over limits.
+* ``EV_REQUEST``, a ``Request``: a request head, validated and limit-checked;
+* ``EV_BODY``, bytes: body bytes of the latest request (chunked framing
+  already removed);
+* ``EV_END``, None: the latest request is complete;
+* ``EV_UPGRADE``, bytes: the latest request asked for an upgrade; the bytes
+  that followed its head (parsing stops there);
+* ``EV_ERROR``, a ``ParseError(status, reason)``: the stream is unusable
+  from here: answer ``status`` and close.  400 malformed, 413 body over
+  limit, 414 request target over limit, 417 unknown Expect, 431 header
+  fields over limits.
+
+The ``EV_*`` and ``MODE_*`` names are module-level aliases of the
+``EventKind`` and ``BodyMode`` members: one global lookup on the
+per-request path, where ``EventKind.REQUEST`` is an Enum class attribute
+lookup (~100 ns in CPython 3.11).  The events themselves stay plain 2-tuples,
+unpacked by name where they are read (``for kind, value in events``): a
+NamedTuple instance costs ~250 ns more to create and free than a tuple (no
+free list, generic heap-type dealloc), 2-3% of a whole request through the
+server.  Rare records (``ParseError``) are NamedTuples.
 
 Pipelined requests simply produce several REQUEST/BODY/END runs; the I/O
 side answers them one at a time.
@@ -27,15 +38,47 @@ and ``X-Auth-User`` collide, so a client could spoof a header a proxy set
 """
 
 import email.utils
+import enum
 import http
 import time
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
-EV_REQUEST, EV_BODY, EV_END, EV_UPGRADE, EV_ERROR = range(5)
 
-MODE_LENGTH, MODE_CHUNKED, MODE_CLOSE, MODE_NONE = range(4)
+class EventKind(enum.IntEnum):
+    REQUEST = 0
+    BODY = 1
+    END = 2
+    UPGRADE = 3
+    ERROR = 4
+
+
+EV_REQUEST, EV_BODY, EV_END, EV_UPGRADE, EV_ERROR = EventKind
+
+
+class BodyMode(enum.IntEnum):
+    """How a response body is framed on the wire."""
+
+    LENGTH = 0  # Content-Length: write as is
+    CHUNKED = 1  # chunk() each piece, chunk(b"") ends it
+    CLOSE = 2  # write as is; closing the connection ends it (HTTP/1.0 streaming)
+    NONE = 3  # no body: HEAD, 1xx, 204, 304
+
+
+MODE_LENGTH, MODE_CHUNKED, MODE_CLOSE, MODE_NONE = BodyMode
+
+
+class ParseError(NamedTuple):
+    """The value of an EV_ERROR event: what to answer before closing."""
+
+    status: int
+    reason: str
+
+
+
+_END = (EV_END, None)  # one instance serves every request
 
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
 
@@ -184,7 +227,7 @@ class RequestParser:
         self.events.append((EV_BODY, body))
 
     def on_message_complete(self):
-        self.events.append((EV_END, None))
+        self.events.append(_END)
 
     # ------------------------------------------------------------------ API
 
@@ -203,20 +246,20 @@ class RequestParser:
             cause = exc.__context__
             self.dead = True
             if isinstance(cause, _Reject):
-                events.append((EV_ERROR, (cause.status, cause.reason)))
+                events.append((EV_ERROR, ParseError(cause.status, cause.reason)))
             else:  # pragma: no cover - a bug in a callback
-                events.append((EV_ERROR, (400, f"bad request: {cause!r}")))
+                events.append((EV_ERROR, ParseError(400, f"bad request: {cause!r}")))
             return events
         except httptools.HttpParserError as exc:
             self.dead = True
             reason = str(exc) or "malformed request"
-            events.append((EV_ERROR, (400, reason)))
+            events.append((EV_ERROR, ParseError(400, reason)))
             return events
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.limit_head:
                 self.dead = True
-                events.append((EV_ERROR, (431, "request head too large")))
+                events.append((EV_ERROR, ParseError(431, "request head too large")))
         return events
 
 
@@ -253,10 +296,9 @@ class ResponseError(ValueError):
 def response_head(status, headers, content, more_content, *, request, keep_alive, server_header, date=True):
     """Serialise a response head.
 
-    Returns ``(head_bytes, mode, keep_alive, length)``; ``mode`` says how the
-    body is framed: MODE_LENGTH (write as is), MODE_CHUNKED (``chunk()`` each
-    piece, end with ``chunk(b"")``), MODE_CLOSE (write as is, close to end it)
-    or MODE_NONE (no body: HEAD, 1xx, 204, 304).  ``length`` is the
+    Returns ``(head, mode, keep_alive, length)`` (a tuple, not a record: it
+    is unpacked at once, once per response); ``mode``, a ``BodyMode``, says
+    how the body is framed.  ``length`` is the
     application's own ``Content-Length`` (an int), or None when it gave none:
     the caller holds the body to it.
 

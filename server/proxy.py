@@ -19,12 +19,23 @@ Any other peer's X-Forwarded-* headers are passed through untouched and
 change nothing.
 """
 
+from typing import NamedTuple, Optional
+
+
+class Forwarded(NamedTuple):
+    """What a trusted proxy says about a request, as ASGI 1 fields."""
+
+    client: Optional[list]  # [host, port]
+    server: Optional[list]  # [host, port]
+    scheme: Optional[str]  # None: the proxy did not say
+
+
 _NAMES = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
 def forwarded(trusted, headers, client, server, websocket=False):
-    """(client, server, scheme) for a request, or None if nothing applies."""
+    """A ``Forwarded`` for a request, or None if nothing applies."""
     if (client[0] if client else None) not in trusted:
         return None
     found = None
@@ -72,7 +83,7 @@ def forwarded(trusted, headers, client, server, websocket=False):
             secure = (scheme or "http") in ("https", "wss")
             port = 443 if secure else 80
         server = [host, port]
-    return client, server, scheme
+    return Forwarded(client, server, scheme)
 
 
 def _split_host(raw):
