@@ -67,7 +67,7 @@ class ProtocolServer:
         self.ws_prefix = None
         self.taken_channel = None
         self.channels = {}  # full reply channel -> Cycle or WebSocketProtocol
-        self.taken = {}  # Cycle or WebSocketProtocol -> (slot, gen) of the worker holding its message
+        self.taken = {}  # Cycle or ChannelBridge -> WorkerId of the worker holding its message
         self.connections = set()  # HttpProtocol
         self.websockets = set()  # WebSocketProtocol, until their websocket.disconnect is out
         self.servers = []

@@ -1,7 +1,8 @@
 """The asyncio side of a WebSocket connection.
 
 ``HttpProtocol`` hands the transport over after a valid upgrade request.
-Then:
+This class is the framing side; ``ws_bridge.ChannelBridge`` carries the
+connection's messages to the workers, one at a time, in order.  Then:
 
 * ``websocket.connect`` (order 0) goes out and the handshake is *held*
   until a reply arrives on the connection's reply channel: ``accept``,
@@ -32,19 +33,27 @@ Then:
 """
 
 import asyncio
-import collections
+import enum
 import logging
 import struct
 
 from shmchannels.names import new_local_part
 
 from . import http11, proxy
-from .http_protocol import worker_ident
 from .websocket import BINARY, CLOSE, PONG, TEXT, FrameCodec, ProtocolError, accept_response
+from .ws_bridge import ChannelBridge
 
 logger = logging.getLogger("shmchannels.server")
 
-HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
+
+class State(enum.IntEnum):
+    HANDSHAKE = 0  # websocket.connect is out; the 101 waits for the application
+    OPEN = 1
+    CLOSING = 2  # our close frame is out; waiting for the peer's
+    CLOSED = 3
+
+
+HANDSHAKE, OPEN, CLOSING, CLOSED = State  # aliases: globals, not Enum attribute lookups, per frame
 
 #: close code reported in websocket.disconnect when the TCP connection ended
 #: without a close frame (also after a rejected handshake)
@@ -68,12 +77,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.codec = FrameCodec(config.ws_max_size)
         self.state = HANDSHAKE
         self.pending = bytearray(leftover)  # bytes that arrived before the handshake completed
-        self.reply_channel = server.ws_prefix + new_local_part()
-        self.queue = collections.deque()  # (channel, message) waiting for their turn
-        self.inflight = None  # order awaiting its ack
-        self.worker = None  # (slot, gen) of the worker holding the message in flight, once it said so
-        self.next_order = 1
-        self.ack_handle = None
+        self.reply_channel = reply_channel = server.ws_prefix + new_local_part()
+        self.bridge = ChannelBridge(self, reply_channel, req.path)
         self.connect_handle = None
         self.ping_handle = None
         self.pong_handle = None
@@ -82,8 +87,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.pings = 0
         self.close_code = None  # what websocket.disconnect will report
         self.paused = False
-        self.disconnect_sent = False
         self.transport_closed = False
+
+    @property
+    def disconnect_sent(self):
+        """Whether this connection is over for the workers too (the server waits for it at shutdown)."""
+        return self.bridge.disconnect_sent
 
     # ------------------------------------------------------------ life cycle
 
@@ -95,8 +104,8 @@ class WebSocketProtocol(asyncio.Protocol):
         if config.proxy_headers:
             fwd = proxy.forwarded(config.trusted, req.headers, self.client, self.server_addr, websocket=True)
             if fwd is not None:
-                self.client, self.server_addr = fwd[0], fwd[1]
-                self.scheme = fwd[2] or "ws"
+                self.client, self.server_addr = fwd.client, fwd.server
+                self.scheme = fwd.scheme or "ws"
         message = {
             "reply_channel": self.reply_channel,
             "scheme": self.scheme,
@@ -111,17 +120,16 @@ class WebSocketProtocol(asyncio.Protocol):
             "__taken__": server.taken_channel,  # (shmchannels) where the worker says who it is
         }
         try:
-            layer.send("websocket.connect", message)
+            self.bridge.connect(message)
         except (layer.ChannelFull, layer.MessageTooLarge) as exc:
             server.counters["rejected_full"] += 1
-            self._http_reject(503, b"Service Unavailable: connect queue full", log_status=503)
-            self.disconnect_sent = True  # no consumer saw a connect: nothing to pair
+            self.reject(503, b"Service Unavailable: connect queue full", log_status=503)
+            self.bridge.forget()
             logger.debug("websocket.connect refused: %r", exc)
             return
         server.channels[self.reply_channel] = self
         server.websockets.add(self)
         server.counters["websockets_total"] += 1
-        self._await_ack(0)
         if config.websocket_connect_timeout:
             self.connect_handle = self.loop.call_later(config.websocket_connect_timeout, self._connect_timeout)
         if server.shutting_down:
@@ -144,13 +152,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if previous == HANDSHAKE and self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 499, 0)
         self.server.websockets.discard(self)
-        if not self.disconnect_sent:
-            self.queue.append(("websocket.disconnect", {
-                "reply_channel": self.reply_channel, "path": self.path,
-                "code": self.close_code, "order": self.next_order,
-            }))
-            self.next_order += 1
-            self._pump()
+        self.bridge.disconnect(self.close_code)
         self.server.connection_closed()
 
     def eof_received(self):
@@ -194,136 +196,22 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.state != OPEN and (kind is TEXT or kind is BINARY):
             return  # we are closing (1013, shutdown...): later messages are discarded
         if kind is TEXT:
-            self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
-                           "text": payload, "bytes": None, "order": self.next_order,
-                           "__taken__": self.server.taken_channel})
+            self.bridge.receive(payload, None)
         elif kind is BINARY:
-            self._enqueue({"reply_channel": self.reply_channel, "path": self.path,
-                           "text": None, "bytes": payload, "order": self.next_order,
-                           "__taken__": self.server.taken_channel})
+            self.bridge.receive(None, payload)
         elif kind is PONG:
             if payload == self.ping_payload and self.pong_handle is not None:
                 self.pong_handle.cancel()
                 self.pong_handle = None
         elif kind is CLOSE:
-            code = payload[0]
             if self.close_code is None:
-                self.close_code = code
+                self.close_code = payload.code
             out = self.codec.data_to_send()  # our echo, unless we closed first
             if out:
                 self.transport.write(out)
             self.state = CLOSED
             self.transport.close()  # the server closes TCP first (RFC 6455 7.1.1)
         # PING: the codec already queued the pong
-
-    def _enqueue(self, message):
-        self.next_order += 1
-        self.queue.append(("websocket.receive", message))
-        if self.inflight is None:
-            self._pump()
-        if len(self.queue) > self.config.ws_max_queue and not self.paused and not self.transport_closed:
-            self.paused = True
-            self.transport.pause_reading()
-
-    # -------------------------------------------------------- ordered dispatch
-
-    def _pump(self):
-        layer = self.layer
-        queue = self.queue
-        while self.inflight is None and queue:
-            channel, message = queue.popleft()
-            if channel == "websocket.disconnect":
-                try:
-                    layer.send(channel, message)
-                except (layer.ChannelFull, layer.MessageTooLarge):
-                    logger.warning("websocket.disconnect is full; dropped for %s", self.reply_channel)
-                self._finalize()
-                return
-            try:
-                layer.send(channel, message)
-            except layer.ChannelFull:
-                self.server.counters["rejected_full"] += 1
-                logger.warning("websocket.receive is full: closing %s with 1013", self.reply_channel)
-                queue.clear()
-                self._close(1013)
-                return
-            except layer.MessageTooLarge:
-                queue.clear()
-                self._close(1009)
-                return
-            self._await_ack(message["order"])
-        if self.paused and len(queue) <= self.config.ws_max_queue and not self.transport_closed:
-            self.paused = False
-            self.transport.resume_reading()
-
-    def _await_ack(self, order):
-        self.inflight = order
-        if self.config.ack_timeout:
-            self.ack_handle = self.loop.call_later(self.config.ack_timeout, self._ack_timeout, order)
-
-    def _on_ack(self, order):
-        if order != self.inflight:
-            logger.debug("stale ack %r on %s (waiting for %r)", order, self.reply_channel, self.inflight)
-            return
-        self._release()
-        self._pump()
-
-    def _release(self):
-        """Nothing is in flight any more (acked, timed out, or its worker died)."""
-        if self.ack_handle is not None:
-            self.ack_handle.cancel()
-            self.ack_handle = None
-        self.inflight = None
-        if self.worker is not None:
-            self.worker = None
-            self.server.taken.pop(self, None)
-
-    def taken(self, who):
-        """The worker that took message ``who[2]`` said who it is (``[slot, gen, order]``)."""
-        ident = worker_ident(who)
-        if ident is None or len(who) < 3:
-            logger.warning("malformed __taken__ marker for %s: %.100r", self.reply_channel, who)
-            return
-        if who[2] != self.inflight:
-            return  # about a message already acknowledged or given up on
-        if self.inflight is not None:
-            self.worker = ident
-            self.server.taken[self] = ident
-
-    def worker_died(self):
-        """The worker holding the message in flight is dead (the server's
-        liveness sweep delivered every reply it had sent first)."""
-        self.worker = None
-        order = self.inflight
-        if order is None:
-            return
-        self.server.counters["worker_deaths"] += 1
-        self._release()
-        if order == 0 and self.state == HANDSHAKE:
-            logger.error("the worker handling websocket.connect of %s died: 503", self.reply_channel)
-            self._http_reject(503, b"Service Unavailable: the worker handling the connection died")
-            return
-        logger.warning("the worker handling message %d of %s died; sending the next one", order, self.reply_channel)
-        self._pump()
-
-    def _ack_timeout(self, order):
-        self.ack_handle = None
-        if self.inflight == order:
-            logger.warning(
-                "no ack for message %d of %s within %ss; sending the next one",
-                order, self.reply_channel, self.config.ack_timeout,
-            )
-            self.server.counters["ack_timeouts"] += 1
-            self._release()
-            self._pump()
-
-    def _finalize(self):
-        """websocket.disconnect is out: forget this connection."""
-        self.disconnect_sent = True
-        self._release()
-        self.server.channels.pop(self.reply_channel, None)
-        self.layer.core.discard_channel(self.reply_channel)
-        self.server.connection_closed()
 
     # ---------------------------------------------------------------- replies
 
@@ -343,9 +231,9 @@ class WebSocketProtocol(asyncio.Protocol):
             close = message.get("close")
             if close == 1011 and type(close) is int and text is None and data is None and accept is not True:
                 logger.error("the application failed websocket.connect on %s: 500", self.reply_channel)
-                self._http_reject(500, b"Internal Server Error")
+                self.reject(500, b"Internal Server Error")
             elif accept is False or (close and text is None and data is None and accept is not True):
-                self._http_reject(403, b"Forbidden")
+                self.reject(403, b"Forbidden")
             elif accept is True or text is not None or data is not None:
                 self._accept(message.get("subprotocol"))
             state = self.state
@@ -362,10 +250,10 @@ class WebSocketProtocol(asyncio.Protocol):
                 self.transport.write(self.codec.send_binary(data))
             close = message.get("close")
             if close and self.state == OPEN:
-                self._close(1000 if close is True else close)
+                self.close_with(1000 if close is True else close)
         ack = message.get("__ack__")
         if ack is not None:
-            self._on_ack(ack)
+            self.bridge.on_ack(ack)
 
     def reply_failed(self, reason):
         """A send that cannot be delivered as given: close with 1011 (HTTP
@@ -373,10 +261,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server.counters["bad_replies"] += 1
         if self.state == HANDSHAKE:
             logger.error("bad reply on %s: %s; answering 500", self.reply_channel, reason)
-            self._http_reject(500, b"Internal Server Error")
+            self.reject(500, b"Internal Server Error")
         elif self.state == OPEN:
             logger.error("bad reply on %s: %s; closing with 1011", self.reply_channel, reason)
-            self._close(1011)
+            self.close_with(1011)
         else:
             logger.error("bad reply on %s: %s (ignored: the connection is closing)", self.reply_channel, reason)
 
@@ -400,7 +288,12 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             self.pending = None
 
-    def _http_reject(self, status, body, log_status=None):
+    def connect_pending(self):
+        """Whether the handshake still waits for the application's answer."""
+        return self.state == HANDSHAKE
+
+    def reject(self, status, body, log_status=None):
+        """Refuse the handshake with an HTTP response."""
         if self.connect_handle is not None:
             self.connect_handle.cancel()
             self.connect_handle = None
@@ -417,14 +310,14 @@ class WebSocketProtocol(asyncio.Protocol):
             logger.warning("no answer to websocket.connect on %s within %ss: 403",
                            self.reply_channel, self.config.websocket_connect_timeout)
             self.server.counters["timeouts"] += 1
-            self._http_reject(403, b"Forbidden: no answer from the application")
+            self.reject(403, b"Forbidden: no answer from the application")
 
     # ------------------------------------------------------------------ close
 
-    def _close(self, code):
+    def close_with(self, code):
         """Start the closing handshake (we close first)."""
         if self.state == HANDSHAKE:
-            self._http_reject(503 if code in (1001, 1012, 1013) else 403, b"Service Unavailable")
+            self.reject(503 if code in (1001, 1012, 1013) else 403, b"Service Unavailable")
             return
         if self.state != OPEN:
             return
@@ -466,18 +359,27 @@ class WebSocketProtocol(asyncio.Protocol):
     def shutdown(self, code=1001):
         """Server stop (1001) or roll (1012)."""
         if self.state in (HANDSHAKE, OPEN):
-            self._close(code)
+            self.close_with(code)
 
     def force_close(self):
         """graceful_timeout passed: drop TCP, send websocket.disconnect now."""
         if not self.transport_closed:
             self.transport.abort()
-        if not self.disconnect_sent:
-            # stop waiting for acks: the worker may be gone
-            self._release()
-            self.queue = collections.deque(item for item in self.queue if item[0] == "websocket.disconnect")
-            if self.queue:
-                self._pump()
+        self.bridge.give_up()
+
+    def taken(self, who):
+        self.bridge.taken(who)
+
+    def pause_reading(self):
+        """The bridge's queue is over ws_max_queue."""
+        if not self.paused and not self.transport_closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        if self.paused and not self.transport_closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     # ------------------------------------------------------------------ pings
 

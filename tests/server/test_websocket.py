@@ -341,7 +341,7 @@ def test_reading_pauses_above_ws_max_queue(env):
     sock.sendall(b"".join(client_frame(0x1, f"m{i}") for i in range(10)))
     time.sleep(0.2)
     assert st.call(lambda: conn.paused) is True
-    assert st.call(lambda: len(conn.queue)) >= 5
+    assert st.call(lambda: len(conn.bridge.queue)) >= 5
     for order in range(1, 11):
         _, m = layer.receive(["websocket.receive"], block=True)
         assert m["order"] == order and m["text"] == f"m{order - 1}"
