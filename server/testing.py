@@ -1,7 +1,7 @@
 """Helpers for testing protocol servers: raw WebSocket frames, the bad-frame
 table, a server running on its own event-loop thread, and fake workers.
 
-Used by tests/test_server_*.py and bench/ws_codec.py; nothing here runs in
+Used by tests/server/ and bench/ws_codec.py; nothing here runs in
 production.
 """
 
@@ -308,10 +308,18 @@ class ServerEnv:
 
 
 def send_retrying(layer, channel, message, timeout=5.0):
-    """Send, retrying on ChannelFull (what a real worker does with replies)."""
-    from shmchannels.workers.wsgi import send_reply
-
-    return send_reply(layer, channel, message, timeout=timeout)
+    """Send, retrying on ChannelFull (what a real worker does with replies:
+    ``shmchannels.workers.wsgi.send_reply``, which server/ may not import)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            return layer.send(channel, message)
+        except layer.ChannelFull:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def echo_http(layer, channel, message):

@@ -127,9 +127,8 @@ class ConsumerRunner:
         reply = content.get("reply_channel")
         if not reply or type(where) is not str:
             return
-        bus = self.layer.core._bus
+        bus = self.layer.core.bus
         if bus is not self._ident_bus or self._ident is None:
-            bus = self.layer.core.bus
             self._ident_bus, self._ident = bus, [bus.slot, bus.gen]
         ident = self._ident
         order = content.get("order")
