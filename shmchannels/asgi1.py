@@ -118,7 +118,7 @@ class ChannelLayer:
                 return ch, msg
             order = [(ch,) + core.ring_for_receive(ch)[:2] for ch in channels]
             waits = [
-                asyncio.ensure_future(core.bus.hub.wait(ring, key, core.ready_check(ch), None if ch == key else ch, core.park_timeout))
+                asyncio.ensure_future(core.wait(ring, key, core.ready_check(ch), None if ch == key else ch))
                 for ch, ring, key in order
             ]
             try:
@@ -146,7 +146,7 @@ class ChannelLayer:
             ring, key = core.ring_for_receive(prefix)[:2]
             ready = core.ready_check(prefix)
             if not core.spin(ready, asyncio.get_running_loop()):
-                await core.bus.hub.wait(ring, key, ready, None, core.park_timeout)
+                await core.wait(ring, key, ready)
 
     def new_channel(self, pattern):
         """A new single-reader channel name: ``pattern`` must end in ``?``."""
@@ -166,8 +166,7 @@ class ChannelLayer:
         bus = self.core.bus
         key = f"{prefix}.{names.new_client_prefix(bus.slot, bus.gen)}!"
         names.require_channel(key, receive=True, v1=True)
-        bus.owned_ring(key)
-        bus.demux.register(key, self.get_capacity, ordered=True)
+        self.core.claim_prefix(key, self.get_capacity, ordered=True)
         return key
 
     # groups extension

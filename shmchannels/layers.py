@@ -102,7 +102,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
                     f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
                 )
             route = core.ring_for_receive(channel)
-        if route[4]():  # something buffered or in the ring: try without parking
+        if route.ready():  # something buffered or in the ring: try without parking
             msg = core.take(channel, route)
             if msg is not None:
                 return msg
@@ -112,9 +112,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         key = f"{prefix}.{self.client_prefix}!"
         name = key + names.new_local_part()
         self.require_valid_channel_name(name)
-        bus = self.core.bus
-        bus.owned_ring(key)
-        bus.demux.register(key, self.get_capacity)
+        self.core.claim_prefix(key, self.get_capacity)
         return name
 
     async def group_add(self, group, channel):

@@ -12,10 +12,13 @@ import fnmatch
 import logging
 import re
 import time
+from typing import Callable, NamedTuple, Optional
 
 from shmchannels.bus import _shm
 from shmchannels import bus as bus_mod, names
 from shmchannels.bus.codec import MSGPACK, decode, encode
+from shmchannels.engine import groups
+from shmchannels.engine.local import local_for
 from shmchannels.engine.wakeup import _resolve
 from shmchannels.exceptions import MessageTooLarge
 
@@ -47,7 +50,32 @@ def compile_capacities(channel_capacity):
     return result
 
 
+class SendRoute(NamedTuple):
+    """Where ``send(channel)`` puts its record (cached per channel name)."""
+    ring: object  # _shm.Ring, or None when the channel's owner process is gone
+    key: str  # the ring key (``names.ring_key``)
+    meta: Optional[bytes]  # a ``prefix!`` record names its target by local part
+    capacity: int
+
+
+class ReceiveRoute(NamedTuple):
+    """How to receive from one channel (cached per channel name)."""
+    ring: object  # _shm.Ring
+    key: str
+    specific: bool  # behind a ``prefix!``: taken through the demux
+    own_meta: Optional[bytes]  # the meta of a record for this channel alone
+    ready: Callable[[], bool]  # may a parked receiver find something now?
+
+
+class ReceivePlan(NamedTuple):
+    """A multi-channel blocking receive, computed once per channel list."""
+    takers: list  # one take function per channel, in the caller's order
+    rings: list  # the distinct rings to wait on
+    ready: Callable[[], bool]
+
+
 class Core:
+    _local = None  # engine.local.Local of the attached bus: demux and hub
     def __init__(self, options, *, validate=None):
         """``options``: a ``shmchannels.options.LayerOptions`` (validated when
         it was built); ``validate(name)`` raises TypeError for a channel name
@@ -82,8 +110,9 @@ class Core:
         if bus is None or not bus.usable:
             bus = bus_mod.attach(self.prefix, ring_size=self.ring_size, slots=self.slots)
             self._bus = bus
+            self._local = local_for(bus)
             self.clear_routes()
-            bus.on_stale_caches(self.clear_routes)
+            bus.recovery.on_stale_caches(self.clear_routes)
         return bus
 
     def clear_routes(self):
@@ -104,10 +133,10 @@ class Core:
         self.validate(channel)
         bus = self.bus
         key = names.ring_key(channel)
-        ring = bus.ring(key)
+        ring = bus.rings.get(key)
         # A record in a ``prefix!`` ring names its target by local part only.
         meta = None if key == channel else channel[len(key):].encode("utf-8")
-        route = (ring, key, meta, self.get_capacity(channel))
+        route = SendRoute(ring, key, meta, self.get_capacity(channel))
         if ring is not None:
             if len(self._send_routes) >= _ROUTE_CACHE:
                 self._send_routes.clear()
@@ -133,8 +162,8 @@ class Core:
         status = ring.put(body, meta, self.expiry_ns, capacity, MSGPACK)
         self._sends += 1
         if not self._sends & 1023:
-            bus.maintain()
-        if status == bus_mod.PUT_OK or bus.settle_put(status, ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
+            bus.recovery.maintain()
+        if status == bus_mod.PUT_OK or bus.recovery.settle_put(status, ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
             return True
         self._send_routes.pop(channel, None)
         return False
@@ -155,20 +184,20 @@ class Core:
         bus = self.bus
         key = names.ring_key(channel)
         specific = key.endswith("!")
-        ring = bus.ring(key)
+        ring = bus.rings.get(key)
         if ring is None:
             raise LookupError(f"channel {channel!r} belongs to a process that no longer exists")
         if specific:
-            bus.demux.register(key, self.get_capacity, ordered=channel == key)
+            self._local.demux.register(key, self.get_capacity, ordered=channel == key)
         if not specific:
             ready = ring.has_data
         elif channel == key:
-            demux = bus.demux
+            demux = self._local.demux
             ready = lambda: demux.has_ordered(key) or ring.has_data()  # noqa: E731
         else:
-            buffers = bus.demux.buffers
+            buffers = self._local.demux.buffers
             ready = lambda: bool(buffers.get(channel)) or ring.has_data()  # noqa: E731
-        hit = (ring, key, specific, channel[len(key):].encode("utf-8") if specific else None, ready)
+        hit = ReceiveRoute(ring, key, specific, channel[len(key):].encode("utf-8") if specific else None, ready)
         if len(self._recv_rings) >= _ROUTE_CACHE:
             self._recv_rings.clear()
         self._recv_rings[channel] = hit
@@ -182,41 +211,42 @@ class Core:
         ring, key, specific, own_meta, _ = route or self.ring_for_receive(channel)
         while True:
             if specific:
-                got = self._bus.demux.take(ring, key, channel, own_meta)
+                got = self._local.demux.take(ring, key, channel, own_meta)
             else:
                 got = ring.get()
-            if got:
+            if got:  # a ring record (flags, body, meta, deadline) or a demux pop (flags, body)
                 self._last_rx = _shm.monotonic_ns()
                 return decode(got[1])
             if got is None:
                 if ring.closed and ring.owner is None:  # retired: follow the name
                     self._recv_rings.pop(channel, None)
-                    self._bus.reopen(key, ring)
+                    self._bus.rings.reopen(key, ring)
                     ring, key, specific, own_meta, _ = self.ring_for_receive(channel)
                     continue
                 return None
-            if not self._bus.unstick(ring):
+            if not self._bus.recovery.unstick(ring):
                 return None
 
     def take_prefix(self, key):
         """ASGI 1: (full channel, message) from any channel behind ``prefix!``, or None."""
-        ring, key = self.ring_for_receive(key)[:2]
-        demux = self._bus.demux
+        route = self.ring_for_receive(key)
+        ring, key = route.ring, route.key
+        demux = self._local.demux
         got = demux.pop_ordered(key)
         if got is None:
-            self._bus.check_flush_epoch()
+            demux.check_flush_epoch()
             if ring.has_data():
                 demux.drain(ring, key, (key,))
                 got = demux.pop_ordered(key)
             elif ring.pending:
-                self._bus.unstick(ring)
+                self._bus.recovery.unstick(ring)
             if got is None:
                 return None
         self._last_rx = _shm.monotonic_ns()
-        return got[0], decode(got[2])
+        return got.channel, decode(got.body)
 
     def ready_check(self, channel):
-        return self.ring_for_receive(channel)[4]
+        return self.ring_for_receive(channel).ready
 
     def spin(self, ready, loop=None):
         """Busy-wait up to spin_us for ``ready()`` if traffic is flowing.
@@ -241,8 +271,7 @@ class Core:
         if loop is not None:
             if getattr(loop, "_ready", None):  # asyncio's run queue (uvloop has none to inspect)
                 return False
-            hub = self._bus._hub
-            if hub is not None and hub.waiters:
+            if self._local.has_parked():
                 return False
         deadline = now + self.spin_ns
         mono = _shm.monotonic_ns
@@ -266,7 +295,7 @@ class Core:
                 route = self.ring_for_receive(channel)  # the bus may have been re-attached
             ring, key, specific, _, ready = route
             if not self.spin(ready, loop):
-                hub = self._bus.hub
+                hub = self._local.hub
                 target = channel if specific else None
                 fut, token = hub.park(ring, key, target, self.park_timeout)
                 # Parked behind an unready head (a writer mid-copy, or dead):
@@ -287,7 +316,7 @@ class Core:
                         recheck.cancel()
                 if handed is not None:  # (deadline, flags, body) delivered on wake-up;
                     self._last_rx = _shm.monotonic_ns()  # the hub let go of us already
-                    return decode(handed[2])
+                    return decode(handed.body)
                 hub.unpark(token)
             msg = self.take(channel, route)
             if msg is not None:
@@ -309,10 +338,10 @@ class Core:
                 takers.append(lambda ch=ch: self.take_prefix(ch))
             else:
                 takers.append(lambda ch=ch, route=route: (lambda m: None if m is None else (ch, m))(self.take(ch, route)))
-            if route[0] not in rings:
-                rings.append(route[0])
-            readies.append(route[4])
-        plan = (takers, rings, lambda: any(r() for r in readies))
+            if route.ring not in rings:
+                rings.append(route.ring)
+            readies.append(route.ready)
+        plan = ReceivePlan(takers, rings, lambda: any(r() for r in readies))
         if len(self._plans) >= 256:
             self._plans.clear()
         self._plans[key] = plan
@@ -342,7 +371,7 @@ class Core:
             remaining = deadline - now
             if remaining <= 0:
                 return None, None
-            self._bus.maintain()
+            self._bus.recovery.maintain()
             seqs = _shm.wait_enter(rings)
             try:
                 if not ready():
@@ -350,6 +379,16 @@ class Core:
                     _shm.wait(rings, seqs, min(remaining, STUCK_RECHECK if stuck else self.park_timeout))
             finally:
                 _shm.wait_leave(rings)
+
+    def claim_prefix(self, key, capacity_of=None, ordered=False):
+        """Create the ring of a ``prefix!`` this process mints and say how its
+        records are buffered here (``ordered``: ASGI 1's receive of the whole prefix)."""
+        self.bus.rings.owned(key)
+        self._local.demux.register(key, capacity_of or self.get_capacity, ordered=ordered)
+
+    async def wait(self, ring, key, ready, channel=None):
+        """Park on ``ring`` until ``ready()`` may be true (``Hub.wait``)."""
+        return await self._local.hub.wait(ring, key, ready, channel, self.park_timeout)
 
     # --------------------------------------------------------------- groups
 
@@ -371,8 +410,8 @@ class Core:
             if len(self._owners_checked) > _ROUTE_CACHE:
                 self._owners_checked.clear()
             self._owners_checked[group] = now
-            bus.maintain()
-            if bus.reclaim_dead_owners(targets):
+            bus.recovery.maintain()
+            if bus.recovery.reclaim_dead_owners(targets):
                 targets = bus.registry.targets(group, self.group_expiry)
         if not targets:
             return 0
@@ -381,70 +420,27 @@ class Core:
             raise MessageTooLarge(
                 f"group message for {group!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
             )
-        over = delivered = total = 0
-        for key, (channels, meta) in targets.items():
-            total += len(channels)
-            ring = bus.ring(key)
-            if ring is None:  # owner died; its memberships are being reclaimed
-                continue
-            status = ring.put(body, meta, self.expiry_ns, self.get_capacity(channels[0]), MSGPACK)
-            if status == bus_mod.PUT_OK:
-                delivered += len(channels)
-            elif status == bus_mod.PUT_WAKE:
-                bus.wake(ring)
-                delivered += len(channels)
-            elif status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE, bus_mod.PUT_NOMEM):
-                if not bus.reclaim_dead_owners((key,)):
-                    over += len(channels)
-            elif status == bus_mod.PUT_CLOSED:
-                bus.forget_ring(key)
-            else:
-                bus.put(ring, key, body, meta, self.expiry_ns, 0, MSGPACK)  # raises the right error
-        if over:
-            # channels_redis's exact wording, so log-based alerts keep working.
-            logger.info("%s of %s channels over capacity in group %s", over, total, group)
-        return delivered
+        return groups.fan_out(bus, group, targets, body, self.expiry_ns, self.get_capacity)
 
     # ---------------------------------------------------------------- misc
 
     def flush(self):
-        bus = self.bus
-        bus.flush()
+        self.bus.flush()
+        self._local.demux.check_flush_epoch()
         self.clear_routes()
 
     def discard_channel(self, channel):
         """Drop local buffers of a channel that will not be read again."""
         if self._bus is not None and "!" in channel:
-            self._bus.demux.discard(channel)
+            self._local.demux.discard(channel)
         self._recv_rings.pop(channel, None)
         self._send_routes.pop(channel, None)
 
     def channel_statistics(self, channel):
-        ring = self.bus.ring(names.ring_key(channel))
-        if ring is None:
-            return {}
-        st = ring.stats()
-        now = _shm.monotonic_ns()
-        return {
-            "messages_count": st["sent"],
-            "messages_pending": st["pending"],
-            "messages_max_age": (now - st["oldest_sent_ns"]) / 1e9 if st["oldest_sent_ns"] else 0,
-            "channel_full_count": st["full"],
-            "messages_expired": st["expired"],
-        }
+        return groups.channel_statistics(self.bus.rings.get(names.ring_key(channel)))
 
     def global_statistics(self):
-        rings = self.bus.all_rings()
-        now = _shm.monotonic_ns()
-        stats = [r.stats() for r in rings]
-        oldest = [s["oldest_sent_ns"] for s in stats if s["oldest_sent_ns"]]
-        return {
-            "messages_count": sum(s["sent"] for s in stats),
-            "messages_pending": sum(s["pending"] for s in stats),
-            "messages_max_age": (now - min(oldest)) / 1e9 if oldest else 0,
-            "channel_full_count": sum(s["full"] for s in stats),
-            "messages_expired": sum(s["expired"] for s in stats),
-        }
+        return groups.global_statistics(self.bus.all_rings())
 
     # ------------------------------------------------------------ accessors
 

@@ -121,7 +121,7 @@ def test_single_reader_rings_are_retired_when_idle_and_reopened_on_use(layer):
     layer.send(name, {"n": 1})
     assert layer.receive([name])[1] == {"n": 1}
     bus = layer.core.bus
-    assert bus.retire_idle(idle_ns=0) == 1
+    assert bus.rings.retire_idle(idle_ns=0) == 1
     assert not any("?" in r.key for r in bus.all_rings())
     layer.send(name, {"n": 2})  # a cached handle saw the ring closed and reopened it
     assert layer.receive([name]) == (name, {"n": 2})

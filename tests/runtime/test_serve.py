@@ -358,7 +358,7 @@ def test_the_master_purges_expired_messages_nobody_reads(serve, prefix):
 
     s = serve()
     shmchannels.ChannelLayer(prefix=prefix, expiry=1).send("nobody.reads", {"n": 1})  # expiry is the sender's
-    s.layer.core.bus.forget_ring("nobody.reads")
+    s.layer.core.bus.rings.forget("nobody.reads")
     path = segments.path(segments.file_name(s.stem, f"r{segments.ring_hash('nobody.reads')}"))
 
     def pending():
