@@ -42,16 +42,10 @@ from gunicorn.errors import ConfigError, HaltServer
 from shmchannels.bus import _shm
 from shmchannels import bus as bus_mod
 from shmchannels.runtime import config as config_mod, processes
+from shmchannels.runtime.child_exits import NAMES, ChildExits
 from shmchannels.runtime.processes import set_title
 
 KINDS = ("protocol", "worker")
-NAMES = {"protocol": "protocol server", "worker": "worker"}
-#: a child that exits with an error this soon after it was forked failed to
-#: start; this many such failures of one pool within CRASH_WINDOW halt the
-#: master (gunicorn's boot-error exit codes halt it at the first one)
-FAST_FAILURE = 5.0
-CRASH_LOOP = 5
-CRASH_WINDOW = 60.0
 #: a retiring child that is still there this long after graceful_timeout is killed
 RETIRE_GRACE = 1.0
 #: ... plus, for a protocol server, the time its WebSocket close handshakes
@@ -114,9 +108,9 @@ class ShmArbiter(Arbiter):
         self.generation = dict.fromkeys(KINDS, 0)
         self._reload_requested = False
         self._converging = False
-        self._failures = {kind: [] for kind in KINDS}
         self._next_janitor = 0.0
         super().__init__(app)
+        self.exits = ChildExits(boot_error=self.WORKER_BOOT_ERROR, app_load_error=self.APP_LOAD_ERROR)
 
     # ---------------------------------------------------------------- setup
 
@@ -371,7 +365,7 @@ class ShmArbiter(Arbiter):
                     continue
                 gone += 1
                 self._slots.pop(wpid, None)
-                reason = self._child_exited(wpid, worker, status)
+                reason = self.exits.judge(self.log, wpid, worker, status)
                 if reason is not None and halt is None:
                     halt = reason
                 worker.tmp.close()
@@ -388,42 +382,6 @@ class ShmArbiter(Arbiter):
                     self.log.info("reclaimed %d dead process slot(s) on the bus", n)
         if halt is not None and not self._halting:
             raise HaltServer(*halt)
-
-    def _child_exited(self, pid, worker, status):
-        """Log a reaped child's end; (reason, exit status) if the master must halt."""
-        name = NAMES.get(worker.kind, "worker")
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            try:
-                sig_name = signal.Signals(sig).name
-            except ValueError:
-                sig_name = f"signal {sig}"
-            if sig == signal.SIGKILL and not worker.retiring and not worker.aborted:
-                self.log.error("%s (pid:%s) was sent %s! Perhaps out of memory?", name.capitalize(), pid, sig_name)
-            elif sig in (signal.SIGTERM, signal.SIGKILL):
-                self.log.info("%s (pid:%s) was sent %s", name.capitalize(), pid, sig_name)
-            else:
-                self.log.warning("%s (pid:%s) was sent %s!", name.capitalize(), pid, sig_name)
-            return None
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        if not code:
-            return None
-        self.log.error("%s (pid:%s) exited with code %s.", name.capitalize(), pid, code)
-        if code == self.WORKER_BOOT_ERROR:
-            return (f"a {name} (pid {pid}) failed to boot (exit code {code}); see its error above. "
-                    f"Not restarting it: fix the error, then start again.", self.WORKER_BOOT_ERROR)
-        if code == self.APP_LOAD_ERROR:
-            return (f"a {name} (pid {pid}) could not load the application (exit code {code}); see its error above. "
-                    f"Not restarting it: fix the error, then start again.", self.APP_LOAD_ERROR)
-        now = time.monotonic()
-        if not worker.retiring and now - getattr(worker, "spawned", now) < FAST_FAILURE:
-            recent = [t for t in self._failures[worker.kind] if now - t < CRASH_WINDOW] + [now]
-            self._failures[worker.kind] = recent
-            if len(recent) >= CRASH_LOOP:
-                return (f"{len(recent)} {name}s exited with an error within {FAST_FAILURE:.0f} s of starting "
-                        f"(the last: pid {pid}, exit code {code}); see the errors above. "
-                        f"Not restarting them again.", self.WORKER_BOOT_ERROR)
-        return None
 
     # --------------------------------------------------------------- signals
 
