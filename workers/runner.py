@@ -77,11 +77,15 @@ class ConsumerRunner:
     def stop(self):
         """Stop taking messages; consumers already running finish."""
         self.alive = False
-        bus = self.layer.core._bus
-        if bus is not None and bus.usable:
-            for ch in self.channels:  # wake threads parked in receive()
+        core = self.layer.core
+        # A cached route means the bus is attached and usable (cached_route
+        # never attaches): only then can a thread be parked in receive(), and
+        # stopping must not attach a bus the process already left.
+        routes = [core.cached_route(ch) for ch in self.channels]
+        if any(route is not None for route in routes):
+            for ch, route in zip(self.channels, routes):  # wake threads parked in receive()
                 try:
-                    self.layer.core.ring_for_receive(ch)[0].notify()
+                    (route or core.ring_for_receive(ch))[0].notify()
                 except Exception:  # a ring that vanished wakes nobody
                     pass
 
