@@ -65,7 +65,7 @@ class BodyStream:
         self.backoff = 0.001
         if self.ended:
             self.out = None
-            layer.core.discard_channel(channel)
+            layer.discard_channel(channel)
         conn.body_flowing()
 
     def _retry(self):
@@ -87,4 +87,4 @@ class BodyStream:
             layer.send(self.channel, {"closed": True})
         except (layer.ChannelFull, layer.MessageTooLarge):
             pass
-        layer.core.discard_channel(self.channel)
+        layer.discard_channel(self.channel)

@@ -166,7 +166,7 @@ class Cycle:
         server.channels.pop(self.reply_channel, None)
         if self.worker is not None:
             server.taken.pop(self, None)
-        layer.core.discard_channel(self.reply_channel)
+        layer.discard_channel(self.reply_channel)
         server.counters["client_disconnects"] += 1
         try:
             layer.send("http.disconnect", {"reply_channel": self.reply_channel, "path": self.req.path})

@@ -161,7 +161,7 @@ class ProtocolServer:
     def _deliver_pending(self, limit=100_000):
         """Hand every reply already in our rings to its target, now (the
         reply readers may be parked, or not yet woken)."""
-        take = self.layer.core.take_prefix
+        take = self.layer.take_prefix
         channels = self.channels
         for prefix in (self.http_prefix, self.ws_prefix):
             for _ in range(limit):
@@ -180,7 +180,7 @@ class ProtocolServer:
 
     def _drain_taken(self, limit=100_000):
         """Read the workers' ``__taken__`` markers: who holds which target's message."""
-        take = self.layer.core.take
+        take = self.layer.take
         name = self.taken_channel
         channels = self.channels
         for _ in range(limit):
@@ -206,8 +206,8 @@ class ProtocolServer:
         if not taken:
             return
         try:
-            bus = self.layer.core.bus
-            dead = {ident for ident in set(taken.values()) if not bus.is_alive(*ident)}
+            alive = self.layer.process_alive
+            dead = {ident for ident in set(taken.values()) if not alive(*ident)}
             if not dead:
                 return
             self._deliver_pending()
@@ -307,7 +307,7 @@ class ProtocolServer:
             return
         try:
             self._drain_taken()
-            self.layer.core.discard_channel(self.taken_channel)
+            self.layer.discard_channel(self.taken_channel)
         except Exception:
             self.log.debug("discarding %s failed", self.taken_channel, exc_info=True)
 

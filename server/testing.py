@@ -237,7 +237,7 @@ class FakeWorker:
     def _run(self):
         layer = self.layer
         while not self.stopped.is_set():
-            channel, message = layer.core.receive_blocking(self.channels, 0.05)
+            channel, message = layer.receive(self.channels, block=True)
             if channel is None:
                 continue
             try:
@@ -249,6 +249,7 @@ class FakeWorker:
 
     def stop(self):
         self.stopped.set()
+        self.layer.wake_receivers(self.channels)
         self.thread.join(5)
 
     def __enter__(self):

@@ -119,7 +119,7 @@ class ChannelBridge:
         self.disconnect_sent = True
         self._release()
         self.server.channels.pop(self.reply_channel, None)
-        self.layer.core.discard_channel(self.reply_channel)
+        self.layer.discard_channel(self.reply_channel)
         self.server.connection_closed()
 
     # ---------------------------------------------------------------- acks

@@ -169,6 +169,36 @@ class ChannelLayer:
         self.core.claim_prefix(key, self.get_capacity, ordered=True)
         return key
 
+    # For shmchannels' own protocol server and workers: non-blocking takes
+    # without the per-call name checks of receive(), local buffers, and the
+    # process identities that ``__taken__`` markers carry.
+    def take(self, channel):
+        """The next message of ``channel`` (a full name) without waiting, or None."""
+        return self.core.take(channel)
+
+    def take_prefix(self, prefix):
+        """(channel, message) from any channel behind this process's ``prefix!``, or None."""
+        return self.core.take_prefix(prefix)
+
+    def discard_channel(self, channel):
+        """Forget what this process buffered for a channel it will not read again."""
+        self.core.discard_channel(channel)
+
+    def process_id(self):
+        """(slot, generation) of this process on the bus: who holds a message."""
+        bus = self.core.bus
+        return bus.slot, bus.gen
+
+    def wake_receivers(self, channels):
+        """Make this process's threads parked in ``receive(channels, block=True)``
+        return (None, None) now (a worker stopping); attaches nothing if the
+        bus is already gone."""
+        self.core.wake_parked(channels)
+
+    def process_alive(self, slot, gen):
+        """Is the process (``slot``, ``gen``) of this bus still alive?"""
+        return self.core.bus.is_alive(slot, gen)
+
     # groups extension
     def group_add(self, group, channel):
         names.require_group(group)

@@ -155,6 +155,18 @@ def test_server_and_workers_use_only_the_front_ends_and_names(package):
     assert not offenders, offenders
 
 
+@pytest.mark.parametrize("package", ["shmchannels.server", "shmchannels.workers"])
+def test_server_and_workers_never_reach_through_a_layer_into_the_engine(package):
+    offenders = [
+        f"{m}:{node.lineno} {ast.unparse(node)}"
+        for m in MODULES if _in(m, package)
+        for node in ast.walk(TREES[m])
+        if isinstance(node, ast.Attribute) and node.attr in ("core", "bus") and not (
+            isinstance(node.value, ast.Name) and node.value.id == "self")
+    ]
+    assert not offenders, offenders
+
+
 def _private_names_defined(tree):
     """Private names a module owns: its functions, classes, methods and the
     attributes it assigns (``self._x = ...``, ``obj._x = ...``)."""

@@ -60,8 +60,6 @@ class ConsumerRunner:
         self.alive = True
         self.handled = 0
         self._busy = {}  # thread ident -> start time of the consumer it runs
-        self._ident_bus = None
-        self._ident = None
         self._unrouted = set()
         self._lock = threading.Lock()
         self._threads = []
@@ -77,17 +75,7 @@ class ConsumerRunner:
     def stop(self):
         """Stop taking messages; consumers already running finish."""
         self.alive = False
-        core = self.layer.core
-        # A cached route means the bus is attached and usable (cached_route
-        # never attaches): only then can a thread be parked in receive(), and
-        # stopping must not attach a bus the process already left.
-        routes = [core.cached_route(ch) for ch in self.channels]
-        if any(route is not None for route in routes):
-            for ch, route in zip(self.channels, routes):  # wake threads parked in receive()
-                try:
-                    (route or core.ring_for_receive(ch))[0].notify()
-                except Exception:  # a ring that vanished wakes nobody
-                    pass
+        self.layer.wake_receivers(self.channels)  # threads parked in receive()
 
     def join(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -131,10 +119,7 @@ class ConsumerRunner:
         reply = content.get("reply_channel")
         if not reply or type(where) is not str:
             return
-        bus = self.layer.core.bus
-        if bus is not self._ident_bus or self._ident is None:
-            self._ident_bus, self._ident = bus, [bus.slot, bus.gen]
-        ident = self._ident
+        ident = list(self.layer.process_id())
         order = content.get("order")
         try:
             self.layer.send(where, {"__taken__": ident if order is None else ident + [order], "reply_channel": reply})

@@ -76,6 +76,7 @@ class ReceivePlan(NamedTuple):
 
 class Core:
     _local = None  # engine.local.Local of the attached bus: demux and hub
+    _interrupts = 0  # bumped by wake_parked(): blocking receives return
     def __init__(self, options, *, validate=None):
         """``options``: a ``shmchannels.options.LayerOptions`` (validated when
         it was built); ``validate(name)`` raises TypeError for a channel name
@@ -357,6 +358,7 @@ class Core:
         takers, rings, ready = self._plan(channels)
         n = len(takers)
         deadline = None
+        interrupts = self._interrupts
         while True:
             start = self._rotation = (self._rotation + 1) % n
             for i in range(n):
@@ -369,7 +371,7 @@ class Core:
             if deadline is None:
                 deadline = now + timeout
             remaining = deadline - now
-            if remaining <= 0:
+            if remaining <= 0 or self._interrupts != interrupts:  # timed out, or wake_parked()
                 return None, None
             self._bus.recovery.maintain()
             seqs = _shm.wait_enter(rings)
@@ -443,6 +445,17 @@ class Core:
         return groups.global_statistics(self.bus.all_rings())
 
     # ------------------------------------------------------------ accessors
+
+    def wake_parked(self, channels):
+        """Make threads of this process parked in ``receive_blocking`` on
+        ``channels`` return (None, None) now.  A parked thread's channels all
+        have cached routes; a channel without one has nobody parked on it,
+        and no bus is attached for it."""
+        self._interrupts += 1
+        for channel in channels:
+            route = self.cached_route(channel)
+            if route is not None:
+                route.ring.notify()
 
     def cached_route(self, channel):
         """The receive route ``ring_for_receive(channel)`` cached, or None when

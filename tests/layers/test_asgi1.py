@@ -38,6 +38,29 @@ def test_blocking_receive_times_out_with_none(prefix):
     assert lay.receive(["empty"], block=True) == (None, None)
 
 
+def test_wake_receivers_makes_parked_blocking_receives_return_and_loses_nothing(prefix):
+    lay = shmchannels.ChannelLayer(prefix=prefix, block_timeout=30)
+    lay.send("other", {"n": 0})
+    lay.receive(["stop.me", "other"])  # the routes exist: a thread may park on them
+    got = []
+    t = threading.Thread(target=lambda: got.append((time.monotonic(), lay.receive(["stop.me", "other"], block=True))))
+    t.start()
+    time.sleep(0.3)
+    woken = time.monotonic()
+    lay.wake_receivers(["stop.me", "other"])
+    t.join(5)
+    assert got and got[0][1] == (None, None) and got[0][0] - woken < 2.0
+    # Only the wait was cut short: the next message is still delivered.
+    lay.send("stop.me", {"n": 1})
+    assert lay.receive(["stop.me"], block=True) == ("stop.me", {"n": 1})
+
+
+def test_wake_receivers_without_a_bus_attaches_nothing(prefix):
+    lay = shmchannels.ChannelLayer(prefix=prefix)
+    lay.wake_receivers(["nobody.parked"])
+    assert shmchannels.bus.attached(prefix) is None
+
+
 def test_receive_is_fair_across_channels(layer):
     for i in range(5):
         layer.send("a", {"i": i})
