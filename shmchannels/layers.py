@@ -94,7 +94,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
 
     async def receive(self, channel):
         core = self.core
-        route = core.cached_route(channel)
+        route = core.receive_routes.get(channel)  # routes of a usable bus only
         if route is None:
             self.require_valid_channel_name(channel)
             if "!" in channel:
@@ -102,7 +102,8 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
                     f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
                 )
             route = core.ring_for_receive(channel)
-        if route.ready():  # something buffered or in the ring: try without parking
+        _ring, _key, _specific, _own_meta, ready = route  # a receive route: see engine/core.py
+        if ready():  # something buffered or in the ring: try without parking
             msg = core.take(channel, route)
             if msg is not None:
                 return msg

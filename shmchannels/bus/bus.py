@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import threading
+import weakref
 
 from shmchannels import names
 from shmchannels.bus import _shm, gc, rings as rings_mod, segments
@@ -329,8 +330,10 @@ class Bus:
     # --------------------------------------------------------------- detach
 
     def on_detach(self, callback):
-        """Call ``callback()`` when this process detaches (before anything is closed)."""
-        self._detach_listeners.append(callback)
+        """Call ``callback()`` when this process detaches (before anything is
+        closed).  A bound method is held weakly: its object may go first."""
+        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+        self._detach_listeners.append(ref)
 
     def detach(self):
         """Give up this process's slot; remove the bus if we were the last one."""
@@ -356,7 +359,10 @@ class Bus:
             _buses.pop(self.prefix, None)
         self._unregister_exit_hooks()
         listeners, self._detach_listeners = self._detach_listeners, []
-        for callback in listeners:
+        for ref in listeners:
+            callback = ref()
+            if callback is None:
+                continue
             try:
                 callback()
             except Exception:

@@ -28,7 +28,7 @@ import asyncio
 import threading
 
 from shmchannels.bus import head_unready
-from shmchannels.engine.demux import Waiter, signal_waiters
+from shmchannels.engine.demux import signal_waiters
 
 
 def _resolve(fut):
@@ -42,7 +42,7 @@ class Hub:
         self.demux = demux
         self.lock = threading.Lock()
         # ring -> {channel (None for ring-level waiters): [waiter, ...]}, where
-        # a waiter is a demux.Waiter.  Indexed by channel so that a
+        # a waiter is (loop, future, channel) (see demux).  Indexed by channel so that a
         # dispatch delivers a group message to 500 parked consumers in one pass.
         self.waiters = {}
         self.keys = {}  # ring -> ring key
@@ -60,7 +60,7 @@ class Hub:
         """
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        waiter = Waiter(loop, fut, channel)
+        waiter = (loop, fut, channel)
         with self.lock:
             ws = self.waiters.get(ring)
             if ws is None:
@@ -83,7 +83,7 @@ class Hub:
         """Take a waiter off its ring.  A waiter that was handed a message is
         off already (``deliver`` took it), so this is then a no-op."""
         ring, ws, waiter = token
-        channel = waiter.channel
+        _loop, _fut, channel = waiter
         with self.lock:
             lst = ws.get(channel)
             if lst is not None and waiter in lst:
@@ -134,7 +134,7 @@ class Hub:
         with self.lock:
             if loop in self.loops:
                 self.loops[loop] = None
-            futures = [w.future for ws in self.waiters.values() for lst in ws.values() for w in lst if w.loop is loop]
+            futures = [fut for ws in self.waiters.values() for lst in ws.values() for lp, fut, _ in lst if lp is loop]
         for fut in futures:
             _resolve(fut)
 

@@ -15,12 +15,6 @@ SECOND = 1_000_000_000
 FLAGS = 1
 
 
-def popped(demux, key):
-    """pop_ordered as (channel, flags, body), or None."""
-    entry = demux.pop_ordered(key)
-    return None if entry is None else (entry.channel, entry.flags, entry.body)
-
-
 @pytest.fixture
 def bus(small_bus):
     return small_bus
@@ -153,14 +147,14 @@ def test_ordered_keys_keep_arrival_order_one_record_at_a_time(demux, ring, key):
     assert demux.drain(ring, key, (key,)) == {key}
     assert ring.pending == 2 and demux.has_ordered(key)
     assert demux.drain(ring, key, (key,)) == set()  # the queue is not empty: nothing more taken
-    assert popped(demux, key) == (key + "a", FLAGS, b"1")
+    assert demux.pop_ordered(key) == (key + "a", FLAGS, b"1")
     assert demux.pop_ordered(key) is None
     demux.drain(ring, key, (key,))
     assert demux.buffered() == 2  # a group record is one entry per target
-    assert popped(demux, key) == (key + "b", FLAGS, b"2")
-    assert popped(demux, key) == (key + "c", FLAGS, b"2")
+    assert demux.pop_ordered(key) == (key + "b", FLAGS, b"2")
+    assert demux.pop_ordered(key) == (key + "c", FLAGS, b"2")
     demux.drain(ring, key, (key,))
-    assert popped(demux, key) == (key + "a", FLAGS, b"3")
+    assert demux.pop_ordered(key) == (key + "a", FLAGS, b"3")
     assert demux.drain(ring, key, (key,)) == set() and demux.pop_ordered(key) is None
 
 
@@ -247,7 +241,7 @@ def test_expired_ordered_messages_are_skipped(demux, ring, key):
     time.sleep(0.08)
     assert demux.pop_ordered(key) is None
     demux.drain(ring, key, (key,))
-    assert popped(demux, key) == (key + "c", FLAGS, b"long")
+    assert demux.pop_ordered(key) == (key + "c", FLAGS, b"long")
 
 
 # --------------------------------------------------------- discard, requeue
