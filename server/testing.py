@@ -309,18 +309,8 @@ class ServerEnv:
 
 
 def send_retrying(layer, channel, message, timeout=5.0):
-    """Send, retrying on ChannelFull (what a real worker does with replies:
-    ``shmchannels.workers.wsgi.send_reply``, which server/ may not import)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            return layer.send(channel, message)
-        except layer.ChannelFull:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    """Send the way a real worker sends replies (``ChannelLayer.send_waiting``)."""
+    return layer.send_waiting(channel, message, timeout)
 
 
 def echo_http(layer, channel, message):

@@ -7,6 +7,7 @@ environment).  Shares the bus, and so every channel and group, with
 """
 
 import asyncio
+import time
 import warnings
 
 from . import bus as bus_mod, names
@@ -83,6 +84,22 @@ class ChannelLayer:
         if "__asgi_channel__" in message:
             raise ValueError("'__asgi_channel__' is reserved for the layer")
         self.core.send(channel, message)
+
+    def send_waiting(self, channel, message, timeout=60.0):
+        """Send, waiting out a full channel for up to ``timeout`` seconds
+        (backing off from 0.5 to 50 ms) instead of raising ChannelFull at
+        once: how a worker sends replies, so that a protocol server that is
+        behind slows its workers down rather than losing part of a response."""
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                return self.send(channel, message)
+            except ChannelFull:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
     def _check_receive(self, channels):
         if not isinstance(channels, list) or not channels:

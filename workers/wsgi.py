@@ -157,19 +157,10 @@ def build_environ(content, layer, multithread):
     return environ
 
 
-def send_reply(layer, channel, message, timeout=60.0):
+def send_reply(layer, channel, message):
     """Send on a reply channel, waiting out a full ring (the protocol server
     is behind) instead of dropping part of a response."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            return layer.send(channel, message)
-        except layer.ChannelFull:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    return layer.send_waiting(channel, message, timeout=60.0)
 
 
 class WsgiConsumer:
