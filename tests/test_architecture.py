@@ -242,3 +242,14 @@ def test_every_crash_table_row_names_a_test_that_exists(fault, path, test):
     assert function in defined, f"row {fault!r}: {path} has no {function}"
     if param:
         assert f'"{param}"' in source, f"row {fault!r}: {function} has no case {param!r}"
+
+
+def test_every_package_is_installed_by_setup_cfg():
+    # An editable install finds any package; a wheel only those listed.
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    listed = set(cfg["options"]["packages"].split())
+    packages = {m for m, path in MODULES.items() if path.endswith("__init__.py")}
+    assert packages == listed, f"setup.cfg packages differ: missing {packages - listed}, extra {listed - packages}"
