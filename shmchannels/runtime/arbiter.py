@@ -322,7 +322,7 @@ class ShmArbiter(Arbiter):
 
     def murder_workers(self):
         if self.bus is not None:
-            self.bus.control.beat(self.bus.slot)  # the master's own pulse, for `status`
+            self.bus.beat()  # the master's own pulse, for `status`
         for pid, worker in list(self.WORKERS.items()):
             limit = self.protocol_timeout if worker.kind == "protocol" else self.timeout
             if not limit:

@@ -192,8 +192,7 @@ def _consumer_process(args, kind, label):
     layer = shmchannels.ChannelLayer.from_options(options, block_timeout=1.0)
     objects.use_layer(layer)  # Channel/Group in consumers use this bus
     bus = layer.core.bus
-    bus.control.set_kind(bus.slot, kind)
-    bus.control.set_label(bus.slot, label)
+    bus.describe(kind, label)
     return cfg, pconfig, bundle, layer, bus
 
 
@@ -217,7 +216,7 @@ def cmd_worker(args):
     runner.start()
     while runner.alive:
         busy = runner.busy_since()
-        bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
+        bus.beat(None if busy is None else int(busy * 1e9))
         runner.join(timeout=1.0)
     runner.stop()
     runner.join(timeout=cfg.graceful_timeout)

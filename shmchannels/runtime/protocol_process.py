@@ -35,8 +35,7 @@ class ProtocolServerProcess(Worker):
         (WORKER_BOOT_ERROR halts the master) rather than a crash loop."""
         self.layer = processes.layer(self.cfg)
         bus = self.layer.core.bus
-        bus.control.set_kind(bus.slot, "protocol")
-        bus.control.set_label(bus.slot, f"protocol {self.age}")
+        bus.describe("protocol", f"protocol {self.age}")
 
     def init_signals(self):
         super().init_signals()
@@ -95,7 +94,7 @@ class ProtocolServerProcess(Worker):
 
         def beat():
             self.notify()
-            bus.control.beat(bus.slot)
+            bus.beat()
             if not processes.parent_alive(self.ppid) and self.alive:
                 self.log.info("Parent changed, shutting down: %s", self)
                 shutdown(1001)

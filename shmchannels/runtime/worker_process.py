@@ -43,8 +43,7 @@ class ChannelWorkerProcess(Worker):
         self.layer = processes.layer(self.cfg, block_timeout=TICK)
         objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
         self.bus = self.layer.core.bus
-        self.bus.control.set_kind(self.bus.slot, "worker")
-        self.bus.control.set_label(self.bus.slot, f"worker {self.age}")
+        self.bus.describe("worker", f"worker {self.age}")
 
     def notify(self):
         super().notify()
@@ -52,7 +51,7 @@ class ChannelWorkerProcess(Worker):
         runner = getattr(self, "runner", None)
         if bus is not None and bus.usable and runner is not None:
             busy = runner.busy_since()
-            bus.control.beat(bus.slot, None if busy is None else int(busy * 1e9))
+            bus.beat(None if busy is None else int(busy * 1e9))
 
     def run(self):
         cfg = self.cfg
