@@ -82,7 +82,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class Core:
     _local = None  # engine.local.Local of the attached bus: demux and hub
-    _interrupts = 0  # bumped by wake_parked(): blocking receives return
     def __init__(self, options, *, validate=None):
         """``options``: a ``shmchannels.options.LayerOptions`` (validated when
         it was built); ``validate(name)`` raises TypeError for a channel name
@@ -108,6 +107,8 @@ class Core:
         self._last_rx = 0
         self._owners_checked = {}
         self._sends = 0
+        self._interrupts = 0  # bumped by wake_parked()
+        self._woken = {}  # channel -> the _interrupts count of its last wake_parked()
 
     # ------------------------------------------------------------------ bus
 
@@ -382,8 +383,10 @@ class Core:
             if deadline is None:
                 deadline = now + timeout
             remaining = deadline - now
-            if remaining <= 0 or self._interrupts != interrupts:  # timed out, or wake_parked()
+            if remaining <= 0:
                 return None, None
+            if self._interrupts != interrupts and any(self._woken.get(c, 0) > interrupts for c in channels):
+                return None, None  # wake_parked() named one of our channels
             self._bus.recovery.maintain()
             seqs = _shm.wait_enter(rings)
             try:
@@ -463,6 +466,10 @@ class Core:
         have cached routes; a channel without one has nobody parked on it,
         and no bus is attached for it."""
         self._interrupts += 1
+        if len(self._woken) > _ROUTE_CACHE:
+            self._woken.clear()
+        for channel in channels:
+            self._woken[channel] = self._interrupts
         for channel in channels:
             route = self.cached_route(channel)
             if route is not None:

@@ -55,6 +55,29 @@ def test_wake_receivers_makes_parked_blocking_receives_return_and_loses_nothing(
     assert lay.receive(["stop.me"], block=True) == ("stop.me", {"n": 1})
 
 
+def test_wake_receivers_leaves_receives_on_other_channels_parked(prefix):
+    lay = shmchannels.ChannelLayer(prefix=prefix, block_timeout=30, park_timeout=0.2)
+    lay.receive(["jobs"]), lay.receive(["other"])
+    got = {}
+
+    def receive(name, channels):
+        got[name] = lay.receive(channels, block=True)
+
+    threads = [threading.Thread(target=receive, args=("jobs", ["jobs"])),
+               threading.Thread(target=receive, args=("other", ["other"]))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    lay.wake_receivers(["jobs"])
+    threads[0].join(5)
+    assert got.get("jobs") == (None, None)
+    time.sleep(1.0)  # five park timeouts: the other receive must still be parked
+    assert "other" not in got
+    lay.send("other", {"n": 2})
+    threads[1].join(5)
+    assert got["other"] == ("other", {"n": 2})
+
+
 def test_wake_receivers_without_a_bus_attaches_nothing(prefix):
     lay = shmchannels.ChannelLayer(prefix=prefix)
     lay.wake_receivers(["nobody.parked"])
