@@ -148,7 +148,9 @@ def cmd_serve(args):
 
 def _shm_config(args):
     """The config of a `worker` or `dev` command line: file, environment, flags."""
-    return config_mod.ShmConfig().load(args.config, cli=config_mod.cli_values(args))
+    shm = config_mod.ShmConfig()
+    shm.runs_protocol_servers = args.command != "worker"
+    return shm.load(args.config, cli=config_mod.cli_values(args))
 
 
 def command_options(args):

@@ -480,6 +480,9 @@ class ShmConfig:
     def __init__(self):
         self.cfg = gconfig.Config(prog="shmchannels")
         self.sources = {}
+        # False for a standalone `worker`: no protocol server of this config
+        # runs, so its limits (ws_max_size) constrain nothing here
+        self.runs_protocol_servers = True
         self.config_file = None
         # shmchannels' own defaults for gunicorn settings
         self.cfg.set("keepalive", int(_PROTOCOL_DEFAULTS.keepalive))
@@ -540,7 +543,7 @@ class ShmConfig:
                 f"{mms} ({self.source('max_message_size')}): a message must fit in half a ring, so ring_size "
                 f"must be at least {_size(need)} or max_message_size at most {ring // 2 - 4096}"
             )
-        if cfg.ws_max_size + WS_ENVELOPE > mms:
+        if self.runs_protocol_servers and cfg.protocol_servers and cfg.ws_max_size + WS_ENVELOPE > mms:
             raise ConfigError(
                 f"ws_max_size {cfg.ws_max_size} ({self.source('ws_max_size')}) needs max_message_size of at least "
                 f"{cfg.ws_max_size + WS_ENVELOPE} (the message plus 64 KiB of envelope), got {mms} "

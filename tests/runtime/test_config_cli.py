@@ -123,3 +123,17 @@ def test_rules_apply_to_environment_and_flags_and_name_the_source():
     cfg = ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 20), "max_message_size": "300000",
                                                   "ws_max_size": "200000"}).cfg
     assert (cfg.ring_size, cfg.max_message_size) == (1 << 20, 300000)
+
+
+def test_a_standalone_worker_is_not_held_to_protocol_server_limits(tmp_path, monkeypatch):
+    # A worker runs no protocol server: ws_max_size (which it has no flag
+    # for) must not stop it from taking a smaller max_message_size; serve
+    # and dev, which run protocol servers, still refuse it.
+    from shmchannels.runtime import cli
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--max-message-size", "60000", "--ring-size", "1048576"]
+    _pconfig, options = cli.command_options(cli.build_parser().parse_args(["worker", *flags]))
+    assert options.max_message_size == 60000
+    with pytest.raises(ConfigError, match="ws_max_size 1048576 .* needs max_message_size of at least"):
+        cli.command_options(cli.build_parser().parse_args(["dev", *flags]))
