@@ -291,9 +291,6 @@ class Recovery:
             return True
         return False
 
-    def forget_ring(self, ring):
-        self._stuck.pop(ring.ring_id, None)
-
     # ------------------------------------------------------------ refused puts
 
     def settle_put(self, status, ring, key, body, meta, expiry_ns, capacity, flags):
