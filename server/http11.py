@@ -378,6 +378,20 @@ def response_head(status, headers, content, more_content, *, request, keep_alive
     return head, mode, keep_alive, length
 
 
+def checked_headers(headers):
+    """Extra headers an application adds to a response we frame (a
+    WebSocket accept): [(name, value)] as bytes, or ResponseError."""
+    checked = []
+    for pair in headers:
+        if (type(pair) is not list and type(pair) is not tuple) or len(pair) != 2:
+            raise ResponseError(f"a header must be a [name, value] pair, not {pair!r:.80}")
+        name, value = _to_bytes(pair[0]), _to_bytes(pair[1])
+        if not name or any(c in name for c in b"\r\n\0: ") or any(c in value for c in b"\r\n\0"):
+            raise ResponseError(f"invalid header {name!r:.80}: {value!r:.80}")
+        checked.append((name, value))
+    return checked
+
+
 def _to_bytes(value):
     if isinstance(value, bytes):
         return value

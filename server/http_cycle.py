@@ -55,7 +55,7 @@ class Cycle:
     __slots__ = (
         "conn", "req", "reply_channel", "client", "upgrade", "body_expected", "body_done", "body_parts",
         "body_size", "dispatched", "body", "started", "done", "mode", "keep_alive", "status", "sent",
-        "dispatched_at", "worker", "remaining",
+        "dispatched_at", "worker", "remaining", "inbox",
     )
 
     def __init__(self, conn, req):
@@ -79,6 +79,7 @@ class Cycle:
         self.dispatched_at = 0.0
         self.worker = None  # WorkerId of the worker that took the request, once it said so
         self.remaining = None  # body bytes the application's Content-Length still owes
+        self.inbox = None  # an ASGI instance's channel, where http.disconnect goes (its __taken__ says)
 
     # -------------------------------------------------------------- request
 
@@ -159,17 +160,22 @@ class Cycle:
 
     def client_left(self):
         """The connection closed before the response was complete."""
-        self.done = True
         conn = self.conn
         server = conn.server
         layer = conn.layer
+        if self.inbox is None and self.worker is None and self.dispatched:
+            server.drain_taken()  # the marker saying which ASGI instance holds it may be waiting
+        self.done = True
         server.channels.pop(self.reply_channel, None)
         if self.worker is not None:
             server.taken.pop(self, None)
         layer.discard_channel(self.reply_channel)
         server.counters["client_disconnects"] += 1
         try:
-            layer.send("http.disconnect", {"reply_channel": self.reply_channel, "path": self.req.path})
+            if self.inbox is not None:
+                layer.send(self.inbox, {"type": "http.disconnect"})
+            else:
+                layer.send("http.disconnect", {"reply_channel": self.reply_channel, "path": self.req.path})
         except (layer.ChannelFull, layer.MessageTooLarge):
             pass
         self.abort_body()
@@ -183,6 +189,8 @@ class Cycle:
         transport = conn.transport
         try:
             content = message.get("content", b"")
+            if not content and "__abort__" in message:
+                raise _ResponseError("the application failed its response")
             if type(content) is not bytes:
                 content = reply_content(content)
             more = message.get("more_content", False)
@@ -270,8 +278,11 @@ class Cycle:
 
     # --------------------------------------------------------- worker news
 
-    def taken(self, who):
-        """The worker that took the request said who it is (``[slot, gen]``)."""
+    def taken(self, who, inbox=None):
+        """The worker that took the request said who it is (``[slot, gen]``),
+        and, an ASGI worker, its instance's channel."""
+        if type(inbox) is str:
+            self.inbox = inbox
         if self.done or not self.dispatched:
             return
         ident = worker_ident(who)

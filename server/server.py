@@ -68,6 +68,7 @@ class ProtocolServer:
         self.taken_channel = None
         self.channels = {}  # full reply channel -> Cycle or WebSocketProtocol
         self.taken = {}  # Cycle or ChannelBridge -> WorkerId of the worker holding its message
+        self.hosting = {}  # ChannelBridge -> WorkerId of the worker hosting its ASGI instance
         self.connections = set()  # HttpProtocol
         self.websockets = set()  # WebSocketProtocol, until their websocket.disconnect is out
         self.servers = []
@@ -76,7 +77,7 @@ class ProtocolServer:
         self.counters = dict.fromkeys((
             "connections_total", "requests_total", "websockets_total", "rejected_full", "timeouts",
             "bad_requests", "client_disconnects", "body_waits", "ack_timeouts", "ping_timeouts",
-            "ws_protocol_errors", "unknown_replies", "bad_replies", "worker_deaths",
+            "ws_protocol_errors", "unknown_replies", "bad_replies", "worker_deaths", "resumes", "relays_dropped",
         ), 0)
         self._readers = []
         self._tick_handle = None
@@ -138,6 +139,8 @@ class ProtocolServer:
                     if target is None:
                         counters["unknown_replies"] += 1
                         log.debug("reply on unknown channel %s dropped", channel)
+                        if "__bind__" in message:
+                            self._orphan_bind(message["__bind__"])
                         continue
                     try:
                         target.on_reply(message)
@@ -148,6 +151,15 @@ class ProtocolServer:
             except Exception:  # the layer failed: log, back off, carry on
                 log.exception("reading replies on %s failed; retrying", prefix)
                 await asyncio.sleep(0.5)
+
+    def _orphan_bind(self, who):
+        """An ASGI instance bound to a connection that is gone: it gets the
+        disconnect it would have had (its consumer leaves its groups)."""
+        if type(who) in (list, tuple) and len(who) >= 3 and type(who[2]) is str:
+            try:
+                self.layer.send(who[2], {"type": "websocket.disconnect", "code": 1006})
+            except Exception:
+                self.log.debug("could not tell %s its connection is gone", who[2], exc_info=True)
 
     def _reply_failed(self, target, channel, exc):
         """``target.on_reply`` raised: a reply nobody foresaw.  Its client
@@ -178,7 +190,7 @@ class ProtocolServer:
                 except Exception as exc:
                     self._reply_failed(target, channel, exc)
 
-    def _drain_taken(self, limit=100_000):
+    def drain_taken(self, limit=100_000):
         """Read the workers' ``__taken__`` markers: who holds which target's message."""
         take = self.layer.take
         name = self.taken_channel
@@ -190,37 +202,43 @@ class ProtocolServer:
             try:
                 target = channels.get(marker.get("reply_channel"))
                 if target is not None:
-                    target.taken(marker.get("__taken__"))
+                    target.taken(marker.get("__taken__"), marker.get("inbox"))
             except Exception:
                 self.log.warning("malformed __taken__ marker dropped: %.200r", marker)
 
     def _check_workers(self):
         try:
-            self._drain_taken()
+            self.drain_taken()
         except Exception:
             self.log.exception("reading __taken__ markers failed")
         taken = self.taken
+        hosting = self.hosting  # watched at the idle pace: a hosted socket waits, it is not waited on
         self._liveness_handle = self.loop.call_later(
             LIVENESS_INTERVAL if taken else IDLE_LIVENESS_INTERVAL, self._check_workers
         )
-        if not taken:
+        if not taken and not hosting:
             return
         try:
             alive = self.layer.process_alive
-            dead = {ident for ident in set(taken.values()) if not alive(*ident)}
+            dead = {ident for ident in set(taken.values()) | set(hosting.values()) if not alive(*ident)}
             if not dead:
                 return
             self._deliver_pending()
         except Exception:
             self.log.exception("checking the workers' liveness failed")
             return
-        for target, ident in list(taken.items()):
-            if ident in dead and taken.get(target) == ident:
-                del taken[target]
-                try:
-                    target.worker_died()
-                except Exception:
-                    self.log.exception("answering for a dead worker failed")
+        resumed = {ident: sum(1 for i in hosting.values() if i == ident) for ident in dead}
+        for ident, count in resumed.items():
+            if count:
+                self.log.warning("the worker in slot %d died: resuming the %d WebSocket(s) it hosted", ident.slot, count)
+        for table in (taken, hosting):
+            for target, ident in list(table.items()):
+                if ident in dead and table.get(target) == ident:
+                    del table[target]
+                    try:
+                        target.worker_died()
+                    except Exception:
+                        self.log.exception("answering for a dead worker failed")
 
     def _sweep(self):
         self._sweep_handle = self.loop.call_later(self._sweep_interval, self._sweep)
@@ -306,7 +324,7 @@ class ProtocolServer:
         if self.taken_channel is None:
             return
         try:
-            self._drain_taken()
+            self.drain_taken()
             self.layer.discard_channel(self.taken_channel)
         except Exception:
             self.log.debug("discarding %s failed", self.taken_channel, exc_info=True)

@@ -219,6 +219,14 @@ class WebSocketProtocol(asyncio.Protocol):
         state = self.state
         text = message.get("text")
         data = message.get("bytes")
+        if text is None and data is None and len(message) == 1:
+            # the control replies of a worker hosting an ASGI application
+            if "__bind__" in message:
+                return self.bridge.bind(message["__bind__"])
+            if "__resume__" in message:
+                return self.bridge.handover()
+            if "deny" in message:
+                return self._deny(message["deny"])
         if (text is not None and type(text) is not str) or (
             data is not None and not isinstance(data, (bytes, bytearray, memoryview))
         ):
@@ -235,7 +243,7 @@ class WebSocketProtocol(asyncio.Protocol):
             elif accept is False or (close and text is None and data is None and accept is not True):
                 self.reject(403, b"Forbidden")
             elif accept is True or text is not None or data is not None:
-                self._accept(message.get("subprotocol"))
+                self._accept(message.get("subprotocol"), message.get("headers") or ())
             state = self.state
         if state == OPEN:
             if text is not None:
@@ -268,14 +276,19 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             logger.error("bad reply on %s: %s (ignored: the connection is closing)", self.reply_channel, reason)
 
-    def _accept(self, subprotocol):
+    def _accept(self, subprotocol, headers=()):
         if self.connect_handle is not None:
             self.connect_handle.cancel()
             self.connect_handle = None
         if subprotocol is not None and subprotocol not in self.subprotocols:
             logger.warning("application chose subprotocol %r, which the client did not offer; not sent", subprotocol)
             subprotocol = None
-        self.transport.write(accept_response(self.key, subprotocol, server_header=self.server.server_header))
+        try:
+            headers = http11.checked_headers(headers)
+        except http11.ResponseError as exc:
+            logger.error("bad accept headers on %s: %s; sent without them", self.reply_channel, exc)
+            headers = ()
+        self.transport.write(accept_response(self.key, subprotocol, headers, server_header=self.server.server_header))
         self.state = OPEN
         if self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 101, 0)
@@ -287,6 +300,31 @@ class WebSocketProtocol(asyncio.Protocol):
             self.data_received(data)
         else:
             self.pending = None
+
+    def _deny(self, denial):
+        """``websocket.http.response``: the application refused the handshake
+        with a response of its own ([status, headers, body])."""
+        if self.state != HANDSHAKE:
+            self.reply_failed("a denial response after the handshake completed")
+            return
+        try:
+            status, headers, body = denial
+            head = http11.response_head(
+                status, headers, body, False, request=self.req, keep_alive=False,
+                server_header=self.server.server_header, date=self.config.date_header,
+            )[0]
+        except (TypeError, ValueError, http11.ResponseError) as exc:
+            self.reply_failed(f"bad denial response: {exc}")
+            return
+        if self.connect_handle is not None:
+            self.connect_handle.cancel()
+            self.connect_handle = None
+        self.transport.write(head + (b"" if self.req.method == "HEAD" else bytes(body)))
+        if self.server.access_log_enabled:
+            self.server.access_log.log(self.client, self.req, status, len(body))
+        self.state = CLOSED
+        self.close_code = ABNORMAL
+        self.transport.close()
 
     def connect_pending(self):
         """Whether the handshake still waits for the application's answer."""
@@ -367,7 +405,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.abort()
         self.bridge.give_up()
 
-    def taken(self, who):
+    def taken(self, who, inbox=None):
         self.bridge.taken(who)
 
     def pause_reading(self):

@@ -15,7 +15,7 @@ management commands works from any thread and any loop.
 
 from channels.layers import BaseChannelLayer
 
-from . import bus as bus_mod, names
+from . import bus as bus_mod, hosted, names
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
 from .options import LayerOptions
@@ -96,6 +96,9 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         core = self.core
         route = core.receive_routes.get(channel)  # routes of a usable bus only
         if route is None:
+            held = hosted.current()
+            if held is not None and channel == held.name:  # relayed by the protocol server (hosted.py)
+                return await held.receive()
             self.require_valid_channel_name(channel)
             if "!" in channel:
                 assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (
@@ -110,6 +113,11 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         return await core.wait_and_take(channel, route)
 
     async def new_channel(self, prefix="specific"):
+        held = hosted.current()
+        if held is not None:  # an ASGI 3 consumer hosted by `shmchannels serve`: its connection's channel
+            name = held.adopt(self.prefix)
+            if name is not None:
+                return name
         key = f"{prefix}.{self.client_prefix}!"
         name = key + names.new_local_part()
         self.require_valid_channel_name(name)

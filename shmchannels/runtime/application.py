@@ -22,13 +22,28 @@ DEMO_ROUTING = "shmchannels.demo.routing:routes"
 
 
 class WorkerBundle:
-    """What a worker runs: the router (every consumer imported up front)."""
+    """What a worker runs: the router (every consumer imported up front), or
+    an ASGI 3 application (``asgi``; an ASGI 2 double callable is wrapped as
+    uvicorn wraps it, by asgiref's ``guarantee_single_callable``)."""
 
     def __init__(self, cfg):
         from shmchannels.workers.defaults import add_defaults
         from shmchannels.workers.routing import Router, load_object
         from shmchannels.workers.wsgi import WsgiConsumer
 
+        self.asgi = None
+        self.router = None
+        if cfg.asgi:
+            from asgiref.compatibility import guarantee_single_callable
+
+            try:
+                app = load_object(cfg.asgi)
+            except Exception as exc:  # a Django project's import can raise anything (ImproperlyConfigured...)
+                raise AppImportError(f"cannot load the ASGI application: {type(exc).__name__}: {exc}") from exc
+            if not callable(app):
+                raise AppImportError(f"the ASGI application {cfg.asgi!r} is not callable: {app!r}")
+            self.asgi = guarantee_single_callable(app)
+            return
         try:
             routing = cfg.routing or (None if cfg.wsgi else DEMO_ROUTING)
             self.router = Router(routing) if routing else Router([])

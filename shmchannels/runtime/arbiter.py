@@ -13,7 +13,9 @@ the boot-error halt.  What differs:
   ran past its timeout");
 * HUP rolls the *workers only*, with new code: protocol servers keep every
   WebSocket and keep-alive connection, and messages wait in their channels
-  while no worker is up;
+  while no worker is up; ASGI workers (``asgi``) overlap instead: the old
+  ones are retired once their successors are up, and hand their WebSockets
+  over to them (workers/asgi_host.py);
 * USR2 rolls the protocol servers (their WebSockets close with 1012);
 * rolls are generations that each pool converges to (``manage_workers``):
   any burst of HUPs ends with exactly the configured children, all of the
@@ -261,10 +263,12 @@ class ShmArbiter(Arbiter):
         # Not up first (they serve nobody yet), then the oldest.
         by_retire_order = lambda kv: (is_up(kv[0]), kv[1].age)  # noqa: E731
         rolled = 0
-        if kind == "worker":
+        if kind == "worker" and not self.cfg.asgi:
             # Old workers go at once, their successors are forked right
             # after: messages wait in their channels meanwhile, and old and
-            # new code never take turns.
+            # new code never take turns.  (ASGI workers overlap instead, like
+            # protocol servers: a resumed WebSocket waits for a worker that
+            # is up, so old ones stay until their successors are.)
             for pid, w in old:
                 self.retire(pid, w, signal.SIGTERM)
             rolled, old = len(old), []
@@ -289,7 +293,7 @@ class ShmArbiter(Arbiter):
         if len(old) > keep:
             old.sort(key=by_retire_order)
             for pid, w in old[: len(old) - keep]:
-                self.retire(pid, w, signal.SIGUSR2)
+                self.retire(pid, w, signal.SIGUSR2 if kind == "protocol" else signal.SIGTERM)
 
     def retire(self, pid, worker, sig):
         grace = RETIRE_GRACE + (WS_CLOSE_GRACE if worker.kind == "protocol" else 0.0)

@@ -55,6 +55,8 @@ def build_parser():
     _config_arg(serve)
     serve.add_argument("--check-config", action="store_true", help="load the config and the application, then exit")
     serve.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    serve.add_argument("app", nargs="?", default=None, metavar="MODULE:APP",
+                       help="an ASGI 3 application to host in the workers (the same as --asgi)")
     config_mod.add_arguments(serve)
 
     worker = sub.add_parser("worker", help="run one standalone worker against a running bus")
@@ -126,7 +128,12 @@ def cmd_serve(args):
     from shmchannels.runtime.application import ShmApplication
     from shmchannels.runtime.arbiter import StartError
 
-    app = ShmApplication(config_file=args.config, cli=config_mod.cli_values(args))
+    cli = config_mod.cli_values(args)
+    if args.app:
+        if cli.get("asgi", args.app) != args.app:
+            raise ConfigError(f"two ASGI applications on the command line: {args.app!r} and --asgi {cli['asgi']!r}")
+        cli["asgi"] = args.app
+    app = ShmApplication(config_file=args.config, cli=cli)
     if args.print_config:
         print(f"# config file: {app.shm.config_file or '(none)'}")
         print(app.shm.describe())
@@ -190,6 +197,9 @@ def _consumer_process(args, kind, label):
     cfg = _load_shm_config(args).cfg
     pconfig, options = config_mod.options(cfg)
     _setup_logging(cfg.loglevel)
+    if cfg.asgi:
+        raise ConfigError(f"asgi ({cfg.asgi!r}) is hosted by `shmchannels serve`; `{args.command}` runs "
+                          "Channels 1 consumers and WSGI only")
     bundle = WorkerBundle(cfg)
     layer = shmchannels.ChannelLayer.from_options(options, block_timeout=1.0)
     objects.use_layer(layer)  # Channel/Group in consumers use this bus

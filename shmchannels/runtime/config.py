@@ -123,6 +123,40 @@ class Routing(ShmSetting, Setting):
         """
 
 
+class Asgi(ShmSetting, Setting):
+    name = "asgi"
+    section = "Application"
+    cli = ["--asgi"]
+    meta = "MODULE:APP"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        An ASGI 3 application hosted in the workers, e.g. ``mysite.asgi:application``
+        (Django Channels) or ``main:app`` (Starlette); also the positional argument of
+        ``shmchannels serve``.
+
+        Protocol servers relay each request and WebSocket to a worker; a HUP
+        restarts the workers with new code and resumes every WebSocket in a new
+        worker (see ``resume``).  Cannot be combined with ``routing`` or ``wsgi``.
+        """
+
+
+class Resume(ShmSetting, Setting):
+    name = "resume"
+    section = "Application"
+    cli = ["--no-resume"]
+    validator = validate_bool
+    action = "store_false"
+    type = bool
+    default = True
+    desc = """\
+        On a HUP (or a worker crash), resume the WebSockets of an ``asgi``
+        application in another worker: the new instance runs ``connect()`` again
+        and the client sees nothing.  ``--no-resume`` closes them with 1012
+        instead, for consumers whose state ``connect()`` cannot rebuild.
+        """
+
+
 class Prefix(ShmSetting, Setting):
     name = "prefix"
     section = "Channel layer"
@@ -555,6 +589,12 @@ class ShmConfig:
             if importlib.util.find_spec("uvloop") is None:
                 raise ConfigError(f"uvloop = on ({self.source('uvloop')}) but uvloop is not installed "
                                   "(pip install 'shmchannels[uvloop]', or uvloop = auto)")
+        if cfg.asgi and (cfg.routing or cfg.wsgi):
+            other = "routing" if cfg.routing else "wsgi"
+            raise ConfigError(
+                f"asgi ({self.source('asgi')}) cannot be combined with {other} ({self.source(other)}): "
+                "an ASGI application routes its own requests and WebSockets"
+            )
         if cfg.protocol_servers == 0 and cfg.workers == 0:
             raise ConfigError("protocol_servers and workers are both 0: there would be nothing to run")
         # What the children build from the config, through the same
@@ -617,6 +657,9 @@ def add_arguments(parser, names=None):
         if setting.action in ("store_true", "store_const"):
             kwargs["action"] = "store_const"
             kwargs["const"] = True
+        elif setting.action == "store_false":
+            kwargs["action"] = "store_const"
+            kwargs["const"] = False
         elif setting.action == "append" or name in ("bind", "raw_env"):
             kwargs["action"] = "append"
             kwargs["metavar"] = setting.meta

@@ -6,10 +6,13 @@ timeout; USR1: reopen logs), ``max_requests`` with jitter, and the boot and
 app-load exit codes that make the master halt instead of looping.
 """
 
+import asyncio
 import os
 import select
+import signal
 import time
 
+from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker
 
 from shmchannels import objects
@@ -30,6 +33,7 @@ class ChannelWorkerProcess(Worker):
         processes.close_fds(self.listeners_to_close)
         self.sockets = []
         processes.set_title(f"shmchannels: worker [{self.cfg.proc_name}]")
+        processes.wire_logging(self.log, self.cfg.loglevel)
         super().init_process()
 
     def load_wsgi(self):
@@ -43,7 +47,9 @@ class ChannelWorkerProcess(Worker):
         self.layer = processes.layer(self.cfg, block_timeout=TICK)
         objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
         self.bus = self.layer.core.bus
-        self.bus.describe("worker", f"worker {self.age}")
+        # An ASGI worker is "up" (what a HUP roll waits for before it retires
+        # the old workers) once its lifespan startup completed.
+        self.bus.describe("starting" if self.bundle.asgi else "worker", f"worker {self.age}")
 
     def notify(self):
         super().notify()
@@ -54,6 +60,8 @@ class ChannelWorkerProcess(Worker):
             bus.beat(None if busy is None else int(busy * 1e9))
 
     def run(self):
+        if self.bundle.asgi is not None:
+            return self.run_asgi()
         cfg = self.cfg
         router = self.bundle.router
         channels = select_channels(router.channels(), cfg.only_channels, cfg.exclude_channels)
@@ -80,3 +88,53 @@ class ChannelWorkerProcess(Worker):
             if time.monotonic() > deadline:
                 self.log.warning("consumers still running after graceful_timeout; exiting anyway")
                 break
+
+    # ------------------------------------------------------------------ ASGI
+
+    def run_asgi(self):
+        from shmchannels.workers.asgi_host import AsgiHost
+        from shmchannels.workers.asgi_lifespan import LifespanFailed
+
+        cfg = self.cfg
+        self.host = AsgiHost(
+            self.layer, self.bundle.asgi, resume=cfg.resume, graceful_timeout=cfg.graceful_timeout,
+            max_requests=self.max_requests if cfg.max_requests else 0,
+        )
+        try:
+            asyncio.run(self._serve_asgi())
+        except LifespanFailed as exc:
+            raise AppImportError(f"the ASGI application's lifespan startup failed: {exc}") from None
+
+    def _ready(self):
+        self.bus.describe("worker")
+        self.log.info("worker %s hosting the ASGI application %s", self.pid, self.cfg.asgi)
+
+    async def _serve_asgi(self):
+        loop = asyncio.get_running_loop()
+        # gunicorn's handlers only set flags; on the loop, TERM stops the host
+        # (hand over, finish, shut down) and QUIT/INT leave at once.
+        loop.add_signal_handler(signal.SIGTERM, self.host.stop)
+        for sig in (signal.SIGQUIT, signal.SIGINT):
+            loop.add_signal_handler(sig, self._quit_now)
+        beat = loop.call_soon(self._asgi_tick)
+        try:
+            await self.host.serve(ready=self._ready)
+        finally:
+            beat.cancel()
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+
+    _tick_handle = None
+
+    def _asgi_tick(self):
+        """Heartbeat from the loop itself: a stuck loop stops beating."""
+        self._tick_handle = asyncio.get_running_loop().call_later(TICK, self._asgi_tick)
+        Worker.notify(self)
+        if self.bus.usable:
+            self.bus.beat(None)
+        if not processes.parent_alive(self.ppid):
+            self.log.info("Parent changed, shutting down: %s", self)
+            self.host.stop()
+
+    def _quit_now(self):
+        raise SystemExit(0)

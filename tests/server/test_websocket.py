@@ -128,8 +128,10 @@ def test_echo_text_and_bytes_with_orders_and_connect_keys(env):
         "reply_channel", "scheme", "path", "query_string", "root_path", "headers", "client", "server",
         "order", "subprotocols",
         "__taken__",  # (shmchannels) asks the worker who it is; the real runner removes it
+        "inbox",  # (shmchannels) the connection's channel, for an ASGI 3 consumer's channel_name
     }
     assert connect_msg["__taken__"].startswith("shmchannels.taken?")
+    assert connect_msg["inbox"].startswith("websocket.send.shm") and connect_msg["inbox"] != connect_msg["reply_channel"]
     assert connect_msg["reply_channel"].startswith("websocket.send.shm")
     assert connect_msg["scheme"] == "ws" and connect_msg["path"] == "/chat/room"
     assert connect_msg["query_string"] == b"x=1" and connect_msg["root_path"] == ""

@@ -1,0 +1,190 @@
+"""Host an ASGI 3 application in a worker: the body of ``serve MODULE:APP`` workers.
+
+One asyncio loop runs every instance of this worker, as uvicorn runs them
+in its process: an ``http.request`` or ``websocket.connect`` taken from the
+bus (whichever worker is free takes it) starts an instance
+(``asgi_instances``), and everything the protocol server sends a running
+instance afterwards arrives on a channel of this worker's ``asgi.conn``
+prefix, read by one stream.  Around that:
+
+* ``lifespan``: startup runs before the worker takes any work (a failed
+  startup is an application load error: the master halts) and shutdown after
+  the last instance ended, as uvicorn's ``--lifespan auto``: an application
+  that does not speak the protocol is served without it;
+* ``stop()`` (SIGTERM: a HUP roll, a scale-down, max_requests): take no new
+  work; hand every WebSocket over (``WebSocketInstance.hand_over``: the
+  protocol server resumes it in another worker) or, with ``resume`` off,
+  close it with 1012 and let the application see its disconnect; let HTTP
+  requests in flight finish; all within ``graceful_timeout``.
+"""
+
+import asyncio
+import logging
+import time
+
+from .asgi_instances import HttpInstance, WebSocketInstance
+from .asgi_lifespan import Lifespan
+
+logger = logging.getLogger("shmchannels.worker")
+
+NEW_WORK = ["http.request", "websocket.connect"]
+#: how long a reply may wait for room in its protocol server's ring
+REPLY_TIMEOUT = 60.0
+
+
+class AsgiHost:
+    def __init__(self, layer, app, *, resume=True, graceful_timeout=30.0, max_requests=0, bus_prefix=None):
+        self.layer = layer
+        self.app = app
+        self.resume = resume
+        self.graceful_timeout = graceful_timeout
+        self.max_requests = max_requests
+        self.bus_prefix = bus_prefix if bus_prefix is not None else layer.prefix
+        self.loop = None
+        self.prefix = None
+        self.state = None  # the lifespan state, copied into every scope
+        self.instances = {}  # our channel -> instance
+        self.taken = 0
+        self.busy_since = None
+        self._stop = None
+        self._tasks = []
+        self._ident = None
+
+    # ----------------------------------------------------------------- life
+
+    async def serve(self, ready=None):
+        """Start up, take work until ``stop()``, hand over, shut down."""
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ident = list(self.layer.process_id())
+        self.prefix = self.layer.process_prefix("asgi.conn")
+        lifespan = Lifespan(self.app)
+        self.state = await lifespan.startup()
+        if ready is not None:
+            ready()
+        self._tasks = [
+            self.loop.create_task(self._take_new(), name="take-new"),
+            self.loop.create_task(self._read_events(), name="instance-events"),
+        ]
+        await self._stop.wait()
+        await self._wind_down()
+        await lifespan.shutdown()
+
+    def stop(self):
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _take_new(self):
+        receive = self.layer.receive_async
+        while True:
+            try:
+                channel, message = await receive(NEW_WORK)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("receiving from the bus failed")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                self._start(channel, message)
+            except Exception:
+                logger.exception("starting an instance for %s failed", channel)
+            self.taken += 1
+            if self.max_requests and self.taken >= self.max_requests:
+                logger.info("took %d requests and connections (max_requests): restarting", self.taken)
+                self.stop()
+                return
+
+    def _start(self, channel, message):
+        taken_channel = message.pop("__taken__", None)
+        cls = HttpInstance if channel == "http.request" else WebSocketInstance
+        instance = cls(self, message)
+        self.instances[instance.channel] = instance
+        if taken_channel is not None and type(taken_channel) is str:
+            marker = {"__taken__": self._ident + ([0] if cls is WebSocketInstance else []),
+                      "reply_channel": instance.reply, "inbox": instance.channel}
+            try:
+                self.layer.send(taken_channel, marker)
+            except Exception:  # a full ring: the server falls back to its timeouts
+                logger.debug("could not send __taken__ to %s", taken_channel, exc_info=True)
+        if cls is WebSocketInstance:
+            self.reply(instance.reply, {"__bind__": self._ident + [instance.channel, self.resume]})
+        instance.start(self.app)
+
+    async def _read_events(self):
+        instances = self.instances
+        while True:
+            try:
+                async for channel, message in self.layer.stream(self.prefix):
+                    instance = instances.get(channel)
+                    if instance is not None:
+                        instance.deliver(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("reading instance events failed; retrying")
+                await asyncio.sleep(0.5)
+
+    def forget(self, instance):
+        self.instances.pop(instance.channel, None)
+        self.layer.discard_channel(instance.channel)
+
+    # ---------------------------------------------------------------- replies
+
+    def reply(self, channel, message):
+        """A small control reply (ack, bind, close): sent now, or logged."""
+        try:
+            self.layer.send(channel, message)
+        except Exception:
+            logger.warning("could not send %s to %s", sorted(message), channel, exc_info=True)
+
+    async def send_reply(self, channel, message):
+        """What the application sends: waits (without blocking the loop) while
+        the protocol server's ring is full, so a slow server slows the app."""
+        send = self.layer.send
+        full = self.layer.ChannelFull
+        delay, deadline = 0.0005, None
+        while True:
+            try:
+                return send(channel, message)
+            except full:
+                if deadline is None:
+                    deadline = time.monotonic() + REPLY_TIMEOUT
+                elif time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    # --------------------------------------------------------------- stopping
+
+    async def _wind_down(self):
+        taking = self._tasks[0]
+        taking.cancel()
+        await asyncio.gather(taking, return_exceptions=True)
+        deadline = self.loop.time() + self.graceful_timeout
+        sockets = [i for i in self.instances.values() if i.kind == "websocket"]
+        if sockets:
+            if self.resume:
+                quiet = [i.freeze() for i in sockets]
+                await asyncio.wait(quiet, timeout=max(0.0, deadline - self.loop.time()))
+                await asyncio.gather(*(i.hand_over() for i in sockets))
+                logger.info("handed %d WebSocket(s) over to the next worker", len(sockets))
+            else:
+                for i in sockets:
+                    if not i.closed and not i.disconnected:
+                        i.closed = True
+                        self.reply(i.reply, {"close": 1012})
+        running = [i.task for i in self.instances.values() if i.task is not None and not i.task.done()]
+        if running:
+            done, left = await asyncio.wait(running, timeout=max(0.0, deadline - self.loop.time()))
+            if left:
+                logger.warning("%d instance(s) still running after graceful_timeout; cancelling them", len(left))
+                for task in left:
+                    task.cancel()
+                await asyncio.gather(*left, return_exceptions=True)
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+
+    def running(self):
+        return len(self.instances)
