@@ -103,11 +103,15 @@ def channel_capacity(reply_capacity=REPLY_CAPACITY, body_capacity=BODY_CAPACITY)
     connection of one protocol server, so they are large; a body channel
     holds ``body_capacity`` chunks, which is what bounds the memory of an
     upload in flight.  The ``shmchannels.taken?`` channel, where workers say
-    which of them took a message, gets ``TAKEN_CAPACITY``.
+    which of them took a message, gets ``TAKEN_CAPACITY``.  A worker hosting
+    an ASGI application receives its instances' events on ``asgi.conn.*``:
+    every connection of that worker, each flow-controlled by its protocol
+    server's window, so it is as large as a reply ring.
     """
     return {
         "http.response.*": reply_capacity,
         "websocket.send.*": reply_capacity,
+        "asgi.conn.*": reply_capacity,
         re.compile(r"^http\.request\.body\?"): body_capacity,
         re.compile(r"^shmchannels\.taken\?"): TAKEN_CAPACITY,
     }

@@ -86,6 +86,8 @@ class ChannelBridge:
         self.resumes = 0
         self.relayed = 0  # relayed messages waiting in ``queue``
         self.abandoned = False  # hosted, its worker gone, resume off: closing with nobody to tell
+        self.retry_handle = None  # a resume waiting for room in websocket.connect, or events for the instance's
+        self.full_delay = 0.0  # the last backoff while the instance's channel was full
 
     # ------------------------------------------------------------ messages
 
@@ -229,7 +231,11 @@ class ChannelBridge:
                 queue.appendleft((order, kind, payload))
                 if kind == RELAY:
                     self.relayed += 1
-                break  # the instance's channel is full: its acks will pump again
+                if not unacked and self.retry_handle is None:  # no ack will come to pump again: retry
+                    self.full_delay = min(max(self.full_delay * 2, 0.001), 0.05)
+                    self.retry_handle = self.loop.call_later(self.full_delay, self._retry_pump)
+                break
+            self.full_delay = 0.0
             if kind == DISCONNECT:
                 self._finalize()
                 return
@@ -248,6 +254,9 @@ class ChannelBridge:
             self.layer.discard_channel(self.inbox)
         self.unacked.clear()
         self.unbind()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
         self.server.connection_closed()
 
     # ---------------------------------------------------------------- acks
@@ -388,14 +397,30 @@ class ChannelBridge:
         self.server.counters["resumes"] += 1
         self._send_resume()
 
-    def _send_resume(self):
+    def _retry_pump(self):
+        self.retry_handle = None
+        if not self.disconnect_sent:
+            self._pump_hosted()
+
+    def _send_resume(self, delay=0.0):
+        """``websocket.connect`` again, with ``resume``.  A full channel (a
+        HUP resumes every socket at once) is waited out, backing off to
+        0.1 s: the client is already accepted, so there is no hurry to refuse."""
+        self.retry_handle = None
+        if self.disconnect_sent or self.bound is not None:
+            return
         message = dict(self.connect_message, resume=self.resumes)
+        layer = self.layer
         try:
-            self.layer.send("websocket.connect", message)
-        except (self.layer.ChannelFull, self.layer.MessageTooLarge) as exc:
-            self.server.counters["rejected_full"] += 1
-            logger.warning("cannot resume %s (%s): closing with 1013", self.reply_channel, type(exc).__name__)
-            self._abandon(1013)
+            layer.send("websocket.connect", message)
+        except layer.ChannelFull:
+            delay = min(max(delay * 2, 0.002), 0.1)
+            self.retry_handle = self.loop.call_later(delay, self._send_resume, delay)
+            return
+        except layer.MessageTooLarge:
+            logger.error("cannot resume %s: its connect message no longer fits the layer: closing with 1009",
+                         self.reply_channel)
+            self._abandon(1009)
             return
         self._await_ack(0)
 

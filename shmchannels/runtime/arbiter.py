@@ -288,6 +288,11 @@ class ShmArbiter(Arbiter):
         # clients they close (1012) reconnect to a server that accepts.
         ready = sum(1 for pid, _ in current if is_up(pid))
         keep = max(0, target - ready)
+        if kind == "worker" and keep:
+            # ASGI workers go together once every successor is up: a
+            # WebSocket an old worker hands over is then resumed by new code,
+            # not by another old worker about to hand it over again.
+            keep = len(old)
         if ready < len(current) or old:
             self._converging = True
         if len(old) > keep:

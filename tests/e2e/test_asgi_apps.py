@@ -20,8 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ import httpx
 import pytest
 import websockets
 
-from serving import APPS, Served, live_processes, wait_for
+from serving import APPS, Served, reap, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,84 +37,6 @@ RECV_TIMEOUT = 10.0
 
 
 # --- serving -----------------------------------------------------------------
-
-def alive(pid):
-    return any(p == pid for p, _, _ in live_processes())
-
-
-def processes_of(prefix):
-    """pids of live processes whose command line has ``--prefix <prefix>``
-    (the master and everything it forked)."""
-    needle = b"\0" + prefix.encode() + b"\0"
-    found = []
-    for pid, _, _ in live_processes():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"\0--prefix\0" in cmdline and needle in cmdline:
-            found.append(pid)
-    return found
-
-
-def reap(prefix, children=(), timeout=10):
-    """Wait for serve's processes to be gone; SIGKILL and return those that are not."""
-    def left():
-        return sorted(set(processes_of(prefix)) | {p for p in children if alive(p)})
-    with contextlib.suppress(AssertionError):
-        wait_for(lambda: not left(), timeout=timeout, what="serve's processes to exit")
-    leftover = left()
-    for pid in leftover:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return leftover
-
-
-def http_status(port, path):
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2.0).status_code
-    except httpx.HTTPError:
-        return None
-
-
-@contextlib.contextmanager
-def serving(prefix, app_args, workers=2, env=None, probe="/"):
-    """`shmchannels serve` with 1 protocol server and ``workers`` workers,
-    ready (``probe`` answers 200); stopped with SIGTERM at the end, its
-    processes checked gone."""
-    s = Served(prefix, [*app_args, "--bind", "127.0.0.1:0", "--protocol-servers", "1", "--workers", str(workers)],
-               env=env)
-    children = []
-    try:
-        s.attach()
-
-        def port():
-            m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", s.output())
-            return m or s.proc.poll() is not None
-
-        m = wait_for(port, what="the port")
-        if s.proc.poll() is not None:
-            raise AssertionError(f"serve exited with {s.proc.returncode}:\n{s.output()[-4000:]}")
-        s.port = int(m.group(1))
-        s.wait_workers(workers)
-        s.wait_workers(1, kind="protocol")
-        wait_for(lambda: http_status(s.port, probe) == 200 or s.proc.poll() is not None, what=f"GET {probe} -> 200")
-        if s.proc.poll() is not None:
-            raise AssertionError(f"serve exited with {s.proc.returncode}:\n{s.output()[-4000:]}")
-        yield s
-    finally:
-        if s.layer is not None and s.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                children = s.pids("worker") + s.pids("protocol")
-        rc = s.stop()
-        output = s.output()
-        if s.layer is not None:
-            s.layer.core.bus.detach()
-        leftover = reap(prefix, children)
-    assert not leftover, f"serve left processes behind: {leftover}\n{output[-3000:]}"
-    assert rc == 0, f"serve exited with {rc} after SIGTERM:\n{output[-4000:]}"
-
 
 # --- Django (djchat) ------------------------------------------------------------
 
