@@ -55,7 +55,7 @@ class Cycle:
     __slots__ = (
         "conn", "req", "reply_channel", "client", "upgrade", "body_expected", "body_done", "body_parts",
         "body_size", "dispatched", "body", "started", "done", "mode", "keep_alive", "status", "sent",
-        "dispatched_at", "worker", "remaining", "inbox",
+        "dispatched_at", "worker", "remaining", "inbox", "held",
     )
 
     def __init__(self, conn, req):
@@ -80,6 +80,7 @@ class Cycle:
         self.worker = None  # WorkerId of the worker that took the request, once it said so
         self.remaining = None  # body bytes the application's Content-Length still owes
         self.inbox = None  # an ASGI instance's channel, where http.disconnect goes (its __taken__ says)
+        self.held = False  # we told that instance to hold its sends (the client is not reading)
 
     # -------------------------------------------------------------- request
 
@@ -179,6 +180,21 @@ class Cycle:
         except (layer.ChannelFull, layer.MessageTooLarge):
             pass
         self.abort_body()
+
+    def flow(self, flowing):
+        """The transport's write buffer crossed its high-water mark (or went
+        back under the low one): an ASGI instance holds or resumes its sends."""
+        if self.done or not self.dispatched or flowing != self.held:
+            return
+        if self.inbox is None:
+            self.conn.server.drain_taken()  # which instance holds it, if its marker is waiting
+            if self.inbox is None:
+                return
+        self.held = not flowing
+        try:
+            self.conn.layer.send(self.inbox, {"__flow__": flowing})
+        except Exception:
+            logger.debug("could not tell %s to %s", self.inbox, "resume" if flowing else "hold", exc_info=True)
 
     # -------------------------------------------------------------- replies
 

@@ -67,6 +67,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client = self.server_addr = None
         self.idle_since = 0.0  # loop time the connection last had nothing to do
         self.paused = 0
+        self.write_paused = False
         self.closing = False
         self.closed = False
         self.upgrade_data = None
@@ -93,11 +94,18 @@ class HttpProtocol(asyncio.Protocol):
         self.cycles.clear()
         self.server.connection_closed()
 
-    def pause_writing(self):  # the client reads slower than replies arrive: nothing to slow down
-        pass
+    def pause_writing(self):
+        """The client reads slower than the response arrives: an ASGI
+        instance is told to hold its sends (Cycle.flow); a Channels 1
+        consumer has nothing to slow down."""
+        self.write_paused = True
+        if self.cycles:
+            self.cycles[0].flow(False)
 
     def resume_writing(self):
-        pass
+        self.write_paused = False
+        if self.cycles:
+            self.cycles[0].flow(True)
 
     def data_received(self, data):
         if self.upgrade_data is not None:

@@ -88,6 +88,7 @@ class ChannelBridge:
         self.abandoned = False  # hosted, its worker gone, resume off: closing with nobody to tell
         self.retry_handle = None  # a resume waiting for room in websocket.connect, or events for the instance's
         self.full_delay = 0.0  # the last backoff while the instance's channel was full
+        self.write_paused = False  # the client does not read: the instance holds its sends
 
     # ------------------------------------------------------------ messages
 
@@ -362,7 +363,23 @@ class ChannelBridge:
         self.bound = (ident, channel)
         self.resumable = bool(who[3]) if len(who) > 3 else True
         self.server.hosting[self] = ident  # the liveness sweep watches the hosting worker
+        if self.write_paused:
+            self._tell_flow(False)
         self._pump_hosted()
+
+    def flow(self, flowing):
+        """The socket's write buffer went over its high-water mark (or back
+        under): the hosted instance's sends wait meanwhile.  A Channels 1
+        consumer has nothing to hold."""
+        self.write_paused = not flowing
+        if self.bound is not None:
+            self._tell_flow(flowing)
+
+    def _tell_flow(self, flowing):
+        try:
+            self.layer.send(self.bound[1], {"__flow__": flowing})
+        except Exception:
+            logger.debug("could not tell %s to %s", self.bound[1], "resume" if flowing else "hold", exc_info=True)
 
     def unbind(self):
         if self.bound is not None:

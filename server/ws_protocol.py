@@ -159,10 +159,10 @@ class WebSocketProtocol(asyncio.Protocol):
         return False  # the peer half-closed: close our side too
 
     def pause_writing(self):
-        pass
+        self.bridge.flow(False)
 
     def resume_writing(self):
-        pass
+        self.bridge.flow(True)
 
     # ---------------------------------------------------------- incoming data
 

@@ -60,6 +60,8 @@ class HttpInstance:
         self.complete = False
         self.disconnected = False
         self.waiter = None
+        self.held = False  # the protocol server's socket is not being read: hold the body
+        self.flow_waiter = None
         self.task = None
         self.scope = {
             "type": "http",
@@ -113,14 +115,18 @@ class HttpInstance:
         self.complete = True
 
     def deliver(self, message):
-        """A message on our channel: only ``http.disconnect`` comes here."""
-        self.disconnected = True
+        """A message on our channel: ``http.disconnect``, or ``__flow__``."""
+        flowing = message.get("__flow__")
+        if flowing is not None:
+            self.held = not flowing
+        else:
+            self.disconnected = True
         self._wake()
 
     def _wake(self):
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self.waiter, self.flow_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def receive(self):
         if self.first:
@@ -155,6 +161,9 @@ class HttpInstance:
             raise RuntimeError("Expected ASGI message 'http.response.start', but got 'http.response.body'.")
         if self.complete:
             raise RuntimeError("Unexpected ASGI message 'http.response.body' sent, after response already completed.")
+        while self.held and not self.disconnected:  # a client that does not read slows us down
+            self.flow_waiter = self.host.loop.create_future()
+            await self.flow_waiter
         if self.disconnected:
             return
         more = bool(event.get("more_body", False))
@@ -193,6 +202,9 @@ class WebSocketInstance:
         self.denial = None  # websocket.http.response.start, until its body is complete
         self.denial_body = []
         self.handed_over = False
+        self.held = False  # the client does not read: websocket.send waits
+        self.gone = False  # the client's disconnect arrived (the app may not have taken it yet)
+        self.flow_waiter = None
         self.task = None
         extensions = {"websocket.http.response": {}}
         if self.resume:
@@ -247,6 +259,12 @@ class WebSocketInstance:
             if self.task is not None:
                 self.task.cancel()
             return
+        flowing = message.get("__flow__")
+        if flowing is not None:
+            self.held = not flowing
+            if flowing:
+                self._release_sends()
+            return
         order = message.pop("order", None)
         if "__channel__" in message:
             self.relayed.append((order, message["__channel__"]))
@@ -254,6 +272,13 @@ class WebSocketInstance:
         else:
             self.events.append((order, message))
             self._wake("events")
+            if message.get("type") == "websocket.disconnect":
+                self.gone = True  # sends held for a client that does not read can stop waiting
+                self._release_sends()
+
+    def _release_sends(self):
+        if self.flow_waiter is not None and not self.flow_waiter.done():
+            self.flow_waiter.set_result(None)
 
     def _wake(self, which):
         waiter = self.waiters.pop(which, None)
@@ -326,6 +351,11 @@ class WebSocketInstance:
         if kind == "websocket.send":
             if not self.accepted:
                 raise RuntimeError("Expected ASGI message 'websocket.accept', but got 'websocket.send'.")
+            while self.held and not self.gone:
+                self.flow_waiter = self.host.loop.create_future()
+                await self.flow_waiter
+            if self.gone:
+                return
             text = event.get("text")
             message = {"text": text} if text is not None else {"bytes": event.get("bytes")}
         elif kind == "websocket.accept":
