@@ -12,10 +12,12 @@ here, with ``SharedMemoryChannelLayer`` on the prefix named by
   other frame is ``group_send`` to the room as ``<VERSION>|<frame>``; group
   messages are forwarded to the socket.  A disconnect appends a line to the
   file named by ``RESUMECHAT_DISCONNECTS`` (when set).
-* HTTP: 200 ``<VERSION>``.
+* HTTP: 200 ``<VERSION> <pid>``; ``/block?s=N`` first blocks the worker's
+  event loop for N seconds (``time.sleep``: a stuck worker).
 """
 
 import os
+import time
 
 import django
 from django.conf import settings
@@ -70,8 +72,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
 
 async def http_version(scope, receive, send):
+    if scope["path"] == "/block":
+        time.sleep(float(scope["query_string"].decode().partition("s=")[2] or 1))
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": VERSION.encode()})
+    await send({"type": "http.response.body", "body": f"{VERSION} {os.getpid()}".encode()})
 
 
 application = ProtocolTypeRouter({
