@@ -45,7 +45,6 @@ class AsgiHost:
         self.state = None  # the lifespan state, copied into every scope
         self.instances = {}  # our channel -> instance
         self.taken = 0
-        self.busy_since = None
         self._stop = None
         self._tasks = []
         self._ident = None
@@ -138,6 +137,21 @@ class AsgiHost:
         except Exception:
             logger.warning("could not send %s to %s", sorted(message), channel, exc_info=True)
 
+    def poll_events(self, limit=64):
+        """Deliver the instances' events already in our ring, now.  An app
+        that sends in a loop never yields to the event loop (a send is a ring
+        write), so the stream reader would not see a ``__flow__`` hold until
+        the ring filled; streaming sends look here first."""
+        take = self.layer.take_prefix
+        instances = self.instances
+        for _ in range(limit):
+            got = take(self.prefix)
+            if got is None:
+                return
+            instance = instances.get(got[0])
+            if instance is not None:
+                instance.deliver(got[1])
+
     async def send_reply(self, channel, message):
         """What the application sends: waits (without blocking the loop) while
         the protocol server's ring is full, so a slow server slows the app."""
@@ -162,7 +176,8 @@ class AsgiHost:
         taking.cancel()
         await asyncio.gather(taking, return_exceptions=True)
         deadline = self.loop.time() + self.graceful_timeout
-        sockets = [i for i in self.instances.values() if i.kind == "websocket"]
+        # A socket whose client left is ending anyway: let it see its disconnect.
+        sockets = [i for i in self.instances.values() if i.kind == "websocket" and not i.gone]
         if sockets:
             if self.resume:
                 quiet = [i.freeze() for i in sockets]
@@ -185,6 +200,3 @@ class AsgiHost:
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
-
-    def running(self):
-        return len(self.instances)

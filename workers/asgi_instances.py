@@ -161,12 +161,14 @@ class HttpInstance:
             raise RuntimeError("Expected ASGI message 'http.response.start', but got 'http.response.body'.")
         if self.complete:
             raise RuntimeError("Unexpected ASGI message 'http.response.body' sent, after response already completed.")
+        more = bool(event.get("more_body", False))
+        if more:
+            self.host.poll_events()  # a hold may be waiting (see AsgiHost.poll_events)
         while self.held and not self.disconnected:  # a client that does not read slows us down
             self.flow_waiter = self.host.loop.create_future()
             await self.flow_waiter
         if self.disconnected:
             return
-        more = bool(event.get("more_body", False))
         message = {"content": event.get("body", b""), "more_content": more}
         start = self.started
         if start is not None:
@@ -192,6 +194,7 @@ class WebSocketInstance:
         self.events = collections.deque([(None, {"type": "websocket.connect"})])  # (order, ASGI event)
         self.relayed = collections.deque()  # (order, channel message)
         self.waiters = {}  # which queue -> the future a receive parks on
+        self.handling = {}  # which queue -> order of the event the application took last, until it is back
         self.pending = 0  # receives waiting now
         self.most_pending = 0  # the most ever waiting at once: "between events" means pending == this
         self.frozen = False
@@ -244,10 +247,13 @@ class WebSocketInstance:
                 self.closed = True
                 self.host.reply(self.reply, {"close": 1011})
         else:
+            self._done_with("events")  # it returned: what it took is handled
+            self._done_with("relayed")
             if not self.closed and not self.disconnected:
                 self.closed = True  # returned without closing: 403 during the handshake, else 1000
                 self.host.reply(self.reply, {"close": 1000})
         finally:
+            self._set_quiet()  # an instance that ended is as quiet as it gets
             self.host.forget(self)
 
     # ------------------------------------------------------------ incoming
@@ -292,8 +298,16 @@ class WebSocketInstance:
         """``channel_layer.receive(self.channel_name)`` of a hosted consumer."""
         return await self._take("relayed")
 
+    def _done_with(self, which):
+        """The application came back for more from ``which``: the event it
+        took from there before is handled; the protocol server may forget it."""
+        order = self.handling.pop(which, None)
+        if order is not None:
+            self.host.reply(self.reply, {"__ack__": order})
+
     async def _take(self, which):
         queue = self.events if which == "events" else self.relayed
+        self._done_with(which)
         self.pending += 1
         if self.pending > self.most_pending:
             self.most_pending = self.pending
@@ -307,7 +321,7 @@ class WebSocketInstance:
         finally:
             self.pending -= 1
         if order is not None:
-            self.host.reply(self.reply, {"__ack__": order})
+            self.handling[which] = order
         if event.get("type") == "websocket.disconnect":
             self.disconnected = True
         return event
@@ -351,6 +365,7 @@ class WebSocketInstance:
         if kind == "websocket.send":
             if not self.accepted:
                 raise RuntimeError("Expected ASGI message 'websocket.accept', but got 'websocket.send'.")
+            self.host.poll_events()  # a hold may be waiting (see AsgiHost.poll_events)
             while self.held and not self.gone:
                 self.flow_waiter = self.host.loop.create_future()
                 await self.flow_waiter

@@ -3,7 +3,8 @@ HUPed (new code) or with its workers SIGKILLed while clients in rooms send
 sequence-numbered messages (docs/protocol.md, "ASGI 3 applications").
 
 The app is ``apps/resumechat.py``, copied aside so that its ``VERSION`` can
-be rewritten before each HUP: every broadcast says which code handled it.
+be rewritten before each HUP: every broadcast says which code handled it. Under SIGKILL nothing is lost and
+only the event a killed worker was handling may repeat.
 """
 
 import asyncio
@@ -170,7 +171,12 @@ def test_twenty_hups_with_200_clients_lose_nothing_and_answer_with_the_new_code(
     assert closed == [], f"client-side closes: {closed[:10]}"
     assert sum(room.sent) > 200 * 20, room.sent[:10]
     assert (lost, duplicated, disorder, regress) == (0, 0, 0, 0), output[-3000:]
-    assert set(answers) == {(f"v{hups}", hups)}, answers[:10]  # the new code, and each socket resumed 20 times
+    # The new code answers, and every socket was resumed by each HUP.  (Rarely
+    # twice: an old worker that has not yet handled its TERM may take a socket
+    # another old worker handed over, and hand it over again a moment later.)
+    assert {version for version, _ in answers} == {f"v{hups}"}, answers[:10]
+    counts = [count for _, count in answers]
+    assert min(counts) >= hups and sum(counts) <= len(counts) * hups * 1.1, sorted(counts)[-10:]
     assert disconnects == "", "a consumer's disconnect ran during a resume"
 
 
@@ -197,11 +203,13 @@ def test_sigkill_of_workers_resumes_every_socket(live_app, prefix):
 
         room, answers, (lost, duplicated, disorder, regress), closed = asyncio.run(scenario())
     assert closed == [], f"client-side closes: {closed[:10]}"
-    assert (duplicated, disorder, regress) == (0, 0, 0), (lost, duplicated, disorder, regress)
-    # At most once, as the channel layer contract says: what a killed worker
-    # had taken but not yet broadcast is gone (each of its sockets can lose
-    # the one frame it was handling); everything else is replayed.
-    assert lost <= kills * room.room_size, (lost, sum(room.sent))
+    # Nothing is lost: an event counts as handled only once the consumer came
+    # back for the next one, so a killed worker's events are all replayed.
+    # The one each socket was handling at the kill may be handled twice (it
+    # may have broadcast already): at most one per socket of the killed worker,
+    # seen by each member of its room.
+    assert (lost, disorder, regress) == (0, 0, 0), (lost, duplicated, disorder, regress)
+    assert duplicated <= kills * (room.n // 2) * room.room_size, duplicated
     assert None not in answers, answers
     assert all(count >= 1 for _, count in answers), answers  # 2 workers, 5 kills: every socket was resumed
     assert {version for version, _ in answers} == {"v0"}
