@@ -28,6 +28,8 @@ from .asgi_lifespan import Lifespan
 logger = logging.getLogger("shmchannels.worker")
 
 NEW_WORK = ["http.request", "websocket.connect"]
+#: new requests and connections started in one turn of the loop, at most
+BURST = 64
 #: how long a reply may wait for room in its protocol server's ring
 REPLY_TIMEOUT = 60.0
 
@@ -75,6 +77,7 @@ class AsgiHost:
 
     async def _take_new(self):
         receive = self.layer.receive_async
+        take = self.layer.take
         while True:
             try:
                 channel, message = await receive(NEW_WORK)
@@ -84,15 +87,28 @@ class AsgiHost:
                 logger.exception("receiving from the bus failed")
                 await asyncio.sleep(0.5)
                 continue
-            try:
-                self._start(channel, message)
-            except Exception:
-                logger.exception("starting an instance for %s failed", channel)
-            self.taken += 1
+            # Start what else is waiting before any instance runs: after a
+            # HUP a burst of resumed sockets is bound (and its protocol server
+            # sends their events) at once, not one per turn of the loop.
+            self._start_one(channel, message)
+            for _ in range(BURST - 1):
+                if self._stop.is_set() or (self.max_requests and self.taken >= self.max_requests):
+                    break
+                got = next(((name, m) for name in NEW_WORK if (m := take(name)) is not None), None)
+                if got is None:
+                    break
+                self._start_one(*got)
             if self.max_requests and self.taken >= self.max_requests:
                 logger.info("took %d requests and connections (max_requests): restarting", self.taken)
                 self.stop()
                 return
+
+    def _start_one(self, channel, message):
+        try:
+            self._start(channel, message)
+        except Exception:
+            logger.exception("starting an instance for %s failed", channel)
+        self.taken += 1
 
     def _start(self, channel, message):
         taken_channel = message.pop("__taken__", None)
@@ -180,9 +196,16 @@ class AsgiHost:
         sockets = [i for i in self.instances.values() if i.kind == "websocket" and not i.gone]
         if sockets:
             if self.resume:
-                quiet = [i.freeze() for i in sockets]
-                await asyncio.wait(quiet, timeout=max(0.0, deadline - self.loop.time()))
-                await asyncio.gather(*(i.hand_over() for i in sockets))
+                # Each socket goes as soon as its instance is between events,
+                # so the next worker resumes the first ones while others finish.
+                async def hand_over_when_quiet(instance):
+                    try:
+                        await asyncio.wait_for(instance.freeze(), max(0.0, deadline - self.loop.time()))
+                    except asyncio.TimeoutError:
+                        logger.warning("an instance was still handling an event after graceful_timeout; "
+                                       "handing its socket over anyway (that event will be replayed)")
+                    await instance.hand_over()
+                await asyncio.gather(*(hand_over_when_quiet(i) for i in sockets))
                 logger.info("handed %d WebSocket(s) over to the next worker", len(sockets))
             else:
                 for i in sockets:
