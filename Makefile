@@ -26,6 +26,7 @@ test: install-test
 bench: $(VENV)/bin/python
 	$(PIP) install --quiet -e '.[test,bench]'
 	$(VENV)/bin/python bench/layer.py
+	$(VENV)/bin/python bench/asgi.py
 	$(VENV)/bin/python bench/render.py
 
 clean:

@@ -111,11 +111,18 @@ class ChannelWorkerProcess(Worker):
 
     async def _serve_asgi(self):
         loop = asyncio.get_running_loop()
-        # gunicorn's handlers only set flags; on the loop, TERM stops the host
-        # (hand over, finish, shut down) and QUIT/INT leave at once.
-        loop.add_signal_handler(signal.SIGTERM, self.host.stop)
-        for sig in (signal.SIGQUIT, signal.SIGINT):
-            loop.add_signal_handler(sig, self._quit_now)
+
+        # TERM stops the host (hand over, finish, shut down); QUIT and INT keep
+        # gunicorn's handlers (leave at once).  Not loop.add_signal_handler:
+        # it learns of a signal through a byte in the loop's self-pipe, and
+        # that pipe fills up when thousands of sync_to_async calls come back
+        # at once (a Channels broadcast to 1000 consumers): the TERM was lost
+        # and the worker served on until it was killed.
+        def on_term(signum, frame):
+            self.alive = False
+            loop.call_soon_threadsafe(self.host.stop)
+
+        signal.signal(signal.SIGTERM, on_term)
         beat = loop.call_soon(self._asgi_tick)
         try:
             await self.host.serve(ready=self._ready)
@@ -134,7 +141,6 @@ class ChannelWorkerProcess(Worker):
             self.bus.beat(None)
         if not processes.parent_alive(self.ppid):
             self.log.info("Parent changed, shutting down: %s", self)
+            self.alive = False
+        if not self.alive:
             self.host.stop()
-
-    def _quit_now(self):
-        raise SystemExit(0)

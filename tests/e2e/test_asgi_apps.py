@@ -278,3 +278,24 @@ def test_failing_lifespan_startup_makes_serve_exit_non_zero(prefix, tmp_path):
     assert rc != 0
     assert f"lifespan startup failed: {marker}" in output, output[-4000:]
     assert not (tmp_path / "lifespan.log").exists()
+
+
+# --- handshake features (apps/wsfeatures.py) -----------------------------------
+
+def test_denial_response_subprotocol_accept_headers_and_lifespan_state(prefix):
+    with serving(prefix, ["wsfeatures:app"], workers=1, probe="/state") as s:
+        assert httpx.get(f"http://127.0.0.1:{s.port}/state", timeout=10).text == "hello from lifespan"
+
+        async def scenario():
+            with pytest.raises(websockets.InvalidStatus) as denied:
+                await websockets.connect(f"ws://127.0.0.1:{s.port}/deny")
+            response = denied.value.response
+            async with websockets.connect(f"ws://127.0.0.1:{s.port}/proto", subprotocols=["a", "b"]) as ws:
+                await ws.send("hi")
+                echoed = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
+                return response, ws.subprotocol, ws.response.headers.get("x-accepted"), echoed
+        response, subprotocol, accepted, echoed = asyncio.run(scenario())
+    assert response.status_code == 401
+    assert response.body == b"no token, no socket"
+    assert response.headers["www-authenticate"] == "Token"
+    assert (subprotocol, accepted, echoed) == ("b", "yes", "['a', 'b']|hi")

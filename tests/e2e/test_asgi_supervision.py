@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
 import websockets
 
-from serving import APPS, serving, wait_for
+from serving import APPS, http_status, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +133,19 @@ def test_check_config_imports_the_asgi_application(prefix, tmp_path):
     both = subprocess.run([sys.executable, "-m", "shmchannels", "serve", "resumechat:application", "--wsgi", "x:y",
                            "--check-config"], env=env, capture_output=True, text=True, timeout=60)
     assert both.returncode == 1 and "cannot be combined with wsgi" in both.stderr
+
+
+def test_sigterm_stops_a_worker_whose_loop_is_flooded_with_wakeups(prefix):
+    """asyncio's add_signal_handler learns of a signal through a byte in the
+    loop's self-pipe; with the pipe full the TERM was lost and the worker
+    served on (seen as serve hanging after a Channels broadcast to 1000
+    consumers, until it was killed)."""
+    with serving(prefix, ["stormapp:app"], workers=1) as s:
+        worker = s.pids("worker")[0]
+        storm = threading.Thread(target=http_status, args=(s.port, "/storm"), daemon=True)
+        storm.start()
+        time.sleep(0.5)  # the worker's self-pipe is full and its loop blocked
+        os.kill(worker, signal.SIGTERM)  # what a HUP or TTOU sends it
+        wait_for(lambda: worker not in s.pids("worker"), timeout=8, what="the worker to stop")
+        s.wait_workers(1)  # and the master replaced it
+        storm.join(10)
