@@ -101,6 +101,7 @@ QUIET_BUDGET = 300.0
 MSG_SIZE = 100  # characters of every text frame
 CLIENT_STOP_TIMEOUT = 10.0
 APP = "asgi_chat:application"
+PLAIN_APP = "bench_asgi:app"
 ROOM_PATH = "/ws/room/bench/"
 ECHO_PATH = "/ws/echo/"
 HELLO_PATH = "/hello/"
@@ -124,6 +125,9 @@ VARIANTS = {
     },
     "resume": {
         "shm": "shmchannels serve, SIGHUP to the master",
+        # the same with a plain ASGI echo app (bench/apps/bench_asgi.py): what the
+        # resume itself costs, without a Channels consumer starting per socket
+        "shm-plain": "shmchannels serve, plain ASGI echo app, SIGHUP",
     },
 }
 TITLES = {"echo": "echo round trip", "bcast": "broadcast to the room", "http": "HTTP Django view",
@@ -136,9 +140,14 @@ def layer_of(key):
     return "redis" if key == "uv-redis" else "shm"
 
 
+def is_serve(key):
+    return key in ("shm", "shm-plain")
+
+
 def server_argv(key, port, prefix):
-    if key == "shm":
-        return [venv_exe("shmchannels"), "serve", APP, "--bind", f"127.0.0.1:{port}", "--protocol-servers", "1",
+    if is_serve(key):
+        return [venv_exe("shmchannels"), "serve", PLAIN_APP if key == "shm-plain" else APP,
+                "--bind", f"127.0.0.1:{port}", "--protocol-servers", "1",
                 "--workers", "1", "--prefix", prefix, "--log-level", "warning"]
     return [venv_exe("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
             "--log-level", "warning", "--no-access-log", "--lifespan", "off"]
@@ -201,12 +210,12 @@ class Running:
                 raise BenchError("redis FLUSHALL failed")
         # Server(prefix=...) makes stop() check the serve's bus files; uvicorn's are checked in stop() below
         self.srv = Server(VARIANTS[scenario][key], server_argv(key, port, self.bus), port, expect_django_hello,
-                          env=server_env(env.snap, extra), prefix=self.bus if key == "shm" else None,
+                          env=server_env(env.snap, extra), prefix=self.bus if is_serve(key) else None,
                           log_path=os.path.join(env.logdir, f"{scenario}-{key}-{rnd}.log"))
         self.uv_bus_files = None
         self.srv.start(timeout=90)
         try:
-            self.roles = self.srv.shm_roles() if key == "shm" else {p: "server" for p in self.srv.pids()}
+            self.roles = self.srv.shm_roles() if is_serve(key) else {p: "server" for p in self.srv.pids()}
             self.pids = self.srv.pids()
             if key == "uv-redis":
                 self.roles[env.redis.pid()] = "redis"
@@ -731,6 +740,9 @@ def build_targets(results):
         for field, what in (("closes", "connections closed"), ("lost", "echoes lost"),
                             ("duplicated", "echoes duplicated")):
             out.append(target(f"resume: 0 {what}", vals(results, "resume", "shm", field), lambda v: v == 0, "int"))
+    if "shm-plain" in results.get("resume", {}):
+        out.append(target("resume, plain ASGI app: echo gap p99 during a HUP < 50 ms",
+                          vals(results, "resume", "shm-plain", "gap_p99"), lambda v: v < 0.05, "time"))
     return out
 
 

@@ -308,7 +308,7 @@ class Cycle:
         self.worker = ident
         self.conn.server.taken[self] = ident
 
-    def worker_died(self):
+    def worker_died(self, ident=None):
         """The worker that took the request is dead (the server's liveness
         sweep found it so, after delivering every reply it had sent)."""
         if self.done:

@@ -236,7 +236,7 @@ class ProtocolServer:
                 if ident in dead and table.get(target) == ident:
                     del table[target]
                     try:
-                        target.worker_died()
+                        target.worker_died(ident)
                     except Exception:
                         self.log.exception("answering for a dead worker failed")
 

@@ -225,6 +225,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 return self.bridge.bind(message["__bind__"])
             if "__resume__" in message:
                 return self.bridge.handover()
+            if "__successor__" in message:
+                return self.bridge.prepare_successor()
             if "deny" in message:
                 return self._deny(message["deny"])
         if (text is not None and type(text) is not str) or (

@@ -30,6 +30,10 @@ logger = logging.getLogger("shmchannels.worker")
 NEW_WORK = ["http.request", "websocket.connect"]
 #: new requests and connections started in one turn of the loop, at most
 BURST = 64
+#: how long a stopping worker keeps serving a socket while its successor
+#: instance starts elsewhere; past it (no other worker is up yet) it hands
+#: the socket over anyway and the successor binds when it can
+SUCCESSOR_WAIT = 3.0
 #: how long a reply may wait for room in its protocol server's ring
 REPLY_TIMEOUT = 60.0
 
@@ -199,6 +203,9 @@ class AsgiHost:
                 # Each socket goes as soon as its instance is between events,
                 # so the next worker resumes the first ones while others finish.
                 async def hand_over_when_quiet(instance):
+                    await instance.await_successor(min(SUCCESSOR_WAIT, max(0.0, deadline - self.loop.time())))
+                    if instance.gone:
+                        return  # its client left meanwhile: it sees its disconnect and ends here
                     try:
                         await asyncio.wait_for(instance.freeze(), max(0.0, deadline - self.loop.time()))
                     except asyncio.TimeoutError:

@@ -199,6 +199,7 @@ class WebSocketInstance:
         self.most_pending = 0  # the most ever waiting at once: "between events" means pending == this
         self.frozen = False
         self.quiet = None  # future: set once frozen and between events
+        self.successor_ready = None  # future: the protocol server has a successor instance (HUP)
         self.accepted = False
         self.closed = False
         self.disconnected = False
@@ -254,6 +255,7 @@ class WebSocketInstance:
                 self.host.reply(self.reply, {"close": 1000})
         finally:
             self._set_quiet()  # an instance that ended is as quiet as it gets
+            self._resolve(self.successor_ready)
             self.host.forget(self)
 
     # ------------------------------------------------------------ incoming
@@ -270,6 +272,9 @@ class WebSocketInstance:
             self.held = not flowing
             if flowing:
                 self._release_sends()
+            return
+        if "__yield__" in message:  # a successor has run connect(): hand over now
+            self._resolve(self.successor_ready)
             return
         order = message.pop("order", None)
         if "__channel__" in message:
@@ -333,13 +338,30 @@ class WebSocketInstance:
         between events (or at once if it is)."""
         self.frozen = True
         self.quiet = self.host.loop.create_future()
-        if self.most_pending and self.pending >= self.most_pending:
+        if (self.most_pending and self.pending >= self.most_pending) or self.task is None or self.task.done():
             self._set_quiet()
         return self.quiet
 
     def _set_quiet(self):
-        if self.quiet is not None and not self.quiet.done():
-            self.quiet.set_result(None)
+        self._resolve(self.quiet)
+
+    @staticmethod
+    def _resolve(future):
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def await_successor(self, timeout):
+        """Ask the protocol server to start this connection's next instance
+        (it runs ``connect()`` in another worker while this one still serves)
+        and wait until it has, or ``timeout``: then it is time to hand over."""
+        if self.gone or self.closed or self.disconnected or self.task is None or self.task.done():
+            return
+        self.successor_ready = self.host.loop.create_future()
+        self.host.reply(self.reply, {"__successor__": True})
+        try:
+            await asyncio.wait_for(asyncio.shield(self.successor_ready), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     async def hand_over(self):
         """End the instance without a disconnect; the protocol server resumes the connection elsewhere."""
