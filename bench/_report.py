@@ -50,3 +50,28 @@ def panel(title, xlabel, bars, f, log=True, target=None):
 
 def error_lines(errors):
     return ["\nERRORS", *("    " + e.replace("\n", "\n    ") for e in errors)] if errors else []
+
+
+def scenario_ratio_rows(results, pairs):
+    """(text, ratios) of each ``(scenario, a, b, field, text)`` pair whose
+    scenario and both variants were measured (bench/websocket.py, bench/asgi.py)."""
+    return [(text, ratios(results, sc, a, b, field))
+            for sc, a, b, field, text in pairs if sc in results and a in results[sc] and b in results[sc]]
+
+
+ROLE_ORDER = ("protocol", "worker", "master", "server", "redis", "other")
+
+
+def roles_text(results, sc, key, field, unit, names):
+    """The median of ``field`` per process role (a dict per run), as
+    "protocol server 52 ms, worker 275 ms"; roles under 1% of the total (the
+    idle master) are left out.  ``names``: role -> words."""
+    per = {}
+    for r in results[sc][key]:
+        if r:
+            for role, v in r[field].items():
+                per.setdefault(role, []).append(v)
+    meds = {x: median(per[x]) for x in ROLE_ORDER if x in per}
+    total = sum(v for v in meds.values() if v) or 1.0
+    return ", ".join(f"{names[x]} {v:.3g} {unit}" for x, v in meds.items() if v and v >= 0.01 * total)
+

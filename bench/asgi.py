@@ -72,7 +72,7 @@ from _common import (  # noqa: E402
     percentile,
     shm_files,
 )
-from _report import error_lines, ratios, stat, vals  # noqa: E402
+from _report import error_lines, ratios, roles_text, scenario_ratio_rows, stat, vals  # noqa: E402
 from _results import num, print_tables, ratio_table, span_cell, table, target, target_table, write  # noqa: E402
 from _run import (  # noqa: E402
     interruptible,
@@ -761,19 +761,11 @@ RATIO_PAIRS = [
 
 
 def ratio_rows(results):
-    return [(text, ratios(results, sc, a, b, field))
-            for sc, a, b, field, text in RATIO_PAIRS if sc in results and a in results[sc] and b in results[sc]]
+    return scenario_ratio_rows(results, RATIO_PAIRS)
 
 
-def roles_text(results, sc, key, field, unit):
-    per = {}
-    for r in results[sc][key]:
-        if r:
-            for role, v in r[field].items():
-                per.setdefault(role, []).append(v)
-    meds = {x: median(per[x]) for x in ("protocol", "worker", "master", "server", "redis", "other") if x in per}
-    total = sum(v for v in meds.values() if v) or 1.0
-    return ", ".join(f"{ROLE_NAMES[x]} {v:.3g} {unit}" for x, v in meds.items() if v and v >= 0.01 * total)
+def role_cpu(results, sc, key, field, unit):
+    return roles_text(results, sc, key, field, unit, ROLE_NAMES)
 
 
 def failed_note(results, sc, key):
@@ -800,7 +792,7 @@ def result_rows(results):
             p999, mx, cpu = (stat(results, "echo", key, f)[0] for f in ("p999", "max", "cpu_us"))
             notes = (f"p99.9 {fmt_time(p999)}, max {fmt_time(mx)}; M={stat(results, 'echo', key, 'm')[0]:.0f} per "
                      f"run; server CPU {cpu:.0f} µs per round trip "
-                     f"({roles_text(results, 'echo', key, 'cpu_role_us', 'µs')})")
+                     f"({role_cpu(results, 'echo', key, 'cpu_role_us', 'µs')})")
         row("echo", key, "p50", "p50", "time", join(notes, failed_note(results, "echo", key)))
         row("echo", key, "p99", "p99", "time")
     for key in results.get("bcast", {}):
@@ -811,7 +803,7 @@ def result_rows(results):
             worst = stat(results, "bcast", key, "total_max")[2]
             notes = (f"first client after {fmt_time(first)}; slowest repetition {fmt_time(worst)}; first broadcast "
                      f"of a run {fmt_time(cold)}; server CPU {cpu:.3g} ms per broadcast "
-                     f"({roles_text(results, 'bcast', key, 'cpu_role_ms', 'ms')}); {conn:.2g} s to connect all")
+                     f"({role_cpu(results, 'bcast', key, 'cpu_role_ms', 'ms')}); {conn:.2g} s to connect all")
             refused = sum(r.get("refused", 0) for r in results["bcast"][key] if r)
             if refused:
                 notes += f"; **{refused} handshake(s) refused with 503** (retried)"
@@ -821,7 +813,7 @@ def result_rows(results):
         notes = ""
         if stat(results, "http", key, "rps")[0] is not None:
             cpu, cores, wcores = (stat(results, "http", key, f)[0] for f in ("cpu_us", "cores", "wrk_cores"))
-            notes = (f"server CPU {cpu:.1f} µs/req ({roles_text(results, 'http', key, 'cpu_role_us', 'µs')}); "
+            notes = (f"server CPU {cpu:.1f} µs/req ({role_cpu(results, 'http', key, 'cpu_role_us', 'µs')}); "
                      f"{cores:.2f} cores busy; wrk {wcores:.2f} cores")
             bad = sum(r["bad"] for r in results["http"][key] if r)
             if bad:

@@ -53,7 +53,7 @@ from _common import (  # noqa: E402
     percentile,
 
 )
-from _report import bar, error_lines, panel, ratios, stat, vals  # noqa: E402
+from _report import bar, error_lines, panel, ratios, roles_text, scenario_ratio_rows, stat, vals  # noqa: E402
 from _results import num, print_tables, ratio_table, span_cell, table, target, target_table, write  # noqa: E402
 from _run import (  # noqa: E402
     interruptible,
@@ -357,21 +357,11 @@ RATIO_PAIRS = [
 
 
 def ratio_rows(results):
-    return [(text, ratios(results, sc, a, b, field))
-            for sc, a, b, field, text in RATIO_PAIRS if sc in results and a in results[sc] and b in results[sc]]
+    return scenario_ratio_rows(results, RATIO_PAIRS)
 
 
-def roles_text(results, sc, key, field, unit):
-    per = {}
-    for r in results[sc][key]:
-        if r:
-            for role, v in r[field].items():
-                per.setdefault(role, []).append(v)
-    order = ["protocol", "worker", "master", "server", "redis", "other"]
-    meds = {x: median(per[x]) for x in order if x in per}
-    total = sum(v for v in meds.values() if v) or 1.0
-    # roles below 1% of the total (the idle master) are left out
-    return ", ".join(f"{ROLE_NAMES[x]} {v:.3g} {unit}" for x, v in meds.items() if v and v >= 0.01 * total)
+def role_cpu(results, sc, key, field, unit):
+    return roles_text(results, sc, key, field, unit, ROLE_NAMES)
 
 
 def result_rows(results):
@@ -389,7 +379,7 @@ def result_rows(results):
                     m = stat(results, "echo", key, "m")[0]
                     cpu = stat(results, "echo", key, "cpu_us")[0]
                     notes = (f"p99.9 {fmt_time(p999)}, max {fmt_time(mx)}; M={m:.0f} per run; server CPU {cpu:.0f} "
-                             f"µs per round trip ({roles_text(results, 'echo', key, 'cpu_role_us', 'µs')})")
+                             f"µs per round trip ({role_cpu(results, 'echo', key, 'cpu_role_us', 'µs')})")
                 failed = sum(1 for r in results["echo"][key] if not r)
                 if failed and field == "p50":
                     notes += f"; **{failed} run(s) failed**"
@@ -407,7 +397,7 @@ def result_rows(results):
                 worst = stat(results, "bcast", key, "total_max")[2]
                 notes = (f"first client after {fmt_time(first)}; slowest repetition {fmt_time(worst)}; first "
                          f"broadcast of a run {fmt_time(cold)}; server CPU {cpu:.3g} ms per broadcast "
-                         f"({roles_text(results, 'bcast', key, 'cpu_role_ms', 'ms')}); 1000 connects took "
+                         f"({role_cpu(results, 'bcast', key, 'cpu_role_ms', 'ms')}); 1000 connects took "
                          f"{conn:.2g} s")
                 refused = [r["refused"] for r in results["bcast"][key] if r and r.get("refused")]
                 if refused:
