@@ -5,12 +5,12 @@ connect with ``{"__bind__": [slot, gen, channel, resumable]}`` first: the
 connection is then *hosted* by one application instance, and every later
 event (client frames, the disconnect, and the messages sent to the
 consumer's channel ``inbox``, which is ours) goes to ``channel`` with the
-next ``order``, up to ``ws_max_queue`` of them not yet taken by the
+next ``order``, up to ``ws_max_queue`` of them not yet handled by the
 instance (each ``{"__ack__": n}`` says one was).  What was sent but not
-taken is kept: when the hosting worker hands the connection over
+handled is kept: when the hosting worker hands the connection over
 (``{"__resume__": True}``, a HUP) or dies, ``websocket.connect`` is sent
 again with ``"resume": count`` and, once another instance is bound, the
-events it has not taken follow, in order (docs/protocol.md, "ASGI 3
+events it has not handled follow, in order (docs/protocol.md, "ASGI 3
 applications").
 
 A HUP hands over without a gap the client can see: the stopping worker asks
@@ -69,7 +69,7 @@ class HostedConnection:
         self._pump()
 
     def _pump_hosted(self):
-        """Events to the bound instance, up to ``ws_max_queue`` not yet taken;
+        """Events to the bound instance, up to ``ws_max_queue`` not yet handled;
         once the socket is closed, all of them (nothing more will come)."""
         if self.bound is None:
             return  # between two instances: everything waits here
