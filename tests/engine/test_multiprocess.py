@@ -293,13 +293,23 @@ def test_fork_while_another_thread_is_inside_sqlite_never_hangs_the_child(prefix
     locked by a thread that does not exist in it."""
     layer = shmchannels.ChannelLayer(prefix=prefix)
     stop = threading.Event()
+    # Paused while a child runs: the fork happens mid-write, which is the
+    # hazard; afterwards a writer looping without pause would only starve
+    # the child's own write of SQLite's lock (it took over 20 s in 1 of 3 CI
+    # runs), which is not what this test is about.
+    pause = threading.Event()
+    writes = [0]
 
     def churn():
         n = 0
         while not stop.is_set():
+            if pause.is_set():
+                time.sleep(0.001)
+                continue
             layer.group_add("churn", f"churn.{n % 50}")
             layer.group_discard("churn", f"churn.{(n + 25) % 50}")
             n += 1
+            writes[0] = n
 
     def child():
         # A new process identity on the same bus: attach, a registry write, leave.
@@ -311,10 +321,15 @@ def test_fork_while_another_thread_is_inside_sqlite_never_hangs_the_child(prefix
     children = []
     try:
         for _ in range(40):
+            busy_again = writes[0] + 3
+            while writes[0] < busy_again:  # the churner is writing again
+                time.sleep(0.0005)
             p = CTX.Process(target=child)
-            p.start()
+            p.start()  # fork while the churner is inside SQLite
+            pause.set()
             children.append(p)
             p.join(20)
+            pause.clear()
             assert p.exitcode == 0, "a forked child hung in its first SQLite call"
     finally:
         stop.set()
