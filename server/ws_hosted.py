@@ -180,7 +180,8 @@ class HostedConnection:
         """``{"__successor__": True}``: the hosting worker is stopping and
         keeps serving until another instance has run ``connect()``, so the
         client waits only for the switch, not for the new instance to start."""
-        if self.bound is None or self.disconnect_sent or not self.resumable or self.wants_successor:
+        if (self.bound is None or self.disconnect_sent or not self.resumable or self.wants_successor
+                or self.server.shutting_down):  # a stopping server closes its sockets: no successor
             if self.bound is not None and not self.wants_successor:
                 self._tell(self.bound[1], {"__yield__": True})  # no successor to wait for
             return
@@ -206,6 +207,9 @@ class HostedConnection:
         if not self.resumable:
             logger.info("the worker hosting %s left and resume is off: closing with 1012", self.reply_channel)
             self._abandon(1012)
+            return
+        if self.server.shutting_down:  # closing with 1001 anyway: no instance to wait for
+            self._abandon(1001)
             return
         for order in sorted(self.unacked, reverse=True):
             kind, payload = self.unacked[order]
