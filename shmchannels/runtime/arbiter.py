@@ -47,6 +47,27 @@ from shmchannels.runtime import config as config_mod, processes
 from shmchannels.runtime.child_exits import NAMES, ChildExits
 from shmchannels.runtime.processes import set_title
 
+#: the named channels protocol servers send to; every message on them names a
+#: connection of the protocol server that sent it (its ``reply_channel``)
+PROTOCOL_CHANNELS = frozenset(("http.request", "http.disconnect", "websocket.connect", "websocket.receive",
+                               "websocket.disconnect"))
+
+
+def discard_orphaned_protocol_messages(bus):
+    """Drop what waits on the protocol channels once no protocol server is left.
+
+    Each such message belongs to a connection that closed with its server, so
+    nobody may act on it: a worker started on this prefix later would run
+    consumers for clients that are gone.  They would also keep the bus's files
+    after its last process (a second program on the prefix) detaches, since a
+    bus with messages at rest outlives its processes.  Group TERM right after a
+    HUP leaves exactly that: resumes a protocol server sent before its own TERM."""
+    if any(bus.control.read_slot(i).kind == "protocol" for i in bus.live_slots() if i != bus.slot):
+        return  # a standalone protocol server (``python -m shmchannels.server``) still serves them
+    for ring in bus.all_rings():
+        if ring.owner is None and ring.key in PROTOCOL_CHANNELS:
+            ring.discard_all()
+
 KINDS = ("protocol", "worker")
 #: a retiring child that is still there this long after graceful_timeout is killed
 RETIRE_GRACE = 1.0
@@ -167,6 +188,7 @@ class ShmArbiter(Arbiter):
             bus.release_master()
         except Exception:  # pragma: no cover - the bus is going anyway
             pass
+        discard_orphaned_protocol_messages(bus)
         bus.destroy()
 
     def run(self):

@@ -154,3 +154,28 @@ def test_sigterm_stops_a_worker_whose_loop_is_flooded_with_wakeups(prefix):
         wait_for(lambda: worker not in s.pids("worker"), timeout=8, what="the worker to stop")
         s.wait_workers(1)  # and the master replaced it
         storm.join(10)
+
+
+def test_term_to_every_process_at_once_after_a_hup_stops_promptly(prefix):
+    """systemd's KillMode=control-group sends TERM to the master and every
+    child at once.  Workers that got it asked the stopping protocol server
+    for successors and handed their sockets over to nobody; the protocol
+    server then waited graceful_timeout for instances that would never come."""
+    with serving(prefix, APP, workers=2, env=app_env(prefix)) as s:
+        async def scenario():
+            sockets, check = await echo_room(s.port, 5)
+            old = s.pids("worker")
+            s.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(wait_for, lambda: len(s.pids("worker")) == 2 and not set(s.pids("worker")) & set(old),
+                                    30, 0.05, "the roll")
+            await check()
+            everyone = [s.master_pid] + s.pids("protocol") + s.pids("worker")
+            for pid in everyone:
+                os.kill(pid, signal.SIGTERM)
+            for ws in sockets:
+                await ws.close()
+        started = time.monotonic()
+        asyncio.run(scenario())
+        s.proc.wait(20)
+        took = time.monotonic() - started
+    assert took < 8, f"serve took {took:.1f} s to stop (graceful_timeout is 10 s)"

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from shmchannels import bus as bus_mod
 from shmchannels.bus import segments
 
 from serving import APPS, Served, children_of as master_children, wait_for
@@ -371,3 +372,44 @@ def test_the_master_purges_expired_messages_nobody_reads(serve, prefix):
 
     assert pending() == 1
     wait_for(lambda: pending() == 0, timeout=10, what="the janitor to purge the expired message")
+
+
+def _stand_in_protocol_server(prefix, ready, done):
+    bus = bus_mod.Bus(prefix, kind="protocol")  # as ``python -m shmchannels.server`` attaches
+    ready.set()
+    done.wait(20)
+    bus.detach()
+
+
+@pytest.mark.parametrize("protocol_server_left", [False, True])
+def test_the_master_drops_protocol_messages_no_protocol_server_is_left_to_answer(prefix, protocol_server_left):
+    """At its exit the master empties http.request, websocket.connect, ...
+    once no protocol server is attached: each message there names a
+    connection that closed with its server.  What a standalone protocol
+    server still serves, and the application's own channels, are kept."""
+    import multiprocessing
+
+    import shmchannels
+    from shmchannels.runtime.arbiter import PROTOCOL_CHANNELS, discard_orphaned_protocol_messages
+
+    layer = shmchannels.ChannelLayer(prefix=prefix)
+    ctx = multiprocessing.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=_stand_in_protocol_server, args=(prefix, ready, done))
+    if protocol_server_left:
+        server.start()
+        assert ready.wait(10)
+    try:
+        for channel in sorted(PROTOCOL_CHANNELS):
+            layer.send(channel, {"reply_channel": "http.response.shm0000000000000000000000!x"})
+        layer.send("thumbnail", {"n": 1})
+        discard_orphaned_protocol_messages(layer.core.bus)
+        pending = {r.key: r.pending for r in layer.core.bus.all_rings()}
+    finally:
+        done.set()
+        if protocol_server_left:
+            server.join(10)
+    expected = 1 if protocol_server_left else 0
+    assert {ch: pending.get(ch, 0) for ch in PROTOCOL_CHANNELS} == dict.fromkeys(PROTOCOL_CHANNELS, expected)
+    assert pending["thumbnail"] == 1
+    layer.core.bus.flush()
