@@ -388,7 +388,8 @@ class Uvloop(ShmSetting, Setting):
     validator = validate_string
     default = "auto"
     desc = """\
-        Use uvloop in protocol servers: ``auto`` when it is installed.
+        Use uvloop in protocol servers and in the workers of an ASGI
+        application: ``auto`` when it is installed.
         """
 
 

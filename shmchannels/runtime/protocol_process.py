@@ -62,15 +62,7 @@ class ProtocolServerProcess(Worker):
         # Until it serves, a failure is a boot error (the master halts on
         # WORKER_BOOT_ERROR rather than restart it in a loop).
         self.booted = False
-        use_uvloop = self.cfg.uvloop
-        if use_uvloop in ("auto", "on"):
-            try:
-                import uvloop
-
-                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-            except ImportError:
-                if use_uvloop == "on":
-                    raise
+        processes.use_uvloop(self.cfg.uvloop)
         asyncio.run(self._main())
 
     async def _main(self):
@@ -102,6 +94,7 @@ class ProtocolServerProcess(Worker):
 
         beat()
         await server.serve()
+        processes.freeze_startup_objects()
         self.booted = True
         if self.early_stop:
             shutdown(self.early_stop)

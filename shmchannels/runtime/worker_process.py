@@ -70,6 +70,7 @@ class ChannelWorkerProcess(Worker):
             max_messages=self.max_requests if cfg.max_requests else None,
         )
         self.log.info("worker %s listening on %s with %d thread(s)", self.pid, ", ".join(channels), cfg.threads)
+        processes.freeze_startup_objects()
         self.runner.start()
         while self.alive and self.runner.alive:
             self.notify()
@@ -100,12 +101,14 @@ class ChannelWorkerProcess(Worker):
             self.layer, self.bundle.asgi, resume=cfg.resume, graceful_timeout=cfg.graceful_timeout,
             max_requests=self.max_requests if cfg.max_requests else 0,
         )
+        processes.use_uvloop(cfg.uvloop)
         try:
             asyncio.run(self._serve_asgi())
         except LifespanFailed as exc:
             raise AppImportError(f"the ASGI application's lifespan startup failed: {exc}") from None
 
     def _ready(self):
+        processes.freeze_startup_objects()
         self.bus.describe("worker")
         self.log.info("worker %s hosting the ASGI application %s", self.pid, self.cfg.asgi)
 
