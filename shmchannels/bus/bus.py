@@ -32,7 +32,7 @@ import threading
 import weakref
 
 from shmchannels import names
-from shmchannels.bus import _shm, gc, rings as rings_mod, segments
+from shmchannels.bus import _shm, gc, rings as rings_mod, segments, stats as stats_mod
 from shmchannels.bus.control import H_BOOT, STATE_ACTIVE, Control, Liveness, segment_size
 from shmchannels.bus.recovery import Recovery
 from shmchannels.bus.registry import Registry
@@ -129,6 +129,7 @@ class Bus:
         self.registry = None
         self.rings = None
         self.wakeups = None
+        self.stats = None
         self.recovery = Recovery(self)
         self._detach_listeners = []
         self._bus_lock_depth = 0
@@ -145,6 +146,9 @@ class Bus:
                 self.gen = self.control.activate_slot(self.slot, kind, label or _default_label())
                 self.owner_tag = names.owner_tag(self.slot, self.gen)
                 self.writer = _shm.Writer(self.control.mapping, self.control.intent_offset(self.slot), self.slot, self.gen)
+                # owned by the slot like its ``prefix!`` rings: unlinked by
+                # reclaim_held, at our detach or after our death
+                self.stats = stats_mod.Stats.create(self.stem, self.slot, self.gen)
                 self.recovery.sweep_at_attach()
         except BaseException:
             os.close(self.lock_fd)

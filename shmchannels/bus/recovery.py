@@ -23,7 +23,7 @@ process there (``tests/bus/test_crash.py`` unless a file is given);
 | a parked asyncio receiver's producer       | an unready head behind which a receiver parks | the receiver's 50 ms recheck (``STUCK_RECHECK``), not its 2 s watchdog             | 50 ms                                    | test_parked_async_receiver_recovers_a_dead_claim_without_waiting_for_its_watchdog |
 | consumer: after copying, before taking     | nothing (head did not move)                 | nobody: the record stays for the next consumer                                       | -                                        | test_consumer_killed_mid_read[after-copy] |
 | consumer: after taking                     | that message is gone                        | nobody: at-most-once delivery; it is never delivered twice                           | -                                        | test_consumer_killed_mid_read[after-take], test_random_sigkill_of_consumers_loses_at_most_one_each |
-| the owner of ``prefix!`` rings             | rings nobody reads, memberships of its channels | ``reclaim``: close and unlink its rings, drop its memberships, free its slot; sends to it are dropped quietly | master: at SIGCHLD; a full sender: at once; a group send: within ``OWNER_CHECK_NS`` (200 ms); any attach; master janitor: 5 s | test_dead_owner_channels_are_reclaimed_and_sends_to_them_are_dropped, tests/bus/test_lifecycle.py::test_a_group_send_reclaims_dead_members_within_half_a_second |
+| the owner of ``prefix!`` rings             | rings nobody reads, memberships of its channels, its stats segment | ``reclaim``: close and unlink its rings and its stats segment, drop its memberships, free its slot; sends to it are dropped quietly | master: at SIGCHLD; a full sender: at once; a group send: within ``OWNER_CHECK_NS`` (200 ms); any attach; master janitor: 5 s | test_dead_owner_channels_are_reclaimed_and_sends_to_them_are_dropped, tests/bus/test_lifecycle.py::test_a_group_send_reclaims_dead_members_within_half_a_second |
 | holding the bus lock                       | nothing: it is an ``fcntl`` lock            | the kernel releases it at death                                                      | at once                                  | test_process_killed_holding_the_bus_lock_blocks_nobody |
 | inside a registry (SQLite) write           | an uncommitted WAL frame                    | SQLite rolls it back; its lock is ``fcntl`` too                                      | at once                                  | test_registry_survives_writers_killed_mid_transaction, tests/bus/test_lifecycle.py::test_sigkill_during_group_add_never_damages_the_registry |
 | the last process of a bus                  | the bus's files, maybe a dead claim         | the next attach of that prefix reclaims every dead slot; the first attach of any process collects dead buses (``gc.py``) | next attach                     | test_stale_bus_of_a_killed_last_process_is_reclaimed_on_open, tests/bus/test_lifecycle.py::test_a_dead_bus_is_removed_by_the_next_attach_to_any_prefix |
@@ -41,7 +41,7 @@ import threading
 import weakref
 
 from shmchannels import names
-from shmchannels.bus import _shm, rings as rings_mod, segments, wake
+from shmchannels.bus import _shm, rings as rings_mod, segments, stats, wake
 from shmchannels.bus.control import STATE_ACTIVE
 from shmchannels.exceptions import BusError, ChannelFull, MessageTooLarge
 
@@ -127,7 +127,8 @@ class Recovery:
     def reclaim_held(self, index, gen):
         """Clean up after the dead process (``index``, ``gen``) whose slot lock
         we hold: resolve its in-flight claim, close and unlink the rings it
-        owned, take its bit off every ring, forget its memberships."""
+        owned, take its bit off every ring, forget its memberships, unlink
+        its stats segment."""
         bus = self.bus
         stem = bus.stem
         slot = bus.control.read_slot(index)
@@ -155,6 +156,7 @@ class Recovery:
                 if ring is not None:
                     ring.fifo_remove(index)
         bus.registry.drop_owner(index, gen)
+        segments.unlink(segments.file_name(stem, stats.suffix(index, gen)))
         bus.control.bump_reclaims()
         # The next process in this slot makes a fresh FIFO: stale wake-ups
         # and writers holding the old one cannot reach it.

@@ -10,6 +10,7 @@ or two prefixes, never collide and one glob finds everything to clean up
     @r<hash>             ring of a named channel (or an unowned ``prefix!``)
     @o<owner>.<hash>     ring of a ``prefix!`` minted by the process <owner>
     @w<slot>             wake FIFO of slot <slot>
+    @s<owner>            statistics of the process <owner> (``stats.py``)
     @tmp.*               a segment being initialised (see ``create_published``)
 
 Only ``classify`` decides what a file is, with exact patterns.  Code that
@@ -72,6 +73,7 @@ _KINDS = [
     ("ring", re.compile(r"r([0-9a-f]{16})")),
     ("owned", re.compile(r"o([0-9a-f]{10})\.([0-9a-f]{16})")),
     ("fifo", re.compile(r"w([0-9a-f]{3})")),
+    ("stats", re.compile(r"s([0-9a-f]{10})")),
     ("registry", re.compile(r"g([0-9a-f]{1,16})(?:-wal|-shm|-journal)?")),
     ("control", re.compile(r"ctl")),
     ("lock", re.compile(r"lock")),
