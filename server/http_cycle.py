@@ -16,12 +16,15 @@ hands back to it when its response is complete or must be cut short.
 
 import logging
 
+from shmchannels.counters import HIST, observe
 from shmchannels.names import new_local_part
 
 from . import http11, proxy
 from .http11 import MODE_CHUNKED, MODE_LENGTH, MODE_NONE
 from .http_body import BodyStream
 from .markers import worker_ident
+
+LATENCY = HIST["response_latency"]
 
 logger = logging.getLogger("shmchannels.server")
 
@@ -224,6 +227,8 @@ class Cycle:
                 self.started = True
                 self.status = status
                 self.mode = mode
+                if self.dispatched_at:  # request complete (dispatched) -> response start
+                    observe(conn.server.stats_words, LATENCY, int((conn.loop.time() - self.dispatched_at) * 1e9))
                 self.keep_alive = keep_alive
                 broken = None
                 if length is not None and mode == MODE_LENGTH:

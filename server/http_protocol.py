@@ -27,9 +27,13 @@ import collections
 import logging
 import socket
 
+from shmchannels.counters import C
+
 from . import http11
 from .http11 import EV_BODY, EV_END, EV_REQUEST, EV_UPGRADE, MODE_CLOSE, MODE_LENGTH
 from .http_cycle import Cycle
+
+RESPONSES = C["responses_1xx"]  # then 2xx .. 5xx
 
 logger = logging.getLogger("shmchannels.server")
 
@@ -245,6 +249,9 @@ class HttpProtocol(asyncio.Protocol):
         cycle.done = True
         cycle.cancel_timers()
         server = self.server
+        status_class = (cycle.status or 0) // 100
+        if 1 <= status_class <= 5:
+            server.stats_words[RESPONSES + status_class - 1] += 1
         if server.access_log_enabled:
             server.access_log.log(cycle.client, cycle.req, cycle.status, cycle.sent)
         cycles = self.cycles

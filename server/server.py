@@ -38,6 +38,8 @@ import os
 import socket
 import stat
 
+from shmchannels import counters as shm_counters
+
 from .access import AccessLog
 from .config import ProtocolConfig
 from .http_protocol import HttpProtocol
@@ -50,6 +52,8 @@ LIVENESS_INTERVAL = 0.05
 #: the same while no worker holds anything of ours: markers of new work are
 #: read at most this late, so an idle server wakes 4 times a second, not 20
 IDLE_LIVENESS_INTERVAL = 0.25
+OPEN_HTTP = shm_counters.C["http_connections_open"]
+OPEN_WS = shm_counters.C["websockets_open"]
 
 
 class ProtocolServer:
@@ -74,11 +78,10 @@ class ProtocolServer:
         self.servers = []
         self.shutting_down = False
         self.ws_close_code = 1001
-        self.counters = dict.fromkeys((
-            "connections_total", "requests_total", "websockets_total", "rejected_full", "timeouts",
-            "bad_requests", "client_disconnects", "body_waits", "ack_timeouts", "ping_timeouts",
-            "ws_protocol_errors", "unknown_replies", "bad_replies", "worker_deaths", "resumes", "relays_dropped",
-        ), 0)
+        #: u64 words laid out like a shard of a stats segment (``shmchannels.counters``):
+        #: this process's own shard in shared memory once ``serve()`` claimed it
+        self.stats_words = shm_counters.private_shard()
+        self.counters = shm_counters.Counters(self.stats_words, shm_counters.PROTOCOL_COUNTERS)
         self._readers = []
         self._tick_handle = None
         self._sweep_handle = None
@@ -103,6 +106,7 @@ class ProtocolServer:
         self.http_prefix = layer.process_prefix("http.response")
         self.ws_prefix = layer.process_prefix("websocket.send")
         self.taken_channel = layer.new_channel("shmchannels.taken?")
+        self._claim_stats()
         self._readers = [
             loop.create_task(self._read_replies(self.http_prefix), name="http-replies"),
             loop.create_task(self._read_replies(self.ws_prefix), name="ws-replies"),
@@ -249,8 +253,22 @@ class ProtocolServer:
             except Exception:
                 self.log.exception("timeout check failed")
 
+    def _claim_stats(self):
+        """Count in this process's stats segment from now on (the first
+        server of a process; the others keep counting for themselves)."""
+        words = shm_counters.claim_shard(self.layer)
+        if words is self.stats_words:
+            return
+        for name, value in self.counters.items():
+            words[shm_counters.C[name]] += value
+        self.stats_words = words
+        self.counters = shm_counters.Counters(words, shm_counters.PROTOCOL_COUNTERS)
+
     def _tick(self):
         self._tick_handle = self.loop.call_later(1.0, self._tick)
+        words = self.stats_words
+        words[OPEN_HTTP] = len(self.connections)
+        words[OPEN_WS] = len(self.websockets)
         if self.heartbeat is not None:
             try:
                 self.heartbeat()

@@ -22,7 +22,7 @@ from serving import ROOT
 #: importable from server/ and workers/: the public front ends and the name rules
 FRONT_ENDS = {
     "shmchannels", "shmchannels.layers", "shmchannels.asgi1", "shmchannels.objects", "shmchannels.exceptions",
-    "shmchannels.options", "shmchannels.names", "shmchannels.hosted",
+    "shmchannels.options", "shmchannels.names", "shmchannels.hosted", "shmchannels.counters",
 }
 #: private names of other modules that may be used, each for a stated reason
 ALLOWED_PRIVATE = {
