@@ -43,7 +43,7 @@ from gunicorn.errors import ConfigError, HaltServer
 
 from shmchannels.bus import _shm
 from shmchannels import bus as bus_mod
-from shmchannels.runtime import config as config_mod, processes
+from shmchannels.runtime import config as config_mod, metrics, processes
 from shmchannels.runtime.child_exits import NAMES, ChildExits
 from shmchannels.runtime.processes import set_title
 
@@ -109,6 +109,30 @@ def _signals_held_until_ready(cls):
     return make
 
 
+def claim_bus(cfg, proc_name):
+    """Attach the bus and become its master, unless a live master holds it.
+
+    Two masters on one prefix would share channels and each remove the
+    bus at its exit, under the other's feet; so the second refuses.  The
+    check and the claim happen under the bus lock: of two masters
+    starting at once, exactly one wins."""
+    options = config_mod.options(cfg)[1]
+    prefix = options.prefix
+    try:
+        bus = bus_mod.attach(prefix, ring_size=options.ring_size, slots=options.slots, kind="master",
+                             label=f"master {proc_name}")
+    except (OSError, ValueError, TypeError, bus_mod.BusError) as exc:
+        raise StartError(f"cannot attach the bus {prefix!r}: {type(exc).__name__}: {exc}") from None
+    other = bus.claim_master()
+    if other is not None:
+        bus.detach()  # leave the bus as we found it: it is the other master's
+        raise StartError(
+            f"another `shmchannels serve` (master pid {other.pid}) is already running on bus prefix {prefix!r}; "
+            f"stop it, or give this one its own prefix (--prefix, SHMCHANNELS_PREFIX or prefix in shmchannels.toml)"
+        )
+    return bus
+
+
 class ShmArbiter(Arbiter):
     SIGNALS = Arbiter.SIGNALS  # HUP QUIT INT TERM TTIN TTOU USR1 USR2 WINCH
 
@@ -117,6 +141,7 @@ class ShmArbiter(Arbiter):
         self.WORKERS = {}
         self.LISTENERS = []
         self.bus = None
+        self.metrics = self.master_stats = None
         self._slots = {}
         self._halting = False
         # Rolls: each pool has a target code generation.  HUP bumps the
@@ -147,6 +172,11 @@ class ShmArbiter(Arbiter):
         # before it binds, writes a pidfile or forks anything.
         self.bus = self.claim_bus()
         try:
+            self.master_stats, self.metrics = metrics.start_for_master(self)
+        except OSError as exc:
+            self.release_bus()
+            raise StartError(f"cannot serve metrics on {self.cfg.metrics!r}: {exc.strerror or exc}") from None
+        try:
             super().start()
         except BaseException:
             self.release_bus()
@@ -157,30 +187,12 @@ class ShmArbiter(Arbiter):
         )
 
     def claim_bus(self):
-        """Attach the bus and become its master, unless a live master holds it.
-
-        Two masters on one prefix would share channels and each remove the
-        bus at its exit, under the other's feet; so the second refuses.  The
-        check and the claim happen under the bus lock: of two masters
-        starting at once, exactly one wins."""
-        options = config_mod.options(self.cfg)[1]
-        prefix = options.prefix
-        try:
-            bus = bus_mod.attach(prefix, ring_size=options.ring_size, slots=options.slots, kind="master",
-                                 label=f"master {self.proc_name}")
-        except (OSError, ValueError, TypeError, bus_mod.BusError) as exc:
-            raise StartError(f"cannot attach the bus {prefix!r}: {type(exc).__name__}: {exc}") from None
-        other = bus.claim_master()
-        if other is not None:
-            bus.detach()  # leave the bus as we found it: it is the other master's
-            raise StartError(
-                f"another `shmchannels serve` (master pid {other.pid}) is already running on bus prefix {prefix!r}; "
-                f"stop it, or give this one its own prefix (--prefix, SHMCHANNELS_PREFIX or prefix in shmchannels.toml)"
-            )
-        return bus
+        return claim_bus(self.cfg, self.proc_name)
 
     def release_bus(self):
         """At the master's exit: remove the bus (``Bus.destroy``)."""
+        if self.metrics is not None:
+            self.metrics.stop()
         bus, self.bus = self.bus, None
         if bus is None:
             return
@@ -266,6 +278,7 @@ class ShmArbiter(Arbiter):
             info = control.read_slot(i)
             if info.pid in self.WORKERS:
                 up[info.pid] = info.kind
+                self.master_stats.see(self.bus.stem, info)  # its counters outlive it (folded at reap)
         return up
 
     def wait_for_signals(self, timeout=1.0):
@@ -397,6 +410,7 @@ class ShmArbiter(Arbiter):
                 gone += 1
                 self._slots.pop(wpid, None)
                 reason = self.exits.judge(self.log, wpid, worker, status)
+                self.master_stats.reaped(wpid, worker, status, self._halting)
                 if reason is not None and halt is None:
                     halt = reason
                 worker.tmp.close()

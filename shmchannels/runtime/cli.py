@@ -5,7 +5,8 @@
     shmchannels dev        one process: protocol server + worker threads + autoreload
     shmchannels send       send a JSON message to a channel
     shmchannels group-send send a JSON message to a group
-    shmchannels status     processes, channels and groups of a bus
+    shmchannels status     processes, channels and groups of a bus (--watch: like top)
+    shmchannels metrics    Prometheus /metrics, /healthz, /readyz of any bus, by prefix
     shmchannels reload     HUP (workers) or roll protocol servers of a running master
 """
 
@@ -86,7 +87,17 @@ def build_parser():
 
     status = sub.add_parser("status", help="show processes, channels and groups of a bus")
     _prefix_arg(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    how = status.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="machine-readable output")
+    how.add_argument("--watch", action="store_true", help="refresh every second, like top (Ctrl-C stops)")
+
+    metrics = sub.add_parser("metrics", help="serve Prometheus metrics and health checks of any bus, by prefix")
+    _prefix_arg(metrics)
+    metrics.add_argument("--listen", default="127.0.0.1:9191", metavar="HOST:PORT",
+                         help="address of /metrics, /healthz and /readyz (default 127.0.0.1:9191; "
+                              "a bare port binds to 127.0.0.1)")
+    metrics.add_argument("--capacity", type=int, default=None,
+                         help="/readyz fails while a channel holds this many messages (default: ring fill only)")
 
     reload = sub.add_parser("reload", help="roll the workers (HUP) or the protocol servers of a running master")
     _prefix_arg(reload)
@@ -115,7 +126,7 @@ def main(argv=None):
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except (TypeError, ValueError) as exc:
-        if args.command in ("send", "group-send", "status", "reload"):
+        if args.command in ("send", "group-send", "status", "reload", "metrics"):
             print(f"Error: {exc}", file=sys.stderr)
             return 1
         raise
@@ -418,50 +429,37 @@ def cmd_gc(args):
 
 
 def cmd_status(args):
+    from shmchannels.runtime import metrics, status_view
+
     prefix = _resolve_prefix(args)
     bus = _existing_bus(prefix)
     if bus is None:
         return 1
-    from shmchannels.bus import _shm
+    if args.watch:
+        return status_view.watch(prefix, bus)
+    snap = metrics.Snapshot(bus)
+    sys.stdout.write(status_view.as_json(prefix, snap) if args.json else status_view.as_text(prefix, snap))
+    return 0
 
-    now = _shm.monotonic_ns()
-    snap = bus.status()
-    procs = [p for p in snap["processes"] if p.index != bus.slot]
-    master = bus.control.master_slot
-    if args.json:
-        out = {
-            "prefix": prefix,
-            "processes": [
-                {"slot": p.index, "pid": p.pid, "kind": p.kind, "label": p.label,
-                 "heartbeat_age": round((now - p.heartbeat_ns) / 1e9, 3), "master": p.index == master}
-                for p in procs
-            ],
-            "channels": [
-                {"channel": r["key"], "pending": r["pending"], "sent": r["sent"], "full": r["full"],
-                 "expired": r["expired"], "oldest_age": round((now - r["oldest_sent_ns"]) / 1e9, 3) if r["oldest_sent_ns"] else None,
-                 "owner_slot": r["owner"][0] if r["owner"] else None}
-                for r in snap["rings"]
-            ],
-            "groups": snap["groups"],
-        }
-        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return 0
-    print(f"bus {prefix!r}: {len(procs)} process(es), {len(snap['rings'])} channel ring(s), {len(snap['groups'])} group(s)")
-    print("\nPROCESSES")
-    print(f"  {'slot':>4}  {'pid':>7}  {'kind':<9} {'heartbeat':>9}  label")
-    for p in sorted(procs, key=lambda p: (p.kind, p.index)):
-        age = (now - p.heartbeat_ns) / 1e9
-        print(f"  {p.index:>4}  {p.pid:>7}  {p.kind:<9} {age:>8.1f}s  {p.label}")
-    print("\nCHANNELS")
-    print(f"  {'pending':>7}  {'oldest':>8}  {'sent':>9}  {'full':>6}  {'expired':>7}  channel")
-    for r in sorted(snap["rings"], key=lambda r: r["key"]):
-        oldest = f"{(now - r['oldest_sent_ns']) / 1e9:.1f}s" if r["oldest_sent_ns"] else "-"
-        print(f"  {r['pending']:>7}  {oldest:>8}  {r['sent']:>9}  {r['full']:>6}  {r['expired']:>7}  {r['key']}")
-    print("\nGROUPS")
-    for group, count in snap["groups"].items():
-        print(f"  {count:>7}  {group}")
-    if not snap["groups"]:
-        print("  (none)")
+
+def cmd_metrics(args):
+    from shmchannels import bus as bus_mod
+    from shmchannels.runtime import metrics
+
+    prefix = _resolve_prefix(args)
+    address = config_mod.metrics_address(args.listen)
+    # TERM and INT end the wait below; blocked before the server's thread
+    # starts, so that only sigwait ever takes them
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    bus = bus_mod.attach(prefix, kind="cli", label="shmchannels metrics")
+    try:
+        server = metrics.MetricsServer(address, lambda: bus, capacity=args.capacity).start()
+    except OSError as exc:
+        print(f"Error: cannot listen on {args.listen!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"metrics of bus {prefix!r} on {server.url}/metrics (and /healthz, /readyz)", flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    server.stop()
     return 0
 
 
@@ -492,6 +490,7 @@ COMMANDS = {
     "send": cmd_send,
     "group-send": cmd_group_send,
     "status": cmd_status,
+    "metrics": cmd_metrics,
     "reload": cmd_reload,
     "gc": cmd_gc,
 }

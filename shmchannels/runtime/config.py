@@ -393,6 +393,21 @@ class Uvloop(ShmSetting, Setting):
         """
 
 
+class Metrics(ShmSetting, Setting):
+    name = "metrics"
+    section = "Processes"
+    cli = ["--metrics"]
+    meta = "HOST:PORT"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        Serve Prometheus metrics (``/metrics``) and health checks
+        (``/healthz``, ``/readyz``) on this address, from a thread of the
+        master.  Off by default.  A bare port (``9191``) or ``:9191`` binds to
+        127.0.0.1; any other interface must be named (``0.0.0.0:9191``).
+        """
+
+
 #: gunicorn settings exposed unchanged (name, flags, validation, meaning).
 GUNICORN_SETTINGS = [
     "bind", "backlog", "workers", "threads", "timeout", "graceful_timeout", "keepalive",
@@ -446,6 +461,38 @@ def _positive_seconds(name):
     return rule
 
 
+def metrics_address(v):
+    """(host, port) of a ``metrics`` / ``--listen`` value; ValueError naming the rule."""
+    import ipaddress
+
+    text = str(v).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError(f"metrics must be HOST:PORT with a port from 0 to 65535 (got {v!r})")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"metrics must name an IP address or localhost, not {host!r} (got {v!r})") from None
+    return host, number
+
+
+def _metrics_rule(v):
+    if v is None:
+        return None
+    try:
+        metrics_address(v)
+    except ValueError as exc:
+        return str(exc)
+
+
 #: per-setting rules beyond the validator's type check: each returns the
 #: broken rule as a message naming the setting and the value, or None.
 RULES = {
@@ -460,6 +507,7 @@ RULES = {
     "ws_max_size": _at_least("ws_max_size", 1),
     "uvloop": lambda v: None if v in ("auto", "on", "off") else f"uvloop must be auto, on or off (got {v!r})",
     "bind": _bind_rule,
+    "metrics": _metrics_rule,
 }
 
 #: bytes of a WebSocket message's envelope (reply channel, path, order ...)
