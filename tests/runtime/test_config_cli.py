@@ -94,6 +94,8 @@ def test_status_of_a_missing_bus(prefix):
     ("threads = 0", "threads must be at least 1 (got 0)"),
     ('uvloop = "yes"', "uvloop must be auto, on or off (got 'yes')"),
     ('bind = ["127.0.0.1:http"]', "bind must be HOST:PORT"),
+    ('metrics = "127.0.0.1:http"', "metrics must be HOST:PORT with a port from 0 to 65535 (got '127.0.0.1:http')"),
+    ('metrics = "example.com:9191"', "metrics must name an IP address or localhost, not 'example.com'"),
     ("ring_size = 1048576", "ring_size 1 MiB (config file"),
     ("ws_max_size = 2097152", "ws_max_size 2097152 (config file"),
     ("protocol_servers = 0\nworkers = 0", "there would be nothing to run"),
