@@ -87,7 +87,7 @@ class Request:
     """One parsed request head."""
 
     __slots__ = (
-        "method", "http_version", "target", "path", "query_string", "headers", "keep_alive",
+        "method", "http_version", "target", "path", "raw_path", "query_string", "headers", "keep_alive",
         "expect_continue", "content_length", "chunked", "upgrade", "connection_tokens",
     )
 
@@ -209,7 +209,11 @@ class RequestParser:
                 raise _Reject(400, "invalid request target") from None
             path = parsed.path or b"/"
             query = parsed.query or b""
+        # raw_path: the bytes as received, kept only when they differ from
+        # the decoded path's UTF-8 (a consumer rebuilds them otherwise)
+        req.raw_path = None
         if b"%" in path:
+            req.raw_path = path
             path = unquote_to_bytes(path)
         try:
             req.path = path.decode("utf-8")

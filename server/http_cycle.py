@@ -122,6 +122,8 @@ class Cycle:
             "server": server_addr,
             "__taken__": server.taken_channel,  # (shmchannels) where the worker says who it is
         }
+        if req.raw_path is not None:
+            message["raw_path"] = req.raw_path
         try:
             layer.send("http.request", message)
         except layer.ChannelFull:

@@ -328,8 +328,10 @@ def echo_http(layer, channel, message):
             body += chunk.get("content", b"")
             if not chunk.get("more_content"):
                 break
-    info = {k: v for k, v in message.items() if k not in ("body", "headers", "query_string")}
+    info = {k: v for k, v in message.items() if k not in ("body", "headers", "query_string", "raw_path")}
     info["query_string"] = message["query_string"].decode("latin-1")
+    if "raw_path" in message:
+        info["raw_path"] = message["raw_path"].decode("latin-1")
     info["headers"] = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in message["headers"]]
     info["body_length"] = len(body)
     info["body_head"] = body[:64].decode("latin-1")

@@ -119,6 +119,8 @@ class WebSocketProtocol(asyncio.Protocol):
             "subprotocols": self.subprotocols,
             "__taken__": server.taken_channel,  # (shmchannels) where the worker says who it is
         }
+        if req.raw_path is not None:
+            message["raw_path"] = req.raw_path
         try:
             self.bridge.connect(message)
         except (layer.ChannelFull, layer.MessageTooLarge) as exc:

@@ -2,7 +2,8 @@
 (tests/e2e/test_asgi_apps.py): ``/deny`` refuses the handshake with its own
 HTTP response (the ``websocket.http.response`` extension), ``/proto`` picks
 the last subprotocol the client offered and adds a header to the 101, and
-HTTP ``/state`` answers with what the lifespan startup put in the state."""
+HTTP ``/state`` answers with what the lifespan startup put in the state;
+``/raw/...`` (HTTP and WebSocket) answers with the scope's path and raw_path."""
 
 
 async def app(scope, receive, send):
@@ -15,6 +16,18 @@ async def app(scope, receive, send):
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"].startswith("/raw/"):
+        answer = f"{scope['path']}|{scope['raw_path'].decode('ascii')}"
+        if scope["type"] == "http":
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": answer.encode()})
+        else:
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": answer})
+            await send({"type": "websocket.close"})
+        return
     if scope["type"] == "http":
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})

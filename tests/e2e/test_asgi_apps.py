@@ -299,3 +299,19 @@ def test_denial_response_subprotocol_accept_headers_and_lifespan_state(prefix):
     assert response.body == b"no token, no socket"
     assert response.headers["www-authenticate"] == "Token"
     assert (subprotocol, accepted, echoed) == ("b", "yes", "['a', 'b']|hi")
+
+
+def test_raw_path_is_the_path_as_the_client_sent_it(prefix):
+    """``raw_path``, as uvicorn gives it: percent-escapes kept, query string left out."""
+    with serving(prefix, ["wsfeatures:app"], workers=1, probe="/state") as s:
+        def get(target):
+            return httpx.get(f"http://127.0.0.1:{s.port}{target}", timeout=10).text
+
+        async def over_websocket(target):
+            async with websockets.connect(f"ws://127.0.0.1:{s.port}{target}") as ws:
+                return await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
+
+        assert get("/raw/plain?x=1") == "/raw/plain|/raw/plain"
+        assert get("/raw/a%20b/caf%C3%A9?q=%20") == "/raw/a b/caf\u00e9|/raw/a%20b/caf%C3%A9"
+        assert get("/raw/slash%2Fin%2fit") == "/raw/slash/in/it|/raw/slash%2Fin%2fit"
+        assert asyncio.run(over_websocket("/raw/room%201/?t=2")) == "/raw/room 1/|/raw/room%201/"

@@ -56,6 +56,7 @@ def test_get_and_post_carry_every_asgi1_request_key(env):
     assert set(got) == {
         "reply_channel", "http_version", "method", "scheme", "path", "query_string", "root_path",
         "headers", "body_channel", "client", "server", "body_length", "body_head",
+        "raw_path",  # (ASGI 3) only when it differs from the path's UTF-8
         "__taken__",  # (shmchannels) asks the worker who it is; the real runner removes it
     }
     assert got["__taken__"].startswith("shmchannels.taken?")
@@ -64,6 +65,7 @@ def test_get_and_post_carry_every_asgi1_request_key(env):
     assert got["method"] == "GET"
     assert got["scheme"] == "http"
     assert got["path"] == "/café/x y"
+    assert got["raw_path"] == "/caf%C3%A9/x%20y"
     assert got["query_string"] == "a=1&b=%C3%A9"  # raw bytes, not decoded
     assert got["root_path"] == ""
     assert got["body_channel"] is None and got["body_length"] == 0
@@ -78,6 +80,7 @@ def test_get_and_post_carry_every_asgi1_request_key(env):
     assert posted["method"] == "POST"
     assert posted["body_length"] == 7 and posted["body_head"] == "a=1&b=2"
     assert posted["body_channel"] is None
+    assert "raw_path" not in posted  # /form: no escapes, the path's UTF-8 is the raw path
     assert ["content-length", "7"] in posted["headers"]
     assert posted["reply_channel"] != got["reply_channel"]
 
