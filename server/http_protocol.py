@@ -34,6 +34,7 @@ from .http11 import EV_BODY, EV_END, EV_REQUEST, EV_UPGRADE, MODE_CLOSE, MODE_LE
 from .http_cycle import Cycle
 
 RESPONSES = C["responses_1xx"]  # then 2xx .. 5xx
+CONNECTIONS, REQUESTS = C["connections_total"], C["requests_total"]
 
 logger = logging.getLogger("shmchannels.server")
 
@@ -83,7 +84,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.client, self.server_addr = addresses(transport)
         self.server.connections.add(self)
-        self.server.counters["connections_total"] += 1
+        self.server.stats_words[CONNECTIONS] += 1
         if self.server.shutting_down:
             self.closing = True
         self.idle_since = self.loop.time()
@@ -146,7 +147,7 @@ class HttpProtocol(asyncio.Protocol):
         cycle = Cycle(self, req)
         cycles = self.cycles
         cycles.append(cycle)
-        self.server.counters["requests_total"] += 1
+        self.server.stats_words[REQUESTS] += 1
         if len(cycles) == 1:
             self._start(cycle)
         elif len(cycles) > self.config.max_pipelined:

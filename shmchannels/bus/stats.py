@@ -52,16 +52,17 @@ CHANNELS = 16
 #: histogram bucket bounds, seconds (Prometheus's ``le``), and in ns
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BOUNDS_NS = tuple(int(b * 1e9) for b in BUCKETS)
-#: words of one histogram: a count per bucket (the last one is +Inf), the sum in ns, the count
-HIST_WORDS = len(BUCKETS) + 3
+#: words of one histogram: a count per bucket (the last one is +Inf), then the sum in ns;
+#: the count is the buckets' sum (``count``), one increment less per observation
+HIST_WORDS = len(BUCKETS) + 2
 H_SUM = len(BUCKETS) + 1
-H_COUNT = len(BUCKETS) + 2
 
 #: the protocol server's counters (``ProtocolServer.counters``), then the others
 PROTOCOL_COUNTERS = (
     "connections_total", "requests_total", "websockets_total", "rejected_full", "timeouts",
     "bad_requests", "client_disconnects", "body_waits", "ack_timeouts", "ping_timeouts",
     "ws_protocol_errors", "unknown_replies", "bad_replies", "worker_deaths", "resumes", "relays_dropped",
+    "write_limit_closes",
 )
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 RESTART_CAUSES = ("exit", "timeout", "crash", "max_requests")
@@ -92,7 +93,11 @@ def observe(words, base, ns, _bisect=bisect.bisect_left, _bounds=BOUNDS_NS):
     """Add one observation of ``ns`` nanoseconds to the histogram at ``base``."""
     words[base + _bisect(_bounds, ns)] += 1
     words[base + H_SUM] += ns
-    words[base + H_COUNT] += 1
+
+
+def count(words, base):
+    """Observations in the histogram at ``base``."""
+    return sum(words[base : base + len(BUCKETS) + 1])
 
 
 def _initialise(mapping, pid):
