@@ -12,6 +12,7 @@ Every server answers GET / with 200 text/plain "Hello, world!":
   daphne     daphne, the same ASGI 3 app
   gunicorn   gunicorn, 1 sync worker, a WSGI app (bench/apps/bench_wsgi.py)
   shm-wsgi   shmchannels serve --wsgi, the same WSGI app through the workers' WSGI adapter
+  shm-metrics  "shm" with --metrics on, /metrics scraped every second during the warm-up and the load
 
 Load: wrk on 127.0.0.1 (pinned to one CPU with taskset), a warm-up then a
 timed run per server; servers interleaved round by round, each round a fresh
@@ -32,7 +33,9 @@ import datetime  # noqa: E402
 import functools  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
+import urllib.request  # noqa: E402
 
 from _common import BenchError, fmt_num, fmt_time, free_port, log, median  # noqa: E402
 from _report import bar, error_lines, panel, ratios, stat  # noqa: E402
@@ -61,15 +64,18 @@ SERVERS = {
     "daphne": ("daphne (ASGI 3)", "#d62728"),
     "gunicorn": ("gunicorn sync (WSGI)", "#9467bd"),
     "shm-wsgi": ("shmchannels --wsgi (WSGI)", "#17becf"),
+    "shm-metrics": ("shmchannels, metrics scraped 1/s", "#ff7f0e"),
 }
+SCRAPE_EVERY = 1.0
 
 
-def server_argv(key, port, prefix):
+def server_argv(key, port, prefix, metrics_port=None):
     bind = f"127.0.0.1:{port}"
-    if key in ("shm", "shm-wsgi"):
-        app = ["--routing", "bench_shm:routes"] if key == "shm" else ["--wsgi", "bench_wsgi:app"]
+    if key in ("shm", "shm-wsgi", "shm-metrics"):
+        app = ["--wsgi", "bench_wsgi:app"] if key == "shm-wsgi" else ["--routing", "bench_shm:routes"]
+        metrics = ["--metrics", f"127.0.0.1:{metrics_port}"] if metrics_port else []
         return [venv_exe("shmchannels"), "serve", "--bind", bind, "--protocol-servers", "1", "--workers", "1",
-                *app, "--prefix", prefix, "--log-level", "warning"]
+                *app, *metrics, "--prefix", prefix, "--log-level", "warning"]
     if key == "uvicorn":
         return [venv_exe("uvicorn"), "bench_asgi:app", "--host", "127.0.0.1", "--port", str(port),
                 "--http", "httptools", "--log-level", "warning", "--no-access-log", "--lifespan", "off"]
@@ -103,14 +109,45 @@ def event_loop(pids, roles):
     return "asyncio"
 
 
+class Scraper(threading.Thread):
+    """GET /metrics every SCRAPE_EVERY seconds, as a Prometheus server would."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.done = threading.Event()
+        self.times = []
+        self.sizes = []
+        self.errors = 0
+
+    def run(self):
+        while not self.done.wait(SCRAPE_EVERY):
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    self.sizes.append(len(r.read()))
+                self.times.append(time.monotonic() - t0)
+            except OSError:
+                self.errors += 1
+
+    def stop(self):
+        self.done.set()
+        self.join(10)
+
+
 def measure(env, key, rnd):
     a = env.args
     port = free_port()
+    metrics_port = free_port() if key == "shm-metrics" else None
     prefix = env.new_prefix() if key.startswith("shm") else None
-    srv = Server(SERVERS[key][0], server_argv(key, port, prefix), port, expect_hello, env=server_env(env.snap),
-                 prefix=prefix, log_path=os.path.join(env.logdir, f"{key}-{rnd}.log"))
+    srv = Server(SERVERS[key][0], server_argv(key, port, prefix, metrics_port), port, expect_hello,
+                 env=server_env(env.snap), prefix=prefix, log_path=os.path.join(env.logdir, f"{key}-{rnd}.log"))
+    scraper = None
     try:
         srv.start()
+        if metrics_port:
+            scraper = Scraper(metrics_port)
+            scraper.start()
         env.headers.setdefault(key, expect_hello(port))
         roles = {}
         if prefix:
@@ -137,6 +174,8 @@ def measure(env, key, rnd):
             raise BenchError(f"{srv.name} died during the measurement")
         expect_hello(port)  # still answering correctly after the load
     finally:
+        if scraper is not None:
+            scraper.stop()
         env.stop_server(srv, f"round {rnd + 1} {key}")
     n = res.get("requests") or res["rps"] * a.duration
     by_role, wait_role = cpu_by_role(c0, c1, roles)
@@ -163,6 +202,9 @@ def measure(env, key, rnd):
         "wait_role": {r: v / wall for r, v in wait_role.items()},
         "wrk_cores": wrk_cpu / wall,
         "wrk_cpu_us": wrk_cpu / n * 1e6,
+        **({"scrapes": len(scraper.times), "scrape_errors": scraper.errors,
+            "scrape_s": median(scraper.times) if scraper.times else None,
+            "scrape_bytes": median(scraper.sizes) if scraper.sizes else None} if scraper else {}),
     }
 
 
@@ -187,6 +229,8 @@ RATIO_PAIRS = [
     ("shm", "gunicorn", "rps", "req/s: shmchannels / gunicorn sync"),
     ("shm-wsgi", "gunicorn", "rps", "req/s: shmchannels --wsgi / gunicorn sync"),
     ("shm-wsgi", "shm", "rps", "req/s: shmchannels --wsgi / shmchannels consumer"),
+    ("shm-metrics", "shm", "rps", "req/s: shmchannels with metrics scraped 1/s / without"),
+    ("shm-metrics", "shm", "p99", "p99 latency: shmchannels with metrics scraped 1/s / without"),
     ("shm", "uvicorn", "p50", "p50 latency: shmchannels / uvicorn"),
     ("shm", "uvicorn", "p99", "p99 latency: shmchannels / uvicorn"),
     ("shm", "daphne", "p99", "p99 latency: shmchannels / daphne"),
@@ -234,6 +278,12 @@ def result_rows(results):
         notes = [f"server CPU {cpu[0]:.1f} µs/req ({role_text(results, key)}); {cores[0]:.2f} cores busy; "
                  f"wrk {wcores[0]:.2f} cores; waiting for a CPU: {wait_text(results, key)} of the time"
                  if cpu[0] is not None else ""]
+        scrapes = [r for r in results[key] if r and r.get("scrape_s") is not None]
+        if scrapes:
+            notes.append(f"{sum(r['scrapes'] for r in scrapes)} scrapes, median "
+                         f"{fmt_time(median([r['scrape_s'] for r in scrapes]))} and "
+                         f"{median([r['scrape_bytes'] for r in scrapes]) / 1024:.1f} KiB each, "
+                         f"{sum(r['scrape_errors'] for r in scrapes)} failed")
         if bad:
             notes.append(f"**{bad} socket errors / non-2xx in all**")
         if failed:
