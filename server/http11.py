@@ -40,6 +40,7 @@ and ``X-Auth-User`` collide, so a client could spoof a header a proxy set
 import email.utils
 import enum
 import http
+import re
 import time
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
@@ -308,7 +309,8 @@ def response_head(status, headers, content, more_content, *, request, keep_alive
 
     Raises ResponseError for anything that cannot be sent as given: a status
     that is not an int in 100-999, headers that are not a list of
-    ``[name, value]`` pairs of bytes or latin-1 str, a CR or LF in them, a
+    ``[name, value]`` pairs of bytes or latin-1 str, a CR, LF or NUL in them,
+    a name that is not a token (empty, or with ``:``, a space...), a
     ``Content-Length`` that is not a decimal number (or two that differ).
     """
     if type(status) is not int or not 100 <= status <= 999:
@@ -324,6 +326,8 @@ def response_head(status, headers, content, more_content, *, request, keep_alive
         name, value = pair
         if type(name) is not bytes or type(value) is not bytes:
             name, value = _to_bytes(name), _to_bytes(value)
+        if name not in _GOOD_NAMES:
+            _check_name(name)
         lname = name.lower()
         if lname == b"content-length":
             value = value.strip()
@@ -379,7 +383,25 @@ def response_head(status, headers, content, more_content, *, request, keep_alive
     # one scan each: a CR or LF inside a name or value would split the response
     if head.count(b"\n") != nlines + 2 or head.count(b"\r") != nlines + 2:
         raise ResponseError("header name or value contains CR or LF")
+    if b"\0" in head:  # the status line and our own headers have none
+        raise ResponseError("header name or value contains NUL")
     return head, mode, keep_alive, length
+
+
+#: RFC 9110 5.6.2 token (what a field name must be)
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+#: names already checked (a dict lookup per header instead of a regex match);
+#: bounded so an application that makes up names cannot grow it
+_GOOD_NAMES = set()
+
+
+def _check_name(name):
+    """A response header name must be a token: no ``:``, space, CR, LF,
+    NUL or other delimiter, and not empty (RFC 9110 5.1)."""
+    if _TOKEN.fullmatch(name) is None:
+        raise ResponseError(f"invalid header name {name!r:.80}")
+    if len(_GOOD_NAMES) < 1000:
+        _GOOD_NAMES.add(name)
 
 
 def checked_headers(headers):

@@ -590,6 +590,27 @@ def test_response_header_injection_is_refused(env):
     assert r.status_code == 500 and "set-cookie" not in r.headers
 
 
+@pytest.mark.parametrize("header", [
+    [b"x-a", b"1\0"], [b"x:a", b"1"], [b"x a", b"1"], [b"", b"1"], [b"x-a ", b"1"],
+], ids=["nul_in_value", "colon_in_name", "space_in_name", "empty_name", "trailing_space_in_name"])
+def test_bad_response_header_is_refused_with_a_logged_500(env, header, caplog):
+    st = env.server()
+
+    def handler(layer, channel, message):
+        send_retrying(layer, message["reply_channel"], {"status": 200, "headers": [header], "content": b"ok"})
+
+    env.worker(handler)
+    with caplog.at_level("ERROR", logger="shmchannels.server"):
+        sock, f = raw_connection(st.port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = f.read()
+        sock.close()
+    assert raw.startswith(b"HTTP/1.1 500 "), raw
+    assert b"x-a" not in raw and b"x:a" not in raw and b"x a" not in raw
+    assert any("bad reply" in r.getMessage() and "invalid header" in r.getMessage()
+               or "NUL" in r.getMessage() for r in caplog.records)
+
+
 def test_begin_shutdown_finishes_in_flight_requests(env):
     st = env.server(graceful_timeout=5)
     release = threading.Event()
