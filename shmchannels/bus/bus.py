@@ -374,7 +374,11 @@ class Bus:
 
     def _detach_shared(self):
         with self._locked_bus():
-            self.recovery.reclaim_held(self.slot, self.gen)
+            # Under a serve master, our stats segment stays for the master to
+            # fold into its totals when it reaps us (then it unlinks it).
+            master = self.control.master_slot
+            keep = master is not None and master != self.slot and self.is_alive(master)
+            self.recovery.reclaim_held(self.slot, self.gen, keep_stats=keep)
             self.control.free_slot(self.slot)
             last = not any(self.liveness.holder(i) for i in range(self.control.nslots) if i != self.slot)
             if last:

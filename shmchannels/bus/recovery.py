@@ -124,11 +124,12 @@ class Recovery:
             dropped = True
         return dropped
 
-    def reclaim_held(self, index, gen):
+    def reclaim_held(self, index, gen, keep_stats=False):
         """Clean up after the dead process (``index``, ``gen``) whose slot lock
         we hold: resolve its in-flight claim, close and unlink the rings it
         owned, take its bit off every ring, forget its memberships, unlink
-        its stats segment."""
+        its stats segment (with ``keep_stats``, a serve child's own clean
+        detach, it stays for the master to read at reap: ``sweep_stats``)."""
         bus = self.bus
         stem = bus.stem
         slot = bus.control.read_slot(index)
@@ -156,7 +157,8 @@ class Recovery:
                 if ring is not None:
                     ring.fifo_remove(index)
         bus.registry.drop_owner(index, gen)
-        segments.unlink(segments.file_name(stem, stats.suffix(index, gen)))
+        if not keep_stats:
+            segments.unlink(segments.file_name(stem, stats.suffix(index, gen)))
         bus.control.bump_reclaims()
         # The next process in this slot makes a fresh FIFO: stale wake-ups
         # and writers holding the old one cannot reach it.
@@ -178,6 +180,7 @@ class Recovery:
         if dropped:
             logger.info("dropped memberships of dead owners in %d group(s) of bus %s", dropped, bus.prefix)
         self.purge_expired()
+        self.sweep_stats()
 
     def purge_expired(self, rings=None):
         """Consume expired records at the head of every ring; repair damaged
@@ -194,7 +197,28 @@ class Recovery:
         reclaimed = self.reclaim_dead()
         self.purge_expired()
         self.bus.rings.retire_idle()
+        self.sweep_stats()
         return reclaimed
+
+    def sweep_stats(self):
+        """Unlink the stats segments left by processes that are gone: a
+        serve child's clean detach leaves its segment for the master to fold
+        at reap; one that is not its slot's current generation and whose
+        pid no longer exists (a zombie still does, so its master reaps it
+        first) has nobody left to read it.  Returns how many."""
+        bus = self.bus
+        removed = 0
+        for base, _, m in segments.files_of_kind(bus.stem, "stats"):
+            slot, gen = int(m.group(1)[:3], 16), int(m.group(1)[3:], 16)
+            if slot < bus.control.nslots:
+                info = bus.control.read_slot(slot)
+                if info.state == STATE_ACTIVE and (info.gen & names.GEN_MASK) == gen and bus.liveness.holder(slot):
+                    continue
+            if stats.pid_alive(stats.segment_pid(bus.stem, base)):
+                continue
+            segments.unlink(base)
+            removed += 1
+        return removed
 
     def on_stale_caches(self, method):
         """Call ``method()`` (held weakly) whenever ``maintain`` dropped caches of dead processes."""

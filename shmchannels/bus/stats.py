@@ -231,6 +231,43 @@ def read(stem, slot, gen):
         mapping.close()
 
 
+def segment_pid(stem, base):
+    """The pid written in the stats segment ``base`` (a file name), or None."""
+    mapping = segments.open_existing(base)
+    if mapping is None:
+        return None
+    try:
+        words = memoryview(mapping).cast("Q")
+        try:
+            return words[4] if len(mapping) >= SEGMENT_SIZE and words[0] == MAGIC else None
+        finally:
+            words.release()
+    finally:
+        mapping.close()
+
+
+def pid_alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_by_pid(stem, pid):
+    """(file name, mapping) of the stats segment process ``pid`` wrote, or (None, None)."""
+    for base, _, _ in segments.files_of_kind(stem, "stats"):
+        if segment_pid(stem, base) == pid:
+            mapping = segments.open_existing(base)
+            if mapping is not None:
+                return base, mapping
+    return None, None
+
+
 def fold(into, totals, stats):
     """Add a dead process's counters and histograms (not its gauges) to the
     shard ``into`` of ``stats`` (the serve master's own segment)."""

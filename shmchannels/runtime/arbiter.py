@@ -278,7 +278,7 @@ class ShmArbiter(Arbiter):
             info = control.read_slot(i)
             if info.pid in self.WORKERS:
                 up[info.pid] = info.kind
-                self.master_stats.see(self.bus.stem, info)  # its counters outlive it (folded at reap)
+                self.master_stats.see(info)  # its counters outlive it (folded at reap)
         return up
 
     def wait_for_signals(self, timeout=1.0):

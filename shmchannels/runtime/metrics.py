@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import orjson
 
-from shmchannels.bus import _shm, stats
+from shmchannels.bus import _shm, segments, stats
 from shmchannels.bus.control import KIND_CODES
 
 logger = logging.getLogger("shmchannels.metrics")
@@ -301,26 +301,33 @@ class MasterStats:
     still read it after the child's death unlinked it."""
 
     def __init__(self, bus):
+        self.stem = bus.stem
         self.stats = bus.stats
         self.words = self.stats.shard()
         self.retired = {kind: self.stats.reserve(KIND_CODES[kind]) for kind in ("protocol", "worker")}
         self.mappings = {}  # pid -> mmap of its stats segment
 
-    def see(self, stem, info):
+    def see(self, info):
         """Map the segment of the child in slot ``info`` (a ``control.Slot``) once."""
         if info.pid not in self.mappings:
-            mapping = stats.open_segment(stem, info.index, info.gen)
+            base = segments.file_name(self.stem, stats.suffix(info.index, info.gen))
+            mapping = segments.open_existing(base)
             if mapping is not None:
-                self.mappings[info.pid] = mapping
+                self.mappings[info.pid] = (base, mapping)
 
     def reaped(self, pid, worker, status, halting):
-        mapping = self.mappings.pop(pid, None)
+        """Count the end of child ``pid`` and fold its totals in; unlink its
+        segment (a clean exit leaves it for us: ``Recovery.sweep_stats``)."""
+        base, mapping = self.mappings.pop(pid, (None, None))
+        if mapping is None:  # it came and went between two looks of ours
+            base, mapping = stats.find_by_pid(self.stem, pid)
         totals = None
         if mapping is not None:
             try:
                 totals = stats.read_mapping(mapping)
             finally:
                 mapping.close()
+            segments.unlink(base)
         kind = "protocol" if worker.kind == "protocol" else "worker"
         if totals is not None:
             stats.fold(self.retired[kind], totals, self.stats)

@@ -96,3 +96,28 @@ def test_the_segment_goes_with_a_clean_detach(prefix):
     assert len(_stats_files(prefix)) == 1
     b.detach()
     assert bus_files_of(prefix) == []
+
+
+def _count_and_leave(prefix, q):
+    bus = bus_mod.Bus(prefix, ring_size=1 << 16, collect_dead=False)
+    bus.stats.shard()[stats.C["consumer_messages"]] += 7
+    q.put((bus.slot, bus.gen))
+    bus.detach()
+
+
+def test_under_a_master_a_clean_exit_leaves_the_segment_until_its_pid_is_gone(small_bus, prefix):
+    small_bus.control.set_master_slot(small_bus.slot)  # we play the serve master
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_count_and_leave, args=(prefix, q))
+    child.start()
+    slot, gen = q.get(timeout=20)
+    # wait for its exit without reaping it: a zombie, as a child the master has not reaped yet
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    # detached, its slot free, the process a zombie: the master can still read what it counted
+    assert stats.read(small_bus.stem, slot, gen).by_kind[0][stats.C["consumer_messages"]] == 7
+    assert small_bus.recovery.sweep_stats() == 0
+    child.join(10)
+    assert small_bus.recovery.sweep_stats() == 1
+    assert stats.read(small_bus.stem, slot, gen) is None
+    small_bus.control.set_master_slot(None)

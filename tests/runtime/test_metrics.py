@@ -203,3 +203,18 @@ def test_metrics_command_serves_any_bus_and_status_watch_redraws(prefix):
             watch.kill()
             watch.wait()
     layer.flush()
+
+
+def test_max_requests_restarts_are_counted_as_such(prefix):
+    with serving(prefix, [*FAULT, "--max-requests", "5"], workers=1) as s:
+        port = metrics_port(s)
+        for _ in range(12):
+            assert httpx.get(f"http://127.0.0.1:{s.port}/", timeout=10).status_code == 200
+        handled = value(scrape(port).text, "shmchannels_consumer_messages_total")
+        assert handled >= 12
+        wait_for(lambda: value(scrape(port).text, "shmchannels_restarts_total", kind="worker",
+                               cause="max_requests") == handled // 5, what=f"{int(handled) // 5} max_requests restarts")
+        text = scrape(port).text
+        assert value(text, "shmchannels_consumer_messages_total") == handled  # every recycled worker's count kept
+        assert value(text, "shmchannels_restarts_total", kind="worker", cause="crash") == 0
+        assert value(text, "shmchannels_restarts_total", kind="worker", cause="exit") == 0
