@@ -81,7 +81,8 @@ class ParseError(NamedTuple):
 
 _END = (EV_END, None)  # one instance serves every request
 
-_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection"))
+_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"expect", b"connection", b"host"))
+_OWS = (32, 9)  # SP, HTAB
 
 
 class Request:
@@ -121,6 +122,7 @@ class RequestParser:
         # a head can never legitimately be longer than this
         self.limit_head = limit_request_line + 16 + limit_request_fields * (limit_request_field_size + 4) + 2
         self._parser = httptools.HttpRequestParser(self)
+        self._parser.set_dangerous_leniencies(lenient_version=True)  # checked in _other_version
         self.events = []
         self.dead = False
         self._in_head = False
@@ -152,6 +154,13 @@ class RequestParser:
             raise _Reject(431, "too many header fields")
         if len(name) + len(value) > self.limit_field_size:
             raise _Reject(431, "header field too large")
+        if not self._in_head:
+            # a trailer field (after a chunked body): counted against the
+            # limits, never merged into the header list (RFC 9112 7.1.2);
+            # llhttp has already refused framing fields there
+            return
+        if value and value[-1] in _OWS:  # llhttp keeps trailing OWS (RFC 9112 5.1 excludes it)
+            value = value.rstrip(b" \t")
         name = name.lower()
         if b"_" in name:
             return
@@ -166,7 +175,10 @@ class RequestParser:
         p = self._parser
         req = Request()
         req.method = p.get_method().decode("ascii")
-        req.http_version = p.get_http_version()
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            version = self._other_version(version)
+        req.http_version = version
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
         req.headers = self._headers
@@ -176,7 +188,16 @@ class RequestParser:
         req.chunked = False
         req.connection_tokens = ()
         special = self._special
-        if special is not None:
+        if special is None:
+            if version == "1.1":
+                raise _Reject(400, "missing Host header (RFC 9112 3.2)")
+        else:
+            host = special.get(b"host")
+            if host is None:
+                if version == "1.1":
+                    raise _Reject(400, "missing Host header (RFC 9112 3.2)")
+            elif len(host) > 1:
+                raise _Reject(400, "more than one Host header (RFC 9112 3.2)")
             cl = special.get(b"content-length")
             if cl is not None:
                 req.content_length = int(cl[0])  # llhttp has validated it
@@ -184,6 +205,9 @@ class RequestParser:
                     raise _Reject(413, "request body too large")
             te = special.get(b"transfer-encoding")
             if te is not None:
+                if version == "1.0":
+                    # RFC 9112 6.1: faulty framing; the connection must close
+                    raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
                 req.chunked = b"chunked" in b",".join(te).lower()
             expect = special.get(b"expect")
             if expect is not None:
@@ -223,6 +247,19 @@ class RequestParser:
         req.query_string = query
         self._request = req
         self.events.append((EV_REQUEST, req))
+
+    @staticmethod
+    def _other_version(version):
+        """llhttp runs with lenient_version (it refuses 1.2 otherwise): the
+        version is checked here.  1.x with x > 1 is 1.1 (RFC 9110 2.5); 0.9
+        is 400 (also what llhttp reports for a request line without a
+        version); another major is 505 (RFC 9110 15.6.6)."""
+        major, _, minor = version.partition(".")
+        if major == "1":
+            return "1.1"
+        if major == "0":
+            raise _Reject(400, f"HTTP/{version} is not supported (invalid HTTP version)")
+        raise _Reject(505, f"HTTP version {version} not supported")
 
     def on_body(self, body):
         if self.limit_body:

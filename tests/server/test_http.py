@@ -416,11 +416,11 @@ def test_header_field_and_count_limits_are_configurable(env):
     st = env.server(limit_request_fields=3, limit_request_field_size=50, limit_request_line=20)
     env.worker()
     for req, status in [
-        (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", 200),
-        (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nA: " + b"x" * 60 + b"\r\n\r\n", 431),
-        (b"GET /" + b"x" * 19 + b" HTTP/1.1\r\n\r\n", 200),
-        (b"GET /" + b"x" * 20 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nB: 2\r\nC: 3\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nA: " + b"x" * 60 + b"\r\n\r\n", 431),
+        (b"GET /" + b"x" * 19 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 200),
+        (b"GET /" + b"x" * 20 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
     ]:
         sock, f = raw_connection(st.port)
         sock.sendall(req)

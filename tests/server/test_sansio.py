@@ -26,7 +26,7 @@ def parse(data, pieces=None, **limits):
 
 def test_simple_get_and_pipelined_post():
     ev = parse(b"GET /a%20b?x=1#frag HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
-               b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+               b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
     kinds = [k for k, _ in ev]
     assert kinds == [EV_REQUEST, EV_END, EV_REQUEST, EV_BODY, EV_END]
     req = ev[0][1]
@@ -38,7 +38,7 @@ def test_simple_get_and_pipelined_post():
 
 
 def test_byte_by_byte_feeding_gives_the_same_events():
-    data = (b"POST /x?q HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    data = (b"POST /x?q HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
             b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
     ev = parse(data, pieces=1)
     assert [k for k, _ in ev][0] == EV_REQUEST and ev[-1][0] == EV_END
@@ -48,7 +48,7 @@ def test_byte_by_byte_feeding_gives_the_same_events():
 
 
 def test_absolute_form_and_asterisk_targets():
-    ev = parse(b"GET http://example.com/p/q?z=9 HTTP/1.1\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n")
+    ev = parse(b"GET http://example.com/p/q?z=9 HTTP/1.1\r\nHost: example.com\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
     assert (ev[0][1].path, ev[0][1].query_string) == ("/p/q", b"z=9")
     assert ev[2][1].path == "*"
 
@@ -63,9 +63,9 @@ def test_http10_expect_is_ignored_and_keep_alive_follows_version():
     (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 6 + b"\r\n", 431),
     (b"GET / HTTP/1.1\r\nA: " + b"b" * 100 + b"\r\n\r\n", 431),
-    (b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + b"x" * 1001, 413),
-    (b"GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", 417),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n", 413),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + b"x" * 1001, 413),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n\r\n", 417),
     (b"GET /%c3%28 HTTP/1.1\r\n\r\n", 400),
     (b"\x00\x01\x02 / HTTP/1.1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
@@ -91,7 +91,7 @@ def test_a_head_that_never_ends_is_refused_even_fed_slowly():
 
 
 def test_upgrade_stops_parsing_and_returns_the_rest():
-    ev = parse(b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80abcd")
+    ev = parse(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80abcd")
     assert [k for k, _ in ev] == [EV_REQUEST, EV_END, EV_UPGRADE]
     assert ev[0][1].upgrade and ev[2][1] == b"\x81\x80abcd"
 

@@ -1,4 +1,3 @@
 """An HTTP/1.1 request without Host MUST get 400 (RFC 9112 3.2)."""
 
 error = (400, 'host')
-xfail = 'the parser does not check Host: an HTTP/1.1 request without it is accepted'

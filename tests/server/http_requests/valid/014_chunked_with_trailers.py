@@ -10,6 +10,3 @@ requests = [{'method': 'POST',
   'body': b'abc',
   'keep_alive': True,
   'chunked': True}]
-xfail = ("trailer fields are appended to the request's header list (RFC 9112 7.1.2: a recipient MUST NOT "
- 'merge a trailer field into the header section unless its definition allows it), and after the '
- 'request head was already handed out')

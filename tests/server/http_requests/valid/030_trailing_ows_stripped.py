@@ -8,4 +8,3 @@ requests = [{'method': 'GET',
   'body': b'abc',
   'keep_alive': True,
   'content_length': 3}]
-xfail = "trailing OWS is kept in field values (b'example.com \\t '), though RFC 9112 5.1 excludes it"

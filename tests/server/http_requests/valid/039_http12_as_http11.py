@@ -7,4 +7,3 @@ requests = [{'method': 'GET',
   'headers': [(b'host', b'example.com')],
   'body': b'',
   'keep_alive': True}]
-xfail = "llhttp refuses HTTP/1.2 with 400 'Invalid HTTP version' instead of treating it as HTTP/1.1"
