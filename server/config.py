@@ -64,6 +64,7 @@ class ProtocolConfig:
     # --- WebSocket
     ws_max_size: int = 1 * MiB  #: largest message (and frame) -> close 1009
     ws_max_queue: int = 32  #: frames waiting for their turn before reading pauses
+    ws_write_limit: int = 4 * MiB  #: unsent bytes a client that does not read may hold up -> close 1008
     ws_ping_interval: float = 20.0  #: seconds between keep-alive pings (0: off)
     ws_ping_timeout: float = 20.0  #: seconds to wait for the pong -> close 1011
     websocket_connect_timeout: float = 5.0  #: seconds for the application to answer a connect -> 403
@@ -83,7 +84,7 @@ class ProtocolConfig:
                 raise ValueError(f"{name} must be >= 0")
         for name in (
             "limit_request_line", "limit_request_fields", "limit_request_field_size", "body_inline",
-            "ws_max_size", "ws_max_queue", "max_pipelined",
+            "ws_max_size", "ws_max_queue", "ws_write_limit", "max_pipelined",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -16,6 +16,11 @@ connection's messages to the workers, one at a time, in order.  Then:
   one ``websocket.connect``/``websocket.receive`` per connection is in
   flight, so workers process a connection's messages in arrival order.
   More than ``ws_max_queue`` waiting messages pause reading.
+* A client that does not read: while the socket's write buffer is over its
+  high-water mark, reading from it pauses too (its own flood of messages or
+  pings stops there) and a hosted ASGI instance's sends wait.  What other
+  senders (groups) keep sending is written until ``ws_write_limit`` bytes
+  are unsent; past that the socket is closed with 1008.
 * A full ``websocket.receive`` closes with 1013.
 * The worker that takes a message says who it is (``[slot, gen, order]`` on
   the server's ``shmchannels.taken?`` channel: ``taken``); if it dies before
@@ -58,6 +63,9 @@ HANDSHAKE, OPEN, CLOSING, CLOSED = State  # aliases: globals, not Enum attribute
 #: close code reported in websocket.disconnect when the TCP connection ended
 #: without a close frame (also after a rejected handshake)
 ABNORMAL = 1006
+#: why reading from the client is paused (bits)
+PAUSE_QUEUE = 1  # its messages wait for the workers (ws_max_queue)
+PAUSE_WRITE = 2  # it does not read what we send
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -86,7 +94,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_payload = None
         self.pings = 0
         self.close_code = None  # what websocket.disconnect will report
-        self.paused = False
+        self.paused = 0  # PAUSE_* bits
         self.transport_closed = False
 
     @property
@@ -161,10 +169,22 @@ class WebSocketProtocol(asyncio.Protocol):
         return False  # the peer half-closed: close our side too
 
     def pause_writing(self):
+        self.pause_reading(PAUSE_WRITE)
         self.bridge.flow(False)
 
     def resume_writing(self):
+        self.resume_reading(PAUSE_WRITE)
         self.bridge.flow(True)
+
+    def _write_message(self, frame):
+        """A message for the client, or a close with 1008 if it left too much unread."""
+        buffered = self.transport.get_write_buffer_size()
+        if buffered and buffered + len(frame) > self.config.ws_write_limit:
+            self.server.counters["write_limit_closes"] += 1
+            logger.warning("%s does not read: %d bytes unsent (ws_write_limit %d): closing with 1008",
+                           self.client, buffered, self.config.ws_write_limit)
+            return self.close_with(1008)
+        self.transport.write(frame)
 
     # ---------------------------------------------------------- incoming data
 
@@ -257,9 +277,9 @@ class WebSocketProtocol(asyncio.Protocol):
                     self.reply_failed("text is not encodable as UTF-8 (a lone surrogate?)")
                     frame = None
                 if frame is not None:
-                    self.transport.write(frame)
+                    self._write_message(frame)
             elif data is not None:
-                self.transport.write(self.codec.send_binary(data))
+                self._write_message(self.codec.send_binary(data))
             close = message.get("close")
             if close and self.state == OPEN:
                 self.close_with(1000 if close is True else close)
@@ -412,16 +432,16 @@ class WebSocketProtocol(asyncio.Protocol):
     def taken(self, who, inbox=None):
         self.bridge.taken(who)
 
-    def pause_reading(self):
-        """The bridge's queue is over ws_max_queue."""
+    def pause_reading(self, reason=PAUSE_QUEUE):
+        """The bridge's queue is over ws_max_queue (or the client does not read)."""
         if not self.paused and not self.transport_closed:
-            self.paused = True
             self.transport.pause_reading()
+        self.paused |= reason
 
-    def resume_reading(self):
-        if self.paused and not self.transport_closed:
-            self.paused = False
+    def resume_reading(self, reason=PAUSE_QUEUE):
+        if self.paused == reason and not self.transport_closed:
             self.transport.resume_reading()
+        self.paused &= ~reason
 
     # ------------------------------------------------------------------ pings
 

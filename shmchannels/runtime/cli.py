@@ -29,7 +29,7 @@ LAYER_FLAGS = ["prefix", "capacity", "reply_capacity", "expiry", "group_expiry",
 PROTOCOL_FLAGS = [
     "bind", "backlog", "root_path", "http_timeout", "keepalive", "limit_request_line", "limit_request_fields",
     "limit_request_field_size", "limit_request_body", "proxy_headers", "forwarded_allow_ips", "ws_max_size",
-    "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
+    "ws_write_limit", "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
 ]
 RELOAD_EXIT = 75  # a dev child asking its parent to restart it
 DEV_STOP_TIMEOUT = 10.0  # seconds a stopping dev child gets before it is killed

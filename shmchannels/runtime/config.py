@@ -341,6 +341,22 @@ class WsMaxSize(ShmSetting, Setting):
         """
 
 
+class WsWriteLimit(ShmSetting, Setting):
+    name = "ws_write_limit"
+    section = "WebSocket"
+    cli = ["--ws-write-limit"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.ws_write_limit
+    desc = """\
+        Unsent bytes a WebSocket client that does not read may hold up in
+        the protocol server; past it the socket is closed with 1008.  While
+        a client's write buffer is over its high-water mark, reading from
+        it pauses, and an ASGI application's ``send`` waits.
+        """
+
+
 class WsPingInterval(ShmSetting, Setting):
     name = "ws_ping_interval"
     section = "WebSocket"
@@ -505,6 +521,7 @@ RULES = {
     "group_expiry": _at_least("group_expiry", 1),
     "threads": _at_least("threads", 1),
     "ws_max_size": _at_least("ws_max_size", 1),
+    "ws_write_limit": _at_least("ws_write_limit", 1),
     "uvloop": lambda v: None if v in ("auto", "on", "off") else f"uvloop must be auto, on or off (got {v!r})",
     "bind": _bind_rule,
     "metrics": _metrics_rule,

@@ -43,6 +43,7 @@ SETTINGS = {
     "limit_request_body": ("123456", ["--limit-request-body", "123456"]),
     "http_timeout": ("12.5", ["--http-timeout", "12.5"]),
     "ws_max_size": ("500000", ["--ws-max-size", "500000"]),
+    "ws_write_limit": ("2000000", ["--ws-write-limit", "2000000"]),
     "ws_ping_interval": ("3.5", ["--ws-ping-interval", "3.5"]),
     "ws_ping_timeout": ("4.5", ["--ws-ping-timeout", "4.5"]),
     "websocket_connect_timeout": ("6.5", ["--websocket-connect-timeout", "6.5"]),

@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from shmchannels.server import ws_protocol
 from shmchannels.server.testing import (
     BAD_FRAMES, BAD_FRAMES_MAX_SIZE, ServerEnv, client_frame, close_code_of, close_payload,
     parse_server_frames, read_frames_until_close, send_retrying, ws_handshake,
@@ -342,14 +343,14 @@ def test_reading_pauses_above_ws_max_queue(env):
     conn = next(iter(st.server.websockets))
     sock.sendall(b"".join(client_frame(0x1, f"m{i}") for i in range(10)))
     time.sleep(0.2)
-    assert st.call(lambda: conn.paused) is True
+    assert st.call(lambda: conn.paused) == ws_protocol.PAUSE_QUEUE
     assert st.call(lambda: len(conn.bridge.queue)) >= 5
     for order in range(1, 11):
         _, m = layer.receive(["websocket.receive"], block=True)
         assert m["order"] == order and m["text"] == f"m{order - 1}"
         layer.send(rc, {"__ack__": order})
     time.sleep(0.05)
-    assert st.call(lambda: conn.paused) is False
+    assert st.call(lambda: conn.paused) == 0
     sock.close()
 
 
