@@ -6,16 +6,14 @@ flat; what groups keep sending to it is written until ``ws_write_limit``,
 then it is closed with 1008.  Clients that read are not held up."""
 
 import asyncio
-import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
 import websockets
 
-from serving import serving, wait_for
+from serving import serving
 
 pytestmark = pytest.mark.slow
 
