@@ -21,12 +21,15 @@ connection says; this class decides when it reaches the workers.
 import collections
 import logging
 
+from shmchannels.counters import C
 from shmchannels.names import new_local_part
 
 from .markers import worker_ident
 from .ws_hosted import DISCONNECT, RECEIVE, RELAY, HostedConnection, Inbox
 
 logger = logging.getLogger("shmchannels.server")
+MESSAGES_IN = C["ws_messages_in"]
+
 
 class ChannelBridge(HostedConnection):
     def __init__(self, conn, reply_channel, path):
@@ -72,6 +75,7 @@ class ChannelBridge(HostedConnection):
 
     def receive(self, text, data):
         """A message from the client: ``websocket.receive`` in its turn."""
+        self.server.stats_words[MESSAGES_IN] += 1
         self.queue.append((self.next_order, RECEIVE, (text, data)))
         self.next_order += 1
         if self.inflight is None:

@@ -42,6 +42,7 @@ import enum
 import logging
 import struct
 
+from shmchannels.counters import C, WS_CLOSE_CODES
 from shmchannels.names import new_local_part
 
 from . import http11, proxy
@@ -66,6 +67,18 @@ ABNORMAL = 1006
 #: why reading from the client is paused (bits)
 PAUSE_QUEUE = 1  # its messages wait for the workers (ws_max_queue)
 PAUSE_WRITE = 2  # it does not read what we send
+#: where the protocol server counts messages sent and closes by code (``shmchannels.counters``)
+MESSAGES_OUT = C["ws_messages_out"]
+CLOSES = {code: C[f"ws_closes_{code}"] for code in WS_CLOSE_CODES}
+CLOSES_OTHER = C["ws_closes_other"]
+
+
+def _cancel_timers(conn, names):
+    for name in names:
+        handle = getattr(conn, name)
+        if handle is not None:
+            handle.cancel()
+            setattr(conn, name, None)
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -152,14 +165,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport_closed = True
         previous = self.state
         self.state = CLOSED
-        for name in ("connect_handle", "ping_handle", "pong_handle", "close_handle"):
-            handle = getattr(self, name)
-            if handle is not None:
-                handle.cancel()
-                setattr(self, name, None)
+        _cancel_timers(self, ("connect_handle", "ping_handle", "pong_handle", "close_handle"))
         if self.close_code is None:
             self.close_code = ABNORMAL
-        if previous == HANDSHAKE and self.server.access_log_enabled:
+        if previous != HANDSHAKE:
+            self.server.stats_words[CLOSES.get(self.close_code, CLOSES_OTHER)] += 1
+        elif self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 499, 0)
         self.server.websockets.discard(self)
         self.bridge.disconnect(self.close_code)
@@ -184,6 +195,7 @@ class WebSocketProtocol(asyncio.Protocol):
             logger.warning("%s does not read: %d bytes unsent (ws_write_limit %d): closing with 1008",
                            self.client, buffered, self.config.ws_write_limit)
             return self.close_with(1008)
+        self.server.stats_words[MESSAGES_OUT] += 1
         self.transport.write(frame)
 
     # ---------------------------------------------------------- incoming data

@@ -22,6 +22,8 @@ import asyncio
 import logging
 import time
 
+from shmchannels import counters
+
 from .asgi_instances import HttpInstance, WebSocketInstance
 from .asgi_lifespan import Lifespan
 
@@ -54,6 +56,7 @@ class AsgiHost:
         self._stop = None
         self._tasks = []
         self._ident = None
+        self.counts = counters.ConsumerCounts(None)  # counting starts once the layer is attached
 
     # ----------------------------------------------------------------- life
 
@@ -62,6 +65,7 @@ class AsgiHost:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._ident = list(self.layer.process_id())
+        self.counts = counters.ConsumerCounts(self.layer)
         self.prefix = self.layer.process_prefix("asgi.conn")
         lifespan = Lifespan(self.app)
         self.state = await lifespan.startup()
@@ -104,6 +108,7 @@ class AsgiHost:
                 self._start_one(*got)
             if self.max_requests and self.taken >= self.max_requests:
                 logger.info("took %d requests and connections (max_requests): restarting", self.taken)
+                self.counts.max_requests_reached()
                 self.stop()
                 return
 

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import time
 
 from shmchannels import hosted
 from shmchannels.names import new_local_part
@@ -85,11 +86,14 @@ class HttpInstance:
         self.task = self.host.loop.create_task(self.run(app))
 
     async def run(self, app):
+        started = time.monotonic_ns()
+        raised = False
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             raise
         except Exception:
+            raised = True
             logger.exception("exception in ASGI application (%s %s)", self.scope["method"], self.scope["path"])
             self._fail()
         else:
@@ -100,6 +104,7 @@ class HttpInstance:
                 logger.error("ASGI callable returned without completing its response: closing the connection")
                 self.host.reply(self.reply, {"__abort__": True})
         finally:
+            self.host.counts.consumed("http.request", time.monotonic_ns() - started, raised)
             self.host.forget(self)
 
     def _fail(self):
@@ -195,6 +200,7 @@ class WebSocketInstance:
         self.relayed = collections.deque()  # (order, channel message)
         self.waiters = {}  # which queue -> the future a receive parks on
         self.handling = {}  # which queue -> order of the event the application took last, until it is back
+        self.timing = {}  # which queue -> (event type, when it was taken), until the application is back
         self.pending = 0  # receives waiting now
         self.most_pending = 0  # the most ever waiting at once: "between events" means pending == this
         self.frozen = False
@@ -244,6 +250,8 @@ class WebSocketInstance:
                 raise
         except Exception:
             logger.exception("exception in ASGI application (WebSocket %s)", self.scope["path"])
+            for which in list(self.timing):
+                self._count(which, raised=True)
             if not self.closed and not self.disconnected:
                 self.closed = True
                 self.host.reply(self.reply, {"close": 1011})
@@ -309,6 +317,13 @@ class WebSocketInstance:
         order = self.handling.pop(which, None)
         if order is not None:
             self.host.reply(self.reply, {"__ack__": order})
+        if which in self.timing:
+            self._count(which)
+
+    def _count(self, which, raised=False):
+        """The run time of the event taken from ``which``, by its type."""
+        kind, taken = self.timing.pop(which)
+        self.host.counts.consumed(kind, time.monotonic_ns() - taken, raised)
 
     async def _take(self, which):
         queue = self.events if which == "events" else self.relayed
@@ -327,7 +342,9 @@ class WebSocketInstance:
             self.pending -= 1
         if order is not None:
             self.handling[which] = order
-        if event.get("type") == "websocket.disconnect":
+        kind = event.get("type")
+        self.timing[which] = (kind if type(kind) is str else which, time.monotonic_ns())
+        if kind == "websocket.disconnect":
             self.disconnected = True
         return event
 

@@ -37,9 +37,6 @@ from .message import Message
 logger = logging.getLogger("shmchannels.worker")
 
 ACKED = frozenset(("websocket.connect", "websocket.receive"))
-HANDLED = counters.C["consumer_messages"]
-RAISED = counters.C["consumer_exceptions"]
-MAX_REQUESTS = counters.C["max_requests_reached"]
 
 
 def select_channels(channels, only=(), exclude=()):
@@ -66,9 +63,8 @@ class ConsumerRunner:
         self._unrouted = set()
         self._lock = threading.Lock()
         self._threads = []
-        #: this process's stats segment (``shmchannels.counters``): run time and exceptions per channel
-        self._stats = counters.process_stats(layer)
-        self._rows = {}  # channel -> word offset of its histogram in a shard
+        #: run time and exceptions per channel, in this process's stats segment
+        self.counts = counters.ConsumerCounts(layer)
 
     # ----------------------------------------------------------------- loop
 
@@ -115,32 +111,13 @@ class ConsumerRunner:
             raised = self._dispatch(channel, content)
         finally:
             self._busy.pop(ident, None)
-            self._count(channel, time.monotonic_ns() - started, raised)
+            self.counts.consumed(channel, time.monotonic_ns() - started, raised)
             with self._lock:
                 self.handled += 1
                 if self.max_messages and self.handled >= self.max_messages:
                     logger.info("handled %d messages (max_requests): restarting", self.handled)
                     self.alive = False
-                    if self._stats is not None:
-                        self._stats.shard()[MAX_REQUESTS] = 1
-
-    def _count(self, channel, ns, raised):
-        """Run time and outcome of one consumer, in this thread's stats shard."""
-        stats = self._stats
-        if stats is None:
-            return
-        words = stats.shard()
-        words[HANDLED] += 1
-        row = self._rows.get(channel)
-        if row is None:
-            i = stats.channel_index(channel)
-            row = self._rows[channel] = -1 if i is None else i
-        if row >= 0:
-            counters.observe(words, counters.CHANNEL_HIST + row * counters.HIST_WORDS, ns)
-        if raised:
-            words[RAISED] += 1
-            if row >= 0:
-                words[counters.CHANNEL_EXC + row] += 1
+                    self.counts.max_requests_reached()
 
     def _say_taken(self, content):
         """Tell the protocol server which process holds its message."""

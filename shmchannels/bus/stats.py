@@ -65,10 +65,13 @@ PROTOCOL_COUNTERS = (
     "write_limit_closes",
 )
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: WebSocket close codes counted one by one; any other is counted as "other"
+WS_CLOSE_CODES = (1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012, 1013)
 RESTART_CAUSES = ("exit", "timeout", "crash", "max_requests")
 COUNTERS = (
     *PROTOCOL_COUNTERS,
     *(f"responses_{c}" for c in STATUS_CLASSES),
+    "ws_messages_in", "ws_messages_out", *(f"ws_closes_{code}" for code in (*WS_CLOSE_CODES, "other")),
     "http_connections_open", "websockets_open",  # gauges, set by the protocol server's tick
     "consumer_messages", "consumer_exceptions", "max_requests_reached",
     *(f"restarts_{k}_{c}" for k in ("protocol", "worker") for c in RESTART_CAUSES),

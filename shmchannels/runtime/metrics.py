@@ -255,6 +255,16 @@ class BusCollector:
         for cls in stats.STATUS_CLASSES:
             responses.add_metric([cls], w[c[f"responses_{cls}"]])
         yield responses
+        messages = Counter("shmchannels_websocket_messages", "WebSocket messages, in from clients and out to them",
+                           labels=["direction"])
+        messages.add_metric(["in"], w[c["ws_messages_in"]])
+        messages.add_metric(["out"], w[c["ws_messages_out"]])
+        yield messages
+        closes = Counter("shmchannels_websocket_closes", "WebSocket connections closed, by close code",
+                         labels=["code"])
+        for code in (*stats.WS_CLOSE_CODES, "other"):
+            closes.add_metric([str(code)], w[c[f"ws_closes_{code}"]])
+        yield closes
         yield Counter("shmchannels_refusals", "Requests refused 503 / WebSockets closed 1013: channel full",
                       value=w[c["rejected_full"]])
         events = Counter("shmchannels_protocol_server_events", "Other protocol-server events", labels=["event"])

@@ -218,3 +218,63 @@ def test_max_requests_restarts_are_counted_as_such(prefix):
         assert value(text, "shmchannels_consumer_messages_total") == handled  # every recycled worker's count kept
         assert value(text, "shmchannels_restarts_total", kind="worker", cause="crash") == 0
         assert value(text, "shmchannels_restarts_total", kind="worker", cause="exit") == 0
+
+
+def test_websocket_messages_closes_and_hosted_asgi_consumers_are_counted(prefix):
+    import asyncio
+
+    import websockets
+
+    with serving(prefix, ["metricsapp:app", "--metrics", "127.0.0.1:0"], workers=1) as s:
+        port = metrics_port(s)
+        before = scrape(port).text
+        for path in ["/"] * 10 + ["/raise"] * 2:
+            httpx.get(f"http://127.0.0.1:{s.port}{path}", timeout=5)
+
+        async def clients():
+            url = f"ws://127.0.0.1:{s.port}/echo"
+            async with websockets.connect(url) as ws:  # 5 echoes, then the client closes with 1000
+                for i in range(5):
+                    await ws.send(str(i))
+                    assert await ws.recv() == str(i)
+            async with websockets.connect(url) as ws:  # the application closes with 4000
+                await ws.send("bye")
+                await ws.wait_closed()
+                assert ws.close_code == 4000
+            ws = await websockets.connect(url)  # the client goes away
+            await ws.close(1001)
+
+        asyncio.run(clients())
+
+        def delta(text, name, **labels):
+            return value(text, name, **labels) - value(before, name, **labels)
+
+        def settled():
+            text = scrape(port).text
+            return delta(text, "shmchannels_websocket_closes_total", code="1001") == 1 and text
+
+        text = wait_for(settled, what="the third close counted")
+        assert delta(text, "shmchannels_websocket_messages_total", direction="in") == 6
+        assert delta(text, "shmchannels_websocket_messages_total", direction="out") == 5
+        assert delta(text, "shmchannels_websocket_closes_total", code="1000") == 1
+        assert delta(text, "shmchannels_websocket_closes_total", code="other") == 1
+        assert delta(text, "shmchannels_websocket_closes_total", code="1006") == 0
+        assert delta(text, "shmchannels_http_responses_total", status_class="5xx") == 2
+        # the hosted application's run time: a request each, an event each
+        assert delta(text, "shmchannels_consumer_duration_seconds_count", channel="http.request") == 12
+        assert delta(text, "shmchannels_consumer_exceptions_total", channel="http.request") == 2
+        assert delta(text, "shmchannels_consumer_duration_seconds_count", channel="websocket.connect") == 3
+        assert delta(text, "shmchannels_consumer_duration_seconds_count", channel="websocket.receive") == 6
+        promtool_check(text)
+
+
+def test_max_requests_restarts_of_asgi_workers_are_counted_as_such(prefix):
+    with serving(prefix, ["metricsapp:app", "--metrics", "127.0.0.1:0", "--max-requests", "5"], workers=1) as s:
+        port = metrics_port(s)
+        for _ in range(12):
+            assert httpx.get(f"http://127.0.0.1:{s.port}/", timeout=10).status_code == 200
+        wait_for(lambda: value(scrape(port).text, "shmchannels_restarts_total", kind="worker",
+                               cause="max_requests") >= 2, what="2 max_requests restarts")
+        text = scrape(port).text
+        assert value(text, "shmchannels_restarts_total", kind="worker", cause="crash") == 0
+        assert value(text, "shmchannels_restarts_total", kind="worker", cause="exit") == 0
