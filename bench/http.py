@@ -13,6 +13,8 @@ Every server answers GET / with 200 text/plain "Hello, world!":
   gunicorn   gunicorn, 1 sync worker, a WSGI app (bench/apps/bench_wsgi.py)
   shm-wsgi   shmchannels serve --wsgi, the same WSGI app through the workers' WSGI adapter
   shm-metrics  "shm" with --metrics on, /metrics scraped every second during the warm-up and the load
+  shm-log    "shm" with its access log on (the default of serve: --log-level info, to its stderr, a file here)
+  uvicorn-log  "uvicorn" with its access log on (--log-level info), the same way
 
 Load: wrk on 127.0.0.1 (pinned to one CPU with taskset), a warm-up then a
 timed run per server; servers interleaved round by round, each round a fresh
@@ -65,20 +67,24 @@ SERVERS = {
     "gunicorn": ("gunicorn sync (WSGI)", "#9467bd"),
     "shm-wsgi": ("shmchannels --wsgi (WSGI)", "#17becf"),
     "shm-metrics": ("shmchannels, metrics scraped 1/s", "#ff7f0e"),
+    "shm-log": ("shmchannels, access log on", "#8c564b"),
+    "uvicorn-log": ("uvicorn, access log on", "#bcbd22"),
 }
 SCRAPE_EVERY = 1.0
 
 
 def server_argv(key, port, prefix, metrics_port=None):
     bind = f"127.0.0.1:{port}"
-    if key in ("shm", "shm-wsgi", "shm-metrics"):
+    if key in ("shm", "shm-wsgi", "shm-metrics", "shm-log"):
         app = ["--wsgi", "bench_wsgi:app"] if key == "shm-wsgi" else ["--routing", "bench_shm:routes"]
         metrics = ["--metrics", f"127.0.0.1:{metrics_port}"] if metrics_port else []
+        level = "info" if key == "shm-log" else "warning"
         return [venv_exe("shmchannels"), "serve", "--bind", bind, "--protocol-servers", "1", "--workers", "1",
-                *app, *metrics, "--prefix", prefix, "--log-level", "warning"]
-    if key == "uvicorn":
+                *app, *metrics, "--prefix", prefix, "--log-level", level]
+    if key in ("uvicorn", "uvicorn-log"):
+        logs = ["--log-level", "info"] if key == "uvicorn-log" else ["--log-level", "warning", "--no-access-log"]
         return [venv_exe("uvicorn"), "bench_asgi:app", "--host", "127.0.0.1", "--port", str(port),
-                "--http", "httptools", "--log-level", "warning", "--no-access-log", "--lifespan", "off"]
+                "--http", "httptools", *logs, "--lifespan", "off"]
     if key == "daphne":
         return [venv_exe("daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "bench_asgi:app"]
     if key == "gunicorn":
@@ -220,6 +226,9 @@ def build_targets(results):
                         lambda v: v >= 0.6))
         t.append(target("shmchannels p99 <= 2x uvicorn's p99", ratios(results, "shm", "uvicorn", "p99"),
                         lambda v: v <= 2))
+    if "shm" in results and "shm-log" in results:
+        t.append(target("access log on costs <= 15% of req/s (with / without >= 0.85)",
+                        ratios(results, "shm-log", "shm", "rps"), lambda v: v >= 0.85))
     return t
 
 
@@ -231,6 +240,8 @@ RATIO_PAIRS = [
     ("shm-wsgi", "shm", "rps", "req/s: shmchannels --wsgi / shmchannels consumer"),
     ("shm-metrics", "shm", "rps", "req/s: shmchannels with metrics scraped 1/s / without"),
     ("shm-metrics", "shm", "p99", "p99 latency: shmchannels with metrics scraped 1/s / without"),
+    ("shm-log", "shm", "rps", "req/s: shmchannels with its access log / without"),
+    ("uvicorn-log", "uvicorn", "rps", "req/s: uvicorn with its access log / without"),
     ("shm", "uvicorn", "p50", "p50 latency: shmchannels / uvicorn"),
     ("shm", "uvicorn", "p99", "p99 latency: shmchannels / uvicorn"),
     ("shm", "daphne", "p99", "p99 latency: shmchannels / daphne"),

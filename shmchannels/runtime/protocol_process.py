@@ -72,6 +72,10 @@ class ProtocolServerProcess(Worker):
         layer = self.layer
         bus = layer.core.bus
         self.server = server = ProtocolServer(layer, self.protocol_config(), self.sockets, log=processes.logging.getLogger("shmchannels.server"))
+        access = server.access_log
+        access.fmt = self.cfg.access_log_format
+        if self.cfg.accesslog:  # --access-logfile: gunicorn's access logger and its file, whatever the level
+            access.logger, access.always = self.log.access_log, True
 
         def shutdown(code):
             self.alive = False
@@ -100,6 +104,7 @@ class ProtocolServerProcess(Worker):
             shutdown(self.early_stop)
         self.log.info("protocol server %s listening on %s", self.pid, ", ".join(str(s.getsockname()) for s in self.sockets))
         await server.wait_closed()
+        access.flush()  # the last batch: no line is lost on a clean stop
 
     def _abort(self):
         self.cfg.worker_abort(self)
