@@ -60,6 +60,20 @@ class ProtocolConfig:
     body_inline: int = 64 * KiB  #: body bytes carried in http.request; the rest streams through body_channel, in chunks of this size
     http_timeout: float = 60.0  #: seconds to wait for the first response message -> 504 (0: wait forever)
     max_pipelined: int = 16  #: parsed requests waiting behind the current one before reading pauses
+    #: high-water mark of a connection's write buffer, bytes; also the response
+    #: bytes a worker may send ahead of what the client read (its window)
+    http_write_limit: int = 1 * MiB
+    #: seconds a client may stop reading its response (write buffer full, not
+    #: draining) before the connection is dropped (0: wait forever); nginx's send_timeout
+    http_write_timeout: float = 60.0
+    #: seconds from a request head's first byte to its end -> 408 (0: no limit); nginx's client_header_timeout
+    header_timeout: float = 60.0
+    #: seconds in which a request body must move by body_min_bytes -> 408 (0: no limit)
+    body_timeout: float = 60.0
+    body_min_bytes: int = 1  #: see body_timeout (1: any progress, nginx's client_body_timeout)
+    #: most HTTP connections + WebSockets at once per protocol server; beyond
+    #: it a request gets 503 and the connection closes (0: no limit); uvicorn's --limit-concurrency
+    limit_concurrency: int = 0
 
     # --- WebSocket
     ws_max_size: int = 1 * MiB  #: largest message (and frame) -> close 1009
@@ -78,13 +92,14 @@ class ProtocolConfig:
     def __post_init__(self):
         for name in (
             "keepalive", "http_timeout", "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
-            "ack_timeout", "graceful_timeout", "ws_close_timeout",
+            "ack_timeout", "graceful_timeout", "ws_close_timeout", "http_write_timeout", "header_timeout",
+            "body_timeout", "limit_concurrency",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in (
             "limit_request_line", "limit_request_fields", "limit_request_field_size", "body_inline",
-            "ws_max_size", "ws_max_queue", "ws_write_limit", "max_pipelined",
+            "ws_max_size", "ws_max_queue", "ws_write_limit", "max_pipelined", "http_write_limit", "body_min_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

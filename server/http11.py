@@ -129,6 +129,11 @@ class RequestParser:
         self._request = None
         self._reset_message()
 
+    @property
+    def in_head(self):
+        """A request head has begun and is not complete yet."""
+        return self._in_head
+
     def _reset_message(self):
         self._head_bytes = 0
         self._url = b""

@@ -58,7 +58,7 @@ class Cycle:
     __slots__ = (
         "conn", "req", "reply_channel", "client", "upgrade", "body_expected", "body_done", "body_parts",
         "body_size", "dispatched", "body", "started", "done", "mode", "keep_alive", "status", "sent",
-        "dispatched_at", "worker", "remaining", "inbox", "held",
+        "dispatched_at", "worker", "remaining", "inbox", "held", "credit_to", "credit_owed",
     )
 
     def __init__(self, conn, req):
@@ -84,6 +84,8 @@ class Cycle:
         self.remaining = None  # body bytes the application's Content-Length still owes
         self.inbox = None  # an ASGI instance's channel, where http.disconnect goes (its __taken__ says)
         self.held = False  # we told that instance to hold its sends (the client is not reading)
+        self.credit_to = None  # where the worker waits for credit (ReplyFlow), once it asked
+        self.credit_owed = None  # the credit we owe it once the client reads again
 
     # -------------------------------------------------------------- request
 
@@ -121,6 +123,7 @@ class Cycle:
             "client": client,
             "server": server_addr,
             "__taken__": server.taken_channel,  # (shmchannels) where the worker says who it is
+            "__window__": config.http_write_limit,  # (shmchannels) response bytes a worker may have unwritten
         }
         if req.raw_path is not None:
             message["raw_path"] = req.raw_path
@@ -177,6 +180,7 @@ class Cycle:
             server.taken.pop(self, None)
         layer.discard_channel(self.reply_channel)
         server.counters["client_disconnects"] += 1
+        self.release_credit()
         try:
             if self.inbox is not None:
                 layer.send(self.inbox, {"type": "http.disconnect"})
@@ -200,6 +204,41 @@ class Cycle:
             self.conn.layer.send(self.inbox, {"__flow__": flowing})
         except Exception:
             logger.debug("could not tell %s to %s", self.inbox, "resume" if flowing else "hold", exc_info=True)
+
+    # ----------------------------------------------------- write backpressure
+
+    def ask_credit(self, credit):
+        """The worker sent ``[channel, n]`` with a body chunk and waits: it
+        may go on to n + window once that chunk is in a write buffer under
+        the high-water mark, which is now, or when the client has read enough
+        (``resume_writing``).  One answer per question (workers.message.ReplyFlow)."""
+        if type(credit) not in (list, tuple) or len(credit) != 2 or type(credit[0]) is not str \
+                or type(credit[1]) is not int:
+            logger.warning("malformed __credit__ on %s: %.100r", self.reply_channel, credit)
+            return
+        self.credit_to = credit[0]
+        self.credit_owed = credit[1]
+        if not self.conn.write_paused:
+            self.send_credit()
+
+    def send_credit(self):
+        layer = self.conn.layer
+        try:
+            layer.send(self.credit_to, {"credit": self.credit_owed})
+        except (layer.ChannelFull, layer.MessageTooLarge):
+            return  # still owed: resume_writing or the sweep tries again
+        self.credit_owed = None
+
+    def release_credit(self):
+        """The response ends before it is complete: a worker waiting for
+        credit hears that the client is gone."""
+        if self.credit_owed is not None:
+            self.credit_owed = None
+            layer = self.conn.layer
+            try:
+                layer.send(self.credit_to, {"closed": True})
+            except (layer.ChannelFull, layer.MessageTooLarge):
+                pass  # its CREDIT_TIMEOUT ends the wait
 
     # -------------------------------------------------------------- replies
 
@@ -264,6 +303,8 @@ class Cycle:
             return
         if content and self.mode != MODE_NONE:
             self.sent += len(content)
+        if more and "__credit__" in message:
+            self.ask_credit(message["__credit__"])
         if broken is not None:
             self.reply_failed(broken)
         elif not more:

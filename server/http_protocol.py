@@ -15,7 +15,15 @@ keeps what outlives one request:
    decided; each reason is a bit, and reading resumes when none is left;
 3. keep-alive and shutdown: after a complete response the next request
    starts, or the connection closes; ``check_timeouts`` (called by the
-   server's sweep) enforces ``http_timeout`` and the keep-alive timeout.
+   server's sweep) enforces ``http_timeout``, the keep-alive timeout,
+   ``header_timeout`` (a whole request head), ``body_timeout`` (a body must
+   move ``body_min_bytes`` per period) and ``http_write_timeout`` (a client
+   that stopped reading);
+4. write backpressure: the write buffer's high-water mark is
+   ``http_write_limit``; above it the worker gets no more credit
+   (``Cycle.ask_credit``), so its sends wait and the buffer stays bounded;
+5. a client that half-closes (shutdown(SHUT_WR)) after complete requests
+   still gets their responses; one that half-closes mid-request has left.
 
 A client that leaves before its response is complete produces one
 ``http.disconnect`` (and ``{"closed": True}`` on an unfinished body
@@ -30,7 +38,7 @@ import socket
 from shmchannels.counters import C
 
 from . import http11
-from .http11 import EV_BODY, EV_END, EV_REQUEST, EV_UPGRADE, MODE_CLOSE, MODE_LENGTH
+from .http11 import EV_BODY, EV_END, EV_REQUEST, EV_UPGRADE, MODE_CLOSE, MODE_LENGTH, ParseError
 from .http_cycle import Cycle
 
 RESPONSES = C["responses_1xx"]  # then 2xx .. 5xx
@@ -43,6 +51,8 @@ logger = logging.getLogger("shmchannels.server")
 PAUSE_BODY = 1  # the body channel is full
 PAUSE_PIPELINE = 2  # requests are waiting behind the current one
 PAUSE_UPGRADE = 4
+
+OVER_LIMIT_BODY = "Service Unavailable: too many connections"
 
 
 def addresses(transport):
@@ -77,13 +87,26 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = False
         self.upgrade_data = None
         self.pending_error = None  # a ParseError to answer after the requests before it
+        self.over_limit = False  # past limit_concurrency: the first request gets 503
+        self.eof = False  # the client half-closed after complete requests
+        self.head_since = 0.0  # loop time a request head began (0: none in progress)
+        self.body_seen = 0  # request body bytes read on this connection
+        self.body_mark = 0  # body_seen at body_mark_at
+        self.body_mark_at = 0.0
+        self.write_mark = 0  # write buffer size at write_mark_at (while write_paused)
+        self.write_mark_at = 0.0
 
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport):
         self.transport = transport
+        transport.set_write_buffer_limits(high=self.config.http_write_limit)
         self.client, self.server_addr = addresses(transport)
-        self.server.connections.add(self)
+        server = self.server
+        limit = self.config.limit_concurrency
+        if limit and len(server.connections) + len(server.websockets) >= limit:
+            self.over_limit = True
+        server.connections.add(self)
         self.server.stats_words[CONNECTIONS] += 1
         if self.server.shutting_down:
             self.closing = True
@@ -100,17 +123,23 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connection_closed()
 
     def pause_writing(self):
-        """The client reads slower than the response arrives: an ASGI
-        instance is told to hold its sends (Cycle.flow); a Channels 1
-        consumer has nothing to slow down."""
+        """The client reads slower than the response arrives (the write
+        buffer passed ``http_write_limit``): an ASGI instance is told to hold
+        its sends (Cycle.flow); a Channels 1 / WSGI worker gets no more
+        credit (Cycle.ask_credit) until the buffer is under a quarter of it."""
         self.write_paused = True
+        self.write_mark = self.transport.get_write_buffer_size()
+        self.write_mark_at = self.loop.time()
         if self.cycles:
             self.cycles[0].flow(False)
 
     def resume_writing(self):
         self.write_paused = False
         if self.cycles:
-            self.cycles[0].flow(True)
+            cycle = self.cycles[0]
+            cycle.flow(True)
+            if cycle.credit_owed is not None:
+                cycle.send_credit()
 
     def data_received(self, data):
         if self.upgrade_data is not None:
@@ -118,8 +147,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         for kind, value in self.parser.feed(data):
             if kind == EV_REQUEST:
-                if self.closing:  # shutting down, or an error was answered: no more requests
+                if self.closing or self.over_limit:  # shutting down, or an error was answered: no more requests
                     self.parser.dead = True
+                    if self.over_limit and not self.closing:
+                        self._write_error(None, 503, OVER_LIMIT_BODY)
                     break
                 self._on_request(value)
             elif kind == EV_BODY:
@@ -132,18 +163,31 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_upgrade(value)
             else:  # EV_ERROR
                 self._on_parse_error(value)
+        if self.parser.in_head:
+            if not self.head_since:
+                self.head_since = self.loop.time()
+        elif self.head_since:
+            self.head_since = 0.0
         if not self.cycles:
             self.idle_since = self.loop.time()  # a partial head keeps the connection alive
 
     def eof_received(self):
-        # EOF means the client left (as uvicorn reads it): a client that
-        # half-closes after its request gets no response, and in exchange a
-        # departed client is noticed at once (http.disconnect, body abort).
+        """The client shut down its sending side.  After complete requests
+        that is a half-close: their responses still go out, then the
+        connection closes.  In the middle of a request (a partial head or
+        body) the client has left: http.disconnect, body aborted."""
+        cycles = self.cycles
+        if (cycles and cycles[-1].body_done and not self.parser.in_head and not self.closed
+                and self.upgrade_data is None and self.pending_error is None):
+            self.eof = True
+            self.parser.dead = True
+            return True  # keep the transport open for writing
         return False
 
     # -------------------------------------------------------------- requests
 
     def _on_request(self, req):
+        self.body_mark, self.body_mark_at = self.body_seen, self.loop.time()  # body_timeout starts
         cycle = Cycle(self, req)
         cycles = self.cycles
         cycles.append(cycle)
@@ -163,6 +207,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.dispatch()
 
     def _on_body(self, cycle, data):
+        self.body_seen += len(data)
         if cycle.dispatched:
             body = cycle.body
             if body is not None and body.out is not None:
@@ -225,6 +270,7 @@ class HttpProtocol(asyncio.Protocol):
         cycle.cancel_timers()
         cycle.unregister()
         cycle.abort_body()
+        cycle.release_credit()
         if self.server.access_log_enabled:
             self.server.access_log.log(cycle.client, cycle.req, cycle.status, cycle.sent)
         self.closing = True
@@ -258,7 +304,7 @@ class HttpProtocol(asyncio.Protocol):
         cycles = self.cycles
         if cycles and cycles[0] is cycle:
             cycles.popleft()
-        keep_alive = cycle.keep_alive and cycle.mode != MODE_CLOSE
+        keep_alive = cycle.keep_alive and cycle.mode != MODE_CLOSE and not (self.eof and not cycles)
         if cycle.body is not None and not cycle.body_done:
             # answered before the body was read: the rest of the stream is
             # body bytes nobody wants; close rather than parse them
@@ -312,22 +358,57 @@ class HttpProtocol(asyncio.Protocol):
         self.resume_reading(PAUSE_BODY)
 
     def check_timeouts(self, now):
-        """Called by the server's sweep: http_timeout and the keep-alive timeout.
+        """Called by the server's sweep: http_timeout, the keep-alive
+        timeout, header_timeout, body_timeout and http_write_timeout.
 
         One periodic sweep instead of two timers per request (creating and
         cancelling TimerHandles was ~10% of a request's cost).
         """
+        if self.closed:
+            return
+        config = self.config
+        if self.write_paused and config.http_write_timeout:
+            size = self.transport.get_write_buffer_size()
+            if size < self.write_mark:
+                self.write_mark, self.write_mark_at = size, now
+            elif now - self.write_mark_at >= config.http_write_timeout:
+                logger.debug("%s read nothing of its response for %ss: closing", self.client, config.http_write_timeout)
+                self.transport.abort()  # connection_lost tells the worker (http.disconnect, credit closed)
+                return
+        if self.head_since and config.header_timeout and now - self.head_since >= config.header_timeout \
+                and not self.parser.dead:
+            self._read_timeout("request head not complete within %ss" % config.header_timeout)
+            return
         cycles = self.cycles
         if cycles:
+            last = cycles[-1]
+            if not last.body_done and config.body_timeout and not self.parser.dead:
+                if self.paused or self.body_seen - self.body_mark >= config.body_min_bytes:
+                    self.body_mark, self.body_mark_at = self.body_seen, now  # paused: our wait, not the client's
+                elif now - self.body_mark_at >= config.body_timeout:
+                    self._read_timeout("request body sent fewer than %d bytes in %ss" % (
+                        config.body_min_bytes, config.body_timeout))
+                    return
             cycle = cycles[0]
-            timeout = self.config.http_timeout
+            if cycle.credit_owed is not None and not self.write_paused:
+                cycle.send_credit()  # a full credit channel refused it before
+            timeout = config.http_timeout
             if timeout and cycle.dispatched and not cycle.started and now - cycle.dispatched_at >= timeout:
                 cycle.timed_out()
-        elif not self.closed and self.upgrade_data is None:
+        elif not self.closed and self.upgrade_data is None and not self.head_since:
             # keepalive 0 turns keep-alive off (responses close), not the
             # wait for a first request
             if now - self.idle_since >= (self.config.keepalive or 5.0):
                 self.transport.close()
+
+    def _read_timeout(self, reason):
+        """The client is too slow sending its request: 408 where a response
+        is still possible (the requests before it are answered first), then
+        the connection closes."""
+        self.parser.dead = True
+        self.head_since = 0.0
+        self.pause_reading(PAUSE_PIPELINE)
+        self._on_parse_error(ParseError(408, reason))
 
     def shutdown(self):
         """Stop taking requests; close once the one in flight is answered."""
@@ -380,6 +461,7 @@ class HttpProtocol(asyncio.Protocol):
         ws = ws_protocol.WebSocketProtocol(
             self.server, self.transport, req, key, subprotocols, self.client, self.server_addr, leftover,
         )
+        self.transport.set_write_buffer_limits()  # the WebSocket's own (asyncio's defaults)
         self.transport.set_protocol(ws)
         ws.start()
         self.transport.resume_reading()

@@ -127,7 +127,8 @@ class ProtocolServer:
             self.log.info("Listening on %s", describe_socket(sock))
         self._tick_handle = loop.call_later(1.0, self._tick)
         config = self.config
-        timeouts = [t for t in (config.keepalive or 5.0, config.http_timeout) if t]
+        timeouts = [t for t in (config.keepalive or 5.0, config.http_timeout, config.header_timeout,
+                                config.body_timeout, config.http_write_timeout) if t]
         self._sweep_interval = max(0.005, min([1.0] + [t / 4 for t in timeouts]))
         self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
         self._liveness_handle = loop.call_later(LIVENESS_INTERVAL, self._check_workers)

@@ -163,6 +163,19 @@ def send_reply(layer, channel, message):
     return layer.send_waiting(channel, message, timeout=60.0)
 
 
+class _Waiting:
+    """Replies sent with ``send_reply`` (a protocol server without a window)."""
+
+    __slots__ = ("layer",)
+    gone = False
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def send(self, channel, message):
+        return send_reply(self.layer, channel, message)
+
+
 class WsgiConsumer:
     """``http.request`` consumer around a WSGI application."""
 
@@ -175,6 +188,9 @@ class WsgiConsumer:
         reply = content["reply_channel"]
         layer = message.channel_layer
         environ = build_environ(content, layer, self.multithread)
+        out = message.reply_flow if hasattr(message, "reply_flow") else None
+        if out is None:
+            out = _Waiting(layer)
         state = {"status": None, "headers": None, "sent": False}
         written = []
 
@@ -195,16 +211,16 @@ class WsgiConsumer:
             result = self.application(environ, start_response)
         except Exception:
             logger.exception("WSGI application raised for %s %s", content["method"], content["path"])
-            send_reply(layer, reply, _STATUS_500)
+            out.send(reply, _STATUS_500)
             return
         try:
-            self._respond(layer, reply, result, state, written)
+            self._respond(out, reply, result, state, written)
         except Exception:
             logger.exception("WSGI response failed for %s %s", content["method"], content["path"])
             if not state["sent"]:
-                send_reply(layer, reply, _STATUS_500)
+                out.send(reply, _STATUS_500)
             else:
-                send_reply(layer, reply, {"content": b"", "more_content": False})
+                out.send(reply, {"content": b"", "more_content": False})
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -214,7 +230,7 @@ class WsgiConsumer:
         state["sent"] = True
         return {"status": state["status"], "headers": state["headers"], "content": content, "more_content": more}
 
-    def _respond(self, layer, reply, result, state, written):
+    def _respond(self, out, reply, result, state, written):
         length = None
         if isinstance(result, (list, tuple)):
             body = b"".join(written) + b"".join(result)
@@ -222,7 +238,9 @@ class WsgiConsumer:
             for i in range(0, max(len(body), 1), CHUNK):
                 part = body[i : i + CHUNK]
                 more = i + CHUNK < len(body)
-                send_reply(layer, reply, self._first(state, part, more) if i == 0 else {"content": part, "more_content": more})
+                out.send(reply, self._first(state, part, more) if i == 0 else {"content": part, "more_content": more})
+                if out.gone:
+                    return
             return
         iterator = iter(result)
         pending = bytearray(b"".join(written))
@@ -233,21 +251,23 @@ class WsgiConsumer:
             if not chunk:
                 continue
             self._check_started(state)
+            if out.gone:
+                return  # the client left: stop producing (the iterator is closed)
             if length is not None and length <= CHUNK:
                 pending += chunk  # known small size: gather it into one message
                 continue
             pending += chunk
             while len(pending) >= CHUNK:
                 part, pending = bytes(pending[:CHUNK]), pending[CHUNK:]
-                self._send_part(layer, reply, state, part, True)
+                self._send_part(out, reply, state, part, True)
             if pending:
-                self._send_part(layer, reply, state, bytes(pending), True)
+                self._send_part(out, reply, state, bytes(pending), True)
                 pending = bytearray()
         self._check_started(state)
-        self._send_part(layer, reply, state, bytes(pending), False)
+        self._send_part(out, reply, state, bytes(pending), False)
 
-    def _send_part(self, layer, reply, state, part, more):
-        send_reply(layer, reply, {"content": part, "more_content": more} if state["sent"] else self._first(state, part, more))
+    def _send_part(self, out, reply, state, part, more):
+        out.send(reply, {"content": part, "more_content": more} if state["sent"] else self._first(state, part, more))
 
     @staticmethod
     def _check_started(state):

@@ -328,6 +328,96 @@ class ProxyHeaders(ShmSetting, Setting):
         """
 
 
+class HttpWriteLimit(ShmSetting, Setting):
+    name = "http_write_limit"
+    section = "HTTP"
+    cli = ["--http-write-limit"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.http_write_limit
+    desc = """\
+        High-water mark of an HTTP connection's write buffer, and the
+        response bytes a worker may send ahead of what its client has read:
+        past it the worker's sends wait for the client (an ASGI
+        application's ``send`` waits too), so a client that does not read
+        holds about twice this much of the protocol server's memory.
+        """
+
+
+class HttpWriteTimeout(ShmSetting, Setting):
+    name = "http_write_timeout"
+    section = "HTTP"
+    cli = ["--http-write-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = _PROTOCOL_DEFAULTS.http_write_timeout
+    desc = """\
+        Seconds an HTTP client may read nothing of a response whose write
+        buffer is full before the connection is dropped (and its worker
+        stops waiting); 0 waits forever.
+        """
+
+
+class HeaderTimeout(ShmSetting, Setting):
+    name = "header_timeout"
+    section = "HTTP"
+    cli = ["--header-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = _PROTOCOL_DEFAULTS.header_timeout
+    desc = """\
+        Seconds from the first byte of a request head to its end; a slower
+        client gets 408 and is closed (slowloris).  0: no limit.
+        """
+
+
+class BodyTimeout(ShmSetting, Setting):
+    name = "body_timeout"
+    section = "HTTP"
+    cli = ["--body-timeout"]
+    meta = "SECONDS"
+    validator = validate_float
+    type = float
+    default = _PROTOCOL_DEFAULTS.body_timeout
+    desc = """\
+        A request body must move by ``body_min_bytes`` in each period of
+        this many seconds (while the server reads it), else 408 and close.
+        0: no limit.
+        """
+
+
+class BodyMinBytes(ShmSetting, Setting):
+    name = "body_min_bytes"
+    section = "HTTP"
+    cli = ["--body-min-bytes"]
+    meta = "BYTES"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.body_min_bytes
+    desc = """\
+        See ``body_timeout``: bytes of a request body that must arrive in
+        each of its periods (1: any progress).
+        """
+
+
+class LimitConcurrency(ShmSetting, Setting):
+    name = "limit_concurrency"
+    section = "HTTP"
+    cli = ["--limit-concurrency"]
+    meta = "INT"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.limit_concurrency
+    desc = """\
+        Most HTTP connections plus WebSockets one protocol server holds at
+        once; a request on a connection beyond it gets 503 and the
+        connection closes (uvicorn's ``--limit-concurrency``).  0: no limit.
+        """
+
+
 class WsMaxSize(ShmSetting, Setting):
     name = "ws_max_size"
     section = "WebSocket"
@@ -522,6 +612,8 @@ RULES = {
     "threads": _at_least("threads", 1),
     "ws_max_size": _at_least("ws_max_size", 1),
     "ws_write_limit": _at_least("ws_write_limit", 1),
+    "http_write_limit": _at_least("http_write_limit", 1),
+    "body_min_bytes": _at_least("body_min_bytes", 1),
     "uvloop": lambda v: None if v in ("auto", "on", "off") else f"uvloop must be auto, on or off (got {v!r})",
     "bind": _bind_rule,
     "metrics": _metrics_rule,

@@ -9,6 +9,7 @@ input.
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -58,6 +59,7 @@ def test_get_and_post_carry_every_asgi1_request_key(env):
         "headers", "body_channel", "client", "server", "body_length", "body_head",
         "raw_path",  # (ASGI 3) only when it differs from the path's UTF-8
         "__taken__",  # (shmchannels) asks the worker who it is; the real runner removes it
+        "__window__",  # (shmchannels) response bytes a worker may send ahead of the client (ReplyFlow)
     }
     assert got["__taken__"].startswith("shmchannels.taken?")
     assert got["reply_channel"].startswith("http.response.shm") and "!" in got["reply_channel"]
@@ -537,11 +539,14 @@ def test_http_disconnect_only_when_the_client_leaves_early(env):
         assert client.get(url(st, "/fine")).status_code == 200
     time.sleep(0.2)
     assert got == []
-    # a client that leaves before its response does
+    # a client that leaves before its response does (a reset: a FIN after a
+    # complete request is a half-close, which still waits for the response;
+    # see test_half_close_after_a_complete_request_still_gets_the_response)
     sock, f = raw_connection(st.port)
     sock.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answered.wait(5)
     f.close()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
     deadline = time.monotonic() + 5
     while not got and time.monotonic() < deadline:
