@@ -13,9 +13,11 @@ anything to an event loop, so ``async_to_sync`` from views, Celery tasks or
 management commands works from any thread and any loop.
 """
 
+import inspect
+
 from channels.layers import BaseChannelLayer
 
-from . import bus as bus_mod, hosted, names
+from . import bus as bus_mod, checks, hosted, names
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
 from .options import LayerOptions
@@ -43,7 +45,13 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         slots=bus_mod.DEFAULT_SLOTS,
         spin_us=DEFAULT_SPIN_US,
         park_timeout=DEFAULT_PARK_TIMEOUT,
+        **channels_redis,
     ):
+        # channels_redis's keys: accepted where they change nothing, else
+        # refused with the rule (shmchannels.checks, also a Django system check)
+        for problem in checks.config_problems(channels_redis, self.config_keys()):
+            if problem.level == "error":
+                raise TypeError(f"SharedMemoryChannelLayer: {problem.msg}" + (f". {problem.hint}" if problem.hint else ""))
         self._configure(LayerOptions(
             prefix=prefix,
             expiry=expiry,
@@ -56,6 +64,12 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
             spin_us=spin_us,
             park_timeout=park_timeout,
         ))
+
+    @classmethod
+    def config_keys(cls):
+        """The keys of a ``CONFIG`` that are this layer's own."""
+        params = inspect.signature(cls.__init__).parameters
+        return [name for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD]
 
     @classmethod
     def from_options(cls, options):
