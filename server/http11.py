@@ -213,7 +213,11 @@ class RequestParser:
                 if version == "1.0":
                     # RFC 9112 6.1: faulty framing; the connection must close
                     raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-                req.chunked = b"chunked" in b",".join(te).lower()
+                # h11's rule: chunked alone (an empty element, ",chunked", or
+                # another coding is a framing a proxy may read otherwise)
+                if [t.strip(b" \t") for t in b",".join(te).lower().split(b",")] != [b"chunked"]:
+                    raise _Reject(501, "Transfer-Encoding other than chunked is not supported")
+                req.chunked = True
             expect = special.get(b"expect")
             if expect is not None:
                 if len(expect) != 1 or expect[0].strip().lower() != b"100-continue":

@@ -1,0 +1,3 @@
+"""HTTP Garden: whitespace before a chunk size; h11: 400."""
+
+error = (400, 'chunk size')

@@ -1,0 +1,3 @@
+"""A coding before chunked; h11: 501 Only Transfer-Encoding: chunked is supported."""
+
+error = (501, 'chunked')

@@ -1,0 +1,3 @@
+"""HTTP Garden: an empty field name; h11: 400 illegal header line."""
+
+error = (400, 'header')

@@ -1,0 +1,3 @@
+"""HTTP Garden: a tab between method and target; h11: 400."""
+
+error = (400, 'space')
