@@ -84,6 +84,11 @@ class ProtocolConfig:
     websocket_connect_timeout: float = 5.0  #: seconds for the application to answer a connect -> 403
     ack_timeout: float = 35.0  #: seconds to wait for a worker's {"__ack__": n} before moving on
     ws_close_timeout: float = 5.0  #: after our close frame, seconds to wait for the peer's before dropping TCP
+    ws_per_message_deflate: bool = True  #: negotiate permessage-deflate (RFC 7692) when the client offers it
+    ws_deflate_server_max_window_bits: int = 12  #: largest LZ77 window of what we compress, 9-15 bits
+    ws_deflate_client_max_window_bits: int = 12  #: window asked of a client that accepts a limit, 8-15 bits
+    ws_deflate_server_no_context_takeover: bool = False  #: compress each message on its own
+    ws_deflate_client_no_context_takeover: bool = False  #: ask clients to compress each message on its own
 
     # --- lifecycle
     graceful_timeout: float = 30.0  #: seconds in-flight HTTP responses get after begin_shutdown()
@@ -103,6 +108,10 @@ class ProtocolConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 9 <= self.ws_deflate_server_max_window_bits <= 15:
+            raise ValueError("ws_deflate_server_max_window_bits must be between 9 and 15 (zlib cannot compress with 8)")
+        if not 8 <= self.ws_deflate_client_max_window_bits <= 15:
+            raise ValueError("ws_deflate_client_max_window_bits must be between 8 and 15")
         if self.limit_request_body < 0:
             raise ValueError("limit_request_body must be >= 0 (0: unlimited)")
         if self.root_path.endswith("/"):

@@ -9,8 +9,9 @@ What the codec enforces (each failure raises ``ProtocolError`` with the close
 code the connection must be failed with; the codec has then queued that
 close frame in ``data_to_send()``):
 
-* client frames must be masked; RSV bits must be clear (no extension is
-  negotiated); opcodes are 0, 1, 2, 8, 9, 10 only               -> 1002
+* client frames must be masked; RSV bits must be clear, except RSV1 on the
+  first frame of a compressed message when permessage-deflate was
+  negotiated; opcodes are 0, 1, 2, 8, 9, 10 only                -> 1002
 * control frames: at most 125 bytes, never fragmented; they may arrive
   between the fragments of a message                             -> 1002
 * continuation without a message in progress, or a new text/binary frame
@@ -19,6 +20,10 @@ close frame in ``data_to_send()``):
   sequence fails at the fragment that contains it)               -> 1007
 * a message (or one frame) larger than ``max_size``, refused from the
   frame header, before its payload is buffered                   -> 1009
+* compressed messages (RFC 7692, ``ws_deflate.Deflate``): ``max_size``
+  bounds the *inflated* size, checked while inflating (a zip bomb stops
+  after ``max_size + 1`` bytes came out)                         -> 1009;
+  data that does not inflate                                      -> 1007
 * close frames: a 1-byte payload, an invalid code (< 1000, 1004-1006,
   1015, 1016-2999, >= 5000) or a reason that is not UTF-8         -> 1002 / 1007
 
@@ -31,6 +36,7 @@ against wsaccel and against websockets' own ``ServerProtocol``.
 
 import base64
 import codecs
+import zlib
 import enum
 import hashlib
 import struct
@@ -42,6 +48,8 @@ except ImportError:  # pragma: no cover - the wheel ships the C version
     from websockets.utils import apply_mask
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: what a sender strips from the end of a compressed message (RFC 7692 7.2.1)
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -152,8 +160,9 @@ def accept_key(key):
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def accept_response(key, subprotocol=None, headers=(), server_header=None):
-    """The 101 response completing the handshake, as bytes."""
+def accept_response(key, subprotocol=None, headers=(), server_header=None, extensions=None):
+    """The 101 response completing the handshake, as bytes (``extensions``:
+    the Sec-WebSocket-Extensions value, bytes, if one was negotiated)."""
     parts = [
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         accept_key(key),
@@ -161,6 +170,8 @@ def accept_response(key, subprotocol=None, headers=(), server_header=None):
     ]
     if subprotocol:
         parts += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+    if extensions:
+        parts += [b"Sec-WebSocket-Extensions: ", extensions, b"\r\n"]
     if server_header:
         parts += [b"Server: ", server_header, b"\r\n"]
     for name, value in headers:
@@ -197,20 +208,36 @@ class FrameCodec:
     ProtocolError on a violation (the close frame is then already queued).
     ``data_to_send()`` hands over the bytes the codec produced itself (pongs,
     the close echo, the failure close).
+
+    ``deflate`` (a ``ws_deflate.Deflate``, None: not negotiated) inflates
+    compressed messages and compresses outgoing ones.  An inflate that gives
+    more than one slice of output stops there: ``resume()`` is called, the
+    rest of the input waits in the codec, and the next ``receive_data``
+    (``b""`` will do) goes on with it before any later frame.
     """
 
     #: unmask(data, mask) -> bytes; decode_text(bytes) -> str or UnicodeDecodeError.
     #: Class-level hooks so bench/ws_codec.py can time other primitives (wsaccel).
     unmask = staticmethod(apply_mask)
     decode_text = staticmethod(lambda payload: payload.decode("utf-8"))
+    #: inflate output per ``receive_data`` call (about 1 ms of zlib) before the codec yields
+    inflate_slice = 256 * 1024
 
     __slots__ = (
         "max_size", "buf", "frag_op", "frag_parts", "frag_size", "decoder", "out", "state",
-        "close_sent", "close_received", "close_code",
+        "close_sent", "close_received", "close_code", "deflate", "resume", "frag_deflate", "inflate_rest",
+        "max_wire", "budget",
     )
 
-    def __init__(self, max_size=1 << 20):
+    def __init__(self, max_size=1 << 20, deflate=None, resume=None):
         self.max_size = max_size
+        self.deflate = deflate
+        self.resume = resume or (lambda: None)
+        self.frag_deflate = False  # the message in progress is compressed
+        self.inflate_rest = None  # (input, fin, tail fed) of an inflate cut after a slice
+        # largest compressed frame buffered: zlib's worst expansion of max_size bytes (deflateBound)
+        self.max_wire = max_size + (max_size >> 3) + (max_size >> 6) + 64
+        self.budget = 0  # inflate output this receive_data call may still produce
         self.buf = b""
         self.frag_op = None  # opcode of the fragmented message in progress
         self.frag_parts = []
@@ -224,10 +251,24 @@ class FrameCodec:
 
     # ------------------------------------------------------------ outgoing
 
+    @property
+    def extension(self):
+        """The Sec-WebSocket-Extensions value for the 101, or None."""
+        return None if self.deflate is None else self.deflate.response
+
     def send_text(self, text):
-        return encode_frame(OP_TEXT, text.encode("utf-8"))
+        payload = text.encode("utf-8")
+        if self.deflate is not None:
+            compressed = self.deflate.compress(payload)
+            if compressed is not None:
+                return encode_frame(OP_TEXT | 0x40, compressed)
+        return encode_frame(OP_TEXT, payload)
 
     def send_binary(self, data):
+        if self.deflate is not None:
+            compressed = self.deflate.compress(data)
+            if compressed is not None:
+                return encode_frame(OP_BINARY | 0x40, compressed)
         return encode_frame(OP_BINARY, data)
 
     def send_ping(self, payload=b""):
@@ -262,7 +303,14 @@ class FrameCodec:
             return []
         events = []
         try:
-            self._parse(self.buf + data if self.buf else data, events)
+            buf = self.buf + data if self.buf else data
+            self.budget = self.inflate_slice
+            if self.inflate_rest is not None:  # finish the message being inflated first
+                self.buf = buf
+                if not self._inflate(*self.inflate_rest, events):
+                    return events
+                buf = self.buf
+            self._parse(buf, events)
         except ProtocolError as exc:
             exc.events = events  # what arrived intact before the violation
             raise
@@ -292,8 +340,11 @@ class FrameCodec:
                     self.fail(1002, "invalid frame length")
             opcode = b0 & 0x0F
             fin = b0 & 0x80
+            compressed = False
             if b0 & 0x70:
-                self.fail(1002, "reserved bits set")
+                if (b0 & 0x70) != 0x40 or self.deflate is None or opcode == OP_CONT or opcode > OP_BINARY:
+                    self.fail(1002, "reserved bits set")
+                compressed = True
             if not b1 & 0x80:
                 self.fail(1002, "client frames must be masked")
             if opcode >= OP_CLOSE:
@@ -308,12 +359,16 @@ class FrameCodec:
             elif opcode == OP_CONT:
                 if self.frag_op is None:
                     self.fail(1002, "continuation frame without a message to continue")
-                if self.frag_size + n > max_size:
+                if self.frag_deflate:
+                    compressed = True
+                    if n > self.max_wire:
+                        self.fail(1009, f"message over {max_size} bytes")
+                elif self.frag_size + n > max_size:
                     self.fail(1009, f"message over {max_size} bytes")
             else:
                 if self.frag_op is not None:
                     self.fail(1002, "new message while a fragmented one is in progress")
-                if n > max_size:
+                if n > (self.max_wire if compressed else max_size):
                     self.fail(1009, f"message over {max_size} bytes")
             start = pos + hdr + 4
             stop = start + n
@@ -324,6 +379,18 @@ class FrameCodec:
             pos = stop
             if self.close_sent is not None and opcode != OP_CLOSE:
                 continue  # after our close frame only the peer's close matters
+            if compressed:
+                if self.budget <= 0:  # this call inflated a slice already: this frame on the next
+                    self.buf = buf[start - 4 - hdr:]
+                    self.resume()
+                    return
+                if opcode != OP_CONT:
+                    self._begin(opcode, b"")
+                    self.frag_deflate = True
+                if not self._inflate(payload, fin, False, events):
+                    self.buf = buf[pos:] if pos < end else b""
+                    return  # one slice inflated: the rest on the next call
+                continue
             if opcode == OP_TEXT:
                 if fin:
                     try:
@@ -373,6 +440,61 @@ class FrameCodec:
                 self.buf = b""
                 return
         self.buf = buf[pos:] if pos < end else b""
+
+    def _inflate(self, data, fin, tail_fed, events):
+        """Inflate one compressed frame's payload (then, at the end of the
+        message, DEFLATE_TAIL) into the message in progress, at most one
+        slice per call; False when it stopped after a slice (``inflate_rest``
+        holds what is left)."""
+        deflate = self.deflate
+        max_size = self.max_size
+        step = self.inflate_slice
+        self.inflate_rest = None
+        while True:
+            limit = max_size - self.frag_size
+            try:
+                out, rest = deflate.inflate(data, min(limit + 1, step))
+            except zlib.error:
+                self.fail(1007, "invalid compressed data")
+            n = len(out)
+            if n > limit:
+                self.fail(1009, f"message over {max_size} bytes (inflated)")
+            self.frag_size += n
+            if self.decoder is not None:
+                try:
+                    self.frag_parts.append(self.decoder.decode(out, False))
+                except UnicodeDecodeError:
+                    self.fail(1007, "invalid UTF-8 in text message")
+            elif n:
+                self.frag_parts.append(out)
+            self.budget -= n
+            if rest or n == step:  # input left, or output pending in zlib
+                data = rest
+            elif fin and not tail_fed:
+                data = DEFLATE_TAIL
+                tail_fed = True
+            else:
+                break
+            if self.budget <= 0:
+                self.inflate_rest = (data, fin, tail_fed)
+                self.resume()
+                return False
+        if fin:
+            parts = self.frag_parts
+            if self.frag_op == OP_TEXT:
+                try:
+                    parts.append(self.decoder.decode(b"", True))
+                except UnicodeDecodeError:
+                    self.fail(1007, "invalid UTF-8 in text message")
+                events.append((TEXT, "".join(parts)))
+            else:
+                events.append((BINARY, b"".join(parts)))
+            self.frag_op = self.decoder = None
+            self.frag_parts = []
+            self.frag_size = 0
+            self.frag_deflate = False
+            deflate.end_message()
+        return True
 
     def _begin(self, opcode, payload):
         self.frag_op = opcode

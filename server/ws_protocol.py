@@ -10,6 +10,10 @@ connection's messages to the workers, one at a time, in order.  Then:
   or nothing within ``websocket_connect_timeout`` (403).  A full
   ``websocket.connect`` gives 503.  The application may pick one of the
   offered subprotocols with ``subprotocol`` in its accept.
+* permessage-deflate (RFC 7692) is negotiated when the client offers it
+  and ``ws_per_message_deflate`` is on (``ws_deflate``: websockets'
+  negotiation, our codec's inflate/deflate); a large compressed message is
+  inflated a slice per loop turn, with reading paused in between.
 * Frames are decoded by the sans-I/O ``websocket.FrameCodec``.  Each message
   gets the next ``order`` and waits in this object until the previous
   message's ``{"__ack__": n}`` came back (or ``ack_timeout`` passed): at most
@@ -45,8 +49,8 @@ import struct
 from shmchannels.counters import C, WS_CLOSE_CODES
 from shmchannels.names import new_local_part
 
-from . import http11, proxy
-from .websocket import BINARY, CLOSE, PONG, TEXT, FrameCodec, ProtocolError, accept_response
+from . import http11, proxy, ws_deflate
+from .websocket import BINARY, CLOSE, PONG, TEXT, ProtocolError, accept_response
 from .ws_bridge import ChannelBridge
 
 logger = logging.getLogger("shmchannels.server")
@@ -67,6 +71,7 @@ ABNORMAL = 1006
 #: why reading from the client is paused (bits)
 PAUSE_QUEUE = 1  # its messages wait for the workers (ws_max_queue)
 PAUSE_WRITE = 2  # it does not read what we send
+PAUSE_INFLATE = ws_deflate.PAUSE_INFLATE  # a large compressed message is inflated in slices
 #: where the protocol server counts messages sent and closes by code (``shmchannels.counters``)
 MESSAGES_OUT = C["ws_messages_out"]
 CLOSES = {code: C[f"ws_closes_{code}"] for code in WS_CLOSE_CODES}
@@ -84,7 +89,7 @@ def _cancel_timers(conn, names):
 class WebSocketProtocol(asyncio.Protocol):
     def __init__(self, server, transport, req, key, subprotocols, client, server_addr, leftover=b""):
         self.server = server
-        self.config = config = server.config
+        self.config = server.config
         self.layer = server.layer
         self.loop = server.loop
         self.transport = transport
@@ -95,7 +100,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server_addr = server_addr
         self.scheme = "ws"
         self.path = req.path
-        self.codec = FrameCodec(config.ws_max_size)
+        self.codec = ws_deflate.server_codec(self, req.headers)  # permessage-deflate if offered and on
         self.state = HANDSHAKE
         self.pending = bytearray(leftover)  # bytes that arrived before the handshake completed
         self.reply_channel = reply_channel = server.ws_prefix + new_local_part()
@@ -324,7 +329,7 @@ class WebSocketProtocol(asyncio.Protocol):
         except http11.ResponseError as exc:
             logger.error("bad accept headers on %s: %s; sent without them", self.reply_channel, exc)
             headers = ()
-        self.transport.write(accept_response(self.key, subprotocol, headers, server_header=self.server.server_header))
+        self.transport.write(accept_response(self.key, subprotocol, headers, self.server.server_header, self.codec.extension))
         self.state = OPEN
         if self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 101, 0)

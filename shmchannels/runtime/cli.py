@@ -29,7 +29,9 @@ LAYER_FLAGS = ["prefix", "capacity", "reply_capacity", "expiry", "group_expiry",
 PROTOCOL_FLAGS = [
     "bind", "backlog", "root_path", "http_timeout", "keepalive", "limit_request_line", "limit_request_fields",
     "limit_request_field_size", "limit_request_body", "proxy_headers", "forwarded_allow_ips", "ws_max_size",
-    "ws_write_limit", "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout",
+    "ws_write_limit", "ws_ping_interval", "ws_ping_timeout", "websocket_connect_timeout", "ws_per_message_deflate",
+    "ws_deflate_server_max_window_bits", "ws_deflate_client_max_window_bits", "ws_deflate_server_no_context_takeover",
+    "ws_deflate_client_no_context_takeover",
     "http_write_limit", "http_write_timeout", "header_timeout", "body_timeout", "body_min_bytes", "limit_concurrency",
 ]
 RELOAD_EXIT = 75  # a dev child asking its parent to restart it

@@ -473,6 +473,76 @@ class WsPingTimeout(ShmSetting, Setting):
         """
 
 
+class WsPerMessageDeflate(ShmSetting, Setting):
+    name = "ws_per_message_deflate"
+    section = "WebSocket"
+    cli = ["--ws-per-message-deflate"]
+    cli_negated = ["--no-ws-per-message-deflate"]  # add_arguments adds it
+    validator = validate_bool
+    action = "store_true"
+    type = bool
+    default = _PROTOCOL_DEFAULTS.ws_per_message_deflate
+    desc = """\
+        Negotiate permessage-deflate (RFC 7692) with clients that offer it
+        (browsers do); ``--no-ws-per-message-deflate`` turns it off.
+        """
+
+
+class WsDeflateServerMaxWindowBits(ShmSetting, Setting):
+    name = "ws_deflate_server_max_window_bits"
+    section = "WebSocket"
+    cli = ["--ws-deflate-server-max-window-bits"]
+    meta = "BITS"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.ws_deflate_server_max_window_bits
+    desc = """\
+        permessage-deflate: the largest LZ77 window (9-15 bits) of the
+        messages the server compresses (a client may ask for less).
+        """
+
+
+class WsDeflateClientMaxWindowBits(ShmSetting, Setting):
+    name = "ws_deflate_client_max_window_bits"
+    section = "WebSocket"
+    cli = ["--ws-deflate-client-max-window-bits"]
+    meta = "BITS"
+    validator = validate_pos_int
+    type = int
+    default = _PROTOCOL_DEFAULTS.ws_deflate_client_max_window_bits
+    desc = """\
+        permessage-deflate: the window (8-15 bits) asked of clients that
+        offer ``client_max_window_bits``.
+        """
+
+
+class WsDeflateServerNoContextTakeover(ShmSetting, Setting):
+    name = "ws_deflate_server_no_context_takeover"
+    section = "WebSocket"
+    cli = ["--ws-deflate-server-no-context-takeover"]
+    validator = validate_bool
+    action = "store_true"
+    type = bool
+    default = _PROTOCOL_DEFAULTS.ws_deflate_server_no_context_takeover
+    desc = """\
+        permessage-deflate: compress every message on its own (less memory
+        per connection, worse ratio).
+        """
+
+
+class WsDeflateClientNoContextTakeover(ShmSetting, Setting):
+    name = "ws_deflate_client_no_context_takeover"
+    section = "WebSocket"
+    cli = ["--ws-deflate-client-no-context-takeover"]
+    validator = validate_bool
+    action = "store_true"
+    type = bool
+    default = _PROTOCOL_DEFAULTS.ws_deflate_client_no_context_takeover
+    desc = """\
+        permessage-deflate: make clients compress every message on its own.
+        """
+
+
 class WebsocketConnectTimeout(ShmSetting, Setting):
     name = "websocket_connect_timeout"
     section = "WebSocket"
@@ -824,6 +894,9 @@ def add_arguments(parser, names=None):
         else:
             kwargs["metavar"] = setting.meta
         group.add_argument(*setting.cli, **kwargs)
+        if getattr(setting, "cli_negated", None):
+            group.add_argument(*setting.cli_negated, dest=kwargs["dest"], default=argparse.SUPPRESS, action="store_const",
+                               const=False, help=f"turn {setting.cli[0]} off")
 
 
 def cli_values(args):

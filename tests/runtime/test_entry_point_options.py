@@ -53,6 +53,11 @@ SETTINGS = {
     "ws_ping_interval": ("3.5", ["--ws-ping-interval", "3.5"]),
     "ws_ping_timeout": ("4.5", ["--ws-ping-timeout", "4.5"]),
     "websocket_connect_timeout": ("6.5", ["--websocket-connect-timeout", "6.5"]),
+    "ws_per_message_deflate": ("false", ["--no-ws-per-message-deflate"]),
+    "ws_deflate_server_max_window_bits": ("10", ["--ws-deflate-server-max-window-bits", "10"]),
+    "ws_deflate_client_max_window_bits": ("9", ["--ws-deflate-client-max-window-bits", "9"]),
+    "ws_deflate_server_no_context_takeover": ("true", ["--ws-deflate-server-no-context-takeover"]),
+    "ws_deflate_client_no_context_takeover": ("true", ["--ws-deflate-client-no-context-takeover"]),
     "timeout": ("40", ["--ack-timeout", "45"]),  # a worker's timeout: protocol servers wait 5 s more for its ack
     "graceful_timeout": ("17", ["--graceful-timeout", "17"]),
 }
@@ -138,9 +143,12 @@ def test_dev_and_worker_flags_mean_what_the_config_file_says(config_file, prefix
     argv = ["dev", "--prefix", prefix]
     for name, (toml, _) in SETTINGS.items():
         if name in cli.LAYER_FLAGS + cli.PROTOCOL_FLAGS + ["timeout", "graceful_timeout"]:
-            value = toml.strip('"[]') if name != "proxy_headers" else None
-            flag = config_mod.ShmConfig().cfg.settings[name].cli[-1]  # gunicorn's spelling (--keep-alive ...)
-            argv += [flag] + ([value] if value is not None else [])
+            setting = config_mod.ShmConfig().cfg.settings[name]
+            flag = setting.cli[-1]  # gunicorn's spelling (--keep-alive ...)
+            if toml in ("true", "false"):  # a flag of its own: --proxy-headers, --no-ws-per-message-deflate
+                argv += [flag] if toml == "true" else setting.cli_negated
+            else:
+                argv += [flag, toml.strip('"[]')]
     assert set(SETTINGS) <= set(cli.LAYER_FLAGS + cli.PROTOCOL_FLAGS + ["timeout", "graceful_timeout"])
     assert command(argv) == from_file
     worker_argv = ["worker", "-c", config_file, "--capacity", "99"]
