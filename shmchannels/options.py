@@ -25,9 +25,6 @@ __all__ = ["DEFAULT_PREFIX", "LayerOptions"]
 
 DEFAULT_PREFIX = "asgi"
 
-#: bytes a record needs in a ring beyond its body (header and alignment)
-RECORD_OVERHEAD = 4096
-
 MIN_RING_SIZE = 64 << 10
 MAX_RING_SIZE = 1 << 30
 
@@ -81,7 +78,7 @@ class LayerOptions:
     capacity: int = 100  #: messages a channel holds before ChannelFull
     channel_capacity: tuple = ()  #: per-channel capacities: ((glob or regex, capacity), ...)
     ring_size: int = DEFAULT_RING_SIZE  #: bytes of message space per ring (a power of two)
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  #: largest encoded message, bytes
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  #: largest encoded message, bytes (the user's limit, any ring_size)
     slots: int = DEFAULT_SLOTS  #: processes a bus can hold at once
     spin_us: float = DEFAULT_SPIN_US  #: microseconds a receiver busy-waits before parking (0: never)
     park_timeout: float = DEFAULT_PARK_TIMEOUT  #: seconds a parked receiver sleeps before looking again
@@ -96,12 +93,7 @@ class LayerOptions:
             raise ValueError("capacity must be at least 1")
         _integer("ring_size", self.ring_size)
         _integer("max_message_size", self.max_message_size)
-        # A record must fit in half a ring, plus its 64-byte header.
-        if self.max_message_size + RECORD_OVERHEAD > self.ring_size // 2:
-            raise ValueError(
-                f"max_message_size {self.max_message_size} needs ring_size of at least "
-                f"{1 << ((2 * (self.max_message_size + RECORD_OVERHEAD) - 1).bit_length())} (got {self.ring_size})"
-            )
+        # No tie to ring_size: records over blobs.inline_max(ring_size) travel in blobs.
         if self.ring_size < MIN_RING_SIZE or self.ring_size > MAX_RING_SIZE or self.ring_size & (self.ring_size - 1):
             raise ValueError("ring_size must be a power of two between 64 KiB and 1 GiB")
         if self.max_message_size < 1:

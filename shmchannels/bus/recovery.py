@@ -24,6 +24,9 @@ process there (``tests/bus/test_crash.py`` unless a file is given);
 | consumer: after copying, before taking     | nothing (head did not move)                 | nobody: the record stays for the next consumer                                       | -                                        | test_consumer_killed_mid_read[after-copy] |
 | consumer: after taking                     | that message is gone                        | nobody: at-most-once delivery; it is never delivered twice                           | -                                        | test_consumer_killed_mid_read[after-take], test_random_sigkill_of_consumers_loses_at_most_one_each |
 | the owner of ``prefix!`` rings             | rings nobody reads, memberships of its channels, its stats segment | ``reclaim``: close and unlink its rings and its stats segment, drop its memberships, free its slot; sends to it are dropped quietly | master: at SIGCHLD; a full sender: at once; a group send: within ``OWNER_CHECK_NS`` (200 ms); any attach; master janitor: 5 s | test_dead_owner_channels_are_reclaimed_and_sends_to_them_are_dropped, tests/bus/test_lifecycle.py::test_a_group_send_reclaims_dead_members_within_half_a_second |
+| a blob's sender: blob written, no record put, or records put, blob unpublished | a mode-0600 blob of a dead owner (records may name it) | ``blobs.sweep``: an unpublished blob of a dead owner is unlinked (at-most-once: a record naming it delivers nothing) | reclaim of its slot (attach, master at SIGCHLD, janitor); a sender of blobs: 1 s | tests/bus/test_blobs.py::test_a_sender_killed_before_publishing_its_blob_leaves_nothing[written], tests/bus/test_blobs.py::test_a_sender_killed_before_publishing_its_blob_leaves_nothing[put] |
+| a blob's receiver: record taken, name not unlinked | a published blob nobody will read           | ``blobs.sweep``: any blob ``GRACE_NS`` (10 s) past its deadline is unlinked          | its expiry + 10 s, at the next attach or janitor pass | tests/bus/test_blobs.py::test_a_receiver_killed_after_taking_the_record_leaves_a_blob_the_janitor_reclaims |
+| a blob's record expired or purged unread   | a published blob nobody will read           | as above                                                                             | as above                                 | tests/bus/test_blobs.py::test_a_blob_whose_record_expired_unread_is_reclaimed_by_the_janitor |
 | holding the bus lock                       | nothing: it is an ``fcntl`` lock            | the kernel releases it at death                                                      | at once                                  | test_process_killed_holding_the_bus_lock_blocks_nobody |
 | inside a registry (SQLite) write           | an uncommitted WAL frame                    | SQLite rolls it back; its lock is ``fcntl`` too                                      | at once                                  | test_registry_survives_writers_killed_mid_transaction, tests/bus/test_lifecycle.py::test_sigkill_during_group_add_never_damages_the_registry |
 | the last process of a bus                  | the bus's files, maybe a dead claim         | the next attach of that prefix reclaims every dead slot; the first attach of any process collects dead buses (``gc.py``) | next attach                     | test_stale_bus_of_a_killed_last_process_is_reclaimed_on_open, tests/bus/test_lifecycle.py::test_a_dead_bus_is_removed_by_the_next_attach_to_any_prefix |
@@ -41,7 +44,7 @@ import threading
 import weakref
 
 from shmchannels import names
-from shmchannels.bus import _shm, rings as rings_mod, segments, stats, wake
+from shmchannels.bus import _shm, blobs, rings as rings_mod, segments, stats, wake
 from shmchannels.bus.control import STATE_ACTIVE
 from shmchannels.exceptions import BusError, ChannelFull, MessageTooLarge
 
@@ -157,6 +160,8 @@ class Recovery:
                 if ring is not None:
                     ring.fifo_remove(index)
         bus.registry.drop_owner(index, gen)
+        # its unpublished blobs (it died mid-send); others wait for their deadline
+        blobs.sweep(stem, lambda s, g: names.owner_tag(s, g) != tag and bus.is_alive(s, g))
         if not keep_stats:
             segments.unlink(segments.file_name(stem, stats.suffix(index, gen)))
         bus.control.bump_reclaims()
@@ -181,6 +186,7 @@ class Recovery:
             logger.info("dropped memberships of dead owners in %d group(s) of bus %s", dropped, bus.prefix)
         self.purge_expired()
         self.sweep_stats()
+        self.sweep_blobs()
 
     def purge_expired(self, rings=None):
         """Consume expired records at the head of every ring; repair damaged
@@ -198,7 +204,14 @@ class Recovery:
         self.purge_expired()
         self.bus.rings.retire_idle()
         self.sweep_stats()
+        self.sweep_blobs()
         return reclaimed
+
+    def sweep_blobs(self):
+        """Unlink the blobs nobody will read (``blobs.sweep``): those of
+        senders that died before publishing them, and those past their
+        deadline.  Returns how many."""
+        return blobs.sweep(self.bus.stem, self.bus.is_alive)
 
     def sweep_stats(self):
         """Unlink the stats segments left by processes that are gone: a

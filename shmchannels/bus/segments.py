@@ -11,6 +11,7 @@ or two prefixes, never collide and one glob finds everything to clean up
     @o<owner>.<hash>     ring of a ``prefix!`` minted by the process <owner>
     @w<slot>             wake FIFO of slot <slot>
     @s<owner>            statistics of the process <owner> (``stats.py``)
+    @b<owner>.<deadline>.<n>  a message too large for a ring, sent by <owner> (``blobs.py``)
     @tmp.*               a segment being initialised (see ``create_published``)
 
 Only ``classify`` decides what a file is, with exact patterns.  Code that
@@ -78,6 +79,7 @@ _KINDS = [
     ("control", re.compile(r"ctl")),
     ("lock", re.compile(r"lock")),
     ("tmp", re.compile(r"tmp\.(\d+)\.[0-9a-f]+")),
+    ("blob", re.compile(r"b([0-9a-f]{10})\.([0-9a-f]{16})\.([0-9a-f]{1,16})")),  # blobs.PATTERN
 ]
 
 

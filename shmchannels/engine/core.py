@@ -15,17 +15,20 @@ import re
 import time
 import weakref
 
-from shmchannels.bus import _shm
+from shmchannels.bus import _shm, blobs
 from shmchannels import bus as bus_mod, names
 from shmchannels.bus.codec import MSGPACK, decode, encode
-from shmchannels.engine import groups
+from shmchannels.engine import groups, large
 from shmchannels.engine.local import local_for
 from shmchannels.engine.wakeup import _resolve
-from shmchannels.exceptions import MessageTooLarge
 
 logger = logging.getLogger("shmchannels.layers")
 
-DEFAULT_MAX_MESSAGE_SIZE = (1 << 20) + (64 << 10)  # 1 MiB of content plus 64 KiB of envelope
+#: the user's limit, not the rings': 16 MiB of content (uvicorn's ws_max_size
+#: default; channels_redis takes 8 MiB) plus 64 KiB of envelope.  Records
+#: over ``blobs.inline_max(ring_size)`` travel in blobs (docs/decisions.md,
+#: "Large messages").
+DEFAULT_MAX_MESSAGE_SIZE = (16 << 20) + (64 << 10)
 DEFAULT_SPIN_US = 50
 DEFAULT_PARK_TIMEOUT = 2.0
 _HOT_NS = 5_000_000  # spin before parking only if traffic arrived this recently
@@ -80,6 +83,32 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _plan(core, channels):
+    """What ``Core.receive_blocking`` over ``channels`` needs, computed once per channel list:
+    (take functions, rings to wait on, a ready check over all of them)."""
+    key = tuple(channels)
+    plan = core._plans.get(key)
+    bus = core._bus
+    if plan is not None and bus is not None and bus.usable:
+        return plan
+    takers, rings, readies = [], [], []
+    for ch in channels:
+        route = core.ring_for_receive(ch)
+        if ch.endswith("!"):
+            takers.append(lambda ch=ch: core.take_prefix(ch))
+        else:
+            takers.append(lambda ch=ch, route=route: (lambda m: None if m is None else (ch, m))(core.take(ch, route)))
+        ring, _key, _specific, _own_meta, ready = route
+        if ring not in rings:
+            rings.append(ring)
+        readies.append(ready)
+    plan = (takers, rings, lambda: any(r() for r in readies))
+    if len(core._plans) >= 256:
+        core._plans.clear()
+    core._plans[key] = plan
+    return plan
+
+
 class Core:
     _local = None  # engine.local.Local of the attached bus: demux and hub
     def __init__(self, options, *, validate=None):
@@ -94,6 +123,9 @@ class Core:
         self.channel_capacity = compile_capacities(options.channel_capacity)
         self.ring_size = options.ring_size
         self.max_message_size = options.max_message_size
+        # one size check on the hot path: a body over this is checked against
+        # max_message_size, then sent in a blob
+        self.inline_max = min(blobs.inline_max(options.ring_size), options.max_message_size)
         self.slots = options.slots
         self.spin_ns = int(options.spin_us * 1000)
         self.park_timeout = options.park_timeout
@@ -107,6 +139,7 @@ class Core:
         self._last_rx = 0
         self._owners_checked = {}
         self._sends = 0
+        self._large = large.BlobSender(self.expiry_ns)
         self._interrupts = 0  # bumped by wake_parked()
         self._woken = {}  # channel -> the _interrupts count of its last wake_parked()
 
@@ -167,15 +200,22 @@ class Core:
         if ring is None:
             return False
         body = encode(message)
-        if len(body) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message for {channel!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
-            )
+        if len(body) > self.inline_max:
+            return self._send_large(channel, route, body)
         status = ring.put(body, meta, self.expiry_ns, capacity, MSGPACK)
         self._sends += 1
         if not self._sends & 1023:
             bus.recovery.maintain()
+        if status == bus_mod.PUT_TOO_BIG:  # a ring smaller than ours (another program made it)
+            return self._send_large(channel, route, body)
         if status == bus_mod.PUT_OK or bus.recovery.settle_put(status, ring, key, body, meta, self.expiry_ns, capacity, MSGPACK):
+            return True
+        self._send_routes.pop(channel, None)
+        return False
+
+    def _send_large(self, channel, route, body):
+        large.check_size(body, self.max_message_size, "message for", channel)
+        if self._large.send(self._bus, route, channel, body):
             return True
         self._send_routes.pop(channel, None)
         return False
@@ -227,7 +267,10 @@ class Core:
                 got = ring.get()
             if got:  # a ring record (flags, body, meta, deadline) or a demux pop (flags, body)
                 self._last_rx = _shm.monotonic_ns()
-                return decode(got[1])
+                body = got[1] if got[0] != blobs.BLOB else blobs.take(self._bus.stem, got[1])  # demux: resolved
+                if body is not None:
+                    return decode(body)
+                continue
             if got is None:
                 if ring.closed and ring.owner is None:  # retired: follow the name
                     self.receive_routes.pop(channel, None)
@@ -335,31 +378,6 @@ class Core:
                 return msg
             route = None
 
-    def _plan(self, channels):
-        """What a multi-channel receive needs, computed once per channel list:
-        (take functions, rings to wait on, a ready check over all of them)."""
-        key = tuple(channels)
-        plan = self._plans.get(key)
-        bus = self._bus
-        if plan is not None and bus is not None and bus.usable:
-            return plan
-        takers, rings, readies = [], [], []
-        for ch in channels:
-            route = self.ring_for_receive(ch)
-            if ch.endswith("!"):
-                takers.append(lambda ch=ch: self.take_prefix(ch))
-            else:
-                takers.append(lambda ch=ch, route=route: (lambda m: None if m is None else (ch, m))(self.take(ch, route)))
-            ring, _key, _specific, _own_meta, ready = route
-            if ring not in rings:
-                rings.append(ring)
-            readies.append(ready)
-        plan = (takers, rings, lambda: any(r() for r in readies))
-        if len(self._plans) >= 256:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
-
     def receive_blocking(self, channels, timeout):
         """ASGI 1: wait up to ``timeout`` seconds on several channels.
 
@@ -367,7 +385,7 @@ class Core:
         Fairness between channels: each call starts one channel further on,
         so a busy channel cannot starve a quiet one.
         """
-        takers, rings, ready = self._plan(channels)
+        takers, rings, ready = _plan(self, channels)
         n = len(takers)
         deadline = None
         interrupts = self._interrupts
@@ -432,11 +450,10 @@ class Core:
         if not targets:
             return 0
         body = encode(message)
-        if len(body) > self.max_message_size:
-            raise MessageTooLarge(
-                f"group message for {group!r} is {len(body)} bytes encoded; max_message_size is {self.max_message_size}"
-            )
-        return groups.fan_out(bus, group, targets, body, self.expiry_ns, self.get_capacity)
+        if len(body) <= self.inline_max:
+            return groups.fan_out(bus, group, targets, body, self.expiry_ns, self.get_capacity)
+        large.check_size(body, self.max_message_size, "group message for", group)
+        return self._large.group_send(bus, group, targets, body, self.get_capacity)
 
     # ---------------------------------------------------------------- misc
 

@@ -24,7 +24,8 @@ import logging
 import threading
 
 from shmchannels import names
-from shmchannels.bus import _shm
+from shmchannels.bus import _shm, blobs
+from shmchannels.bus.codec import MSGPACK
 from shmchannels.bus.control import H_FLUSH_EPOCH
 
 logger = logging.getLogger("shmchannels.layers")
@@ -118,6 +119,11 @@ class Demux:
                 if not rec:
                     break
                 flags, body, meta, deadline = rec
+                if flags == blobs.BLOB:
+                    rec = self._resolve(rec)
+                    if rec is None:
+                        continue
+                    flags, body, meta, deadline = rec
                 if meta == own_meta:  # the common case: a message for us alone
                     break
                 mine = False
@@ -132,6 +138,14 @@ class Demux:
         if stashed:
             ring.notify()
         return (rec[0], rec[1]) if rec else rec
+
+    def _resolve(self, rec):
+        """A record naming a blob as the record of its message (None: the blob is gone).
+        Read as the record leaves the ring, so its name is unlinked at once
+        and buffers hold messages, not names."""
+        flags, ref, meta, deadline = rec
+        body = blobs.take(self.bus.stem, ref)
+        return None if body is None else (MSGPACK, body, meta, deadline)
 
     def drain(self, ring, key, wanted):
         """Move records of ``ring`` into local buffers until every channel in
@@ -154,6 +168,11 @@ class Demux:
                 if not rec:
                     break
                 flags, body, meta, deadline = rec
+                if flags == blobs.BLOB:
+                    rec = self._resolve(rec)
+                    if rec is None:
+                        continue
+                    flags, body, meta, deadline = rec
                 targets = _targets(key, meta)
                 if ordered is not None:
                     ordered.extend((t, deadline, flags, body) for t in targets)
@@ -193,6 +212,11 @@ class Demux:
                 if not rec:
                     break
                 flags, body, meta, deadline = rec
+                if flags == blobs.BLOB:
+                    rec = self._resolve(rec)
+                    if rec is None:
+                        continue
+                    flags, body, meta, deadline = rec
                 entry = (deadline, flags, body)
                 for target in _targets(key, meta):
                     lst = waiters.get(target)

@@ -11,34 +11,50 @@ exact wording, so log-based alerts keep working.
 import logging
 
 from shmchannels import bus as bus_mod
-from shmchannels.bus import _shm
+from shmchannels.bus import _shm, blobs
 from shmchannels.bus.codec import MSGPACK
 
 logger = logging.getLogger("shmchannels.layers")
 
 
-def fan_out(bus, group, targets, body, expiry_ns, get_capacity):
+def fan_out(bus, group, targets, body, expiry_ns, get_capacity, blob=None):
     """Put ``body`` once into the ring of every target; returns how many
-    channels it was delivered to.  ``targets``: ring key -> (channels, meta)."""
+    channels it was delivered to.  ``targets``: ring key -> (channels, meta).
+
+    With ``blob`` (a ``bus.blobs.Blob`` holding ``body``), each record names
+    a hard link of its own to that one blob: the message is in /dev/shm once
+    whatever the number of destination rings, and each receiving process
+    unlinks its own name."""
     over = delivered = total = 0
-    for key, (channels, meta) in targets.items():
-        total += len(channels)
-        ring = bus.rings.get(key)
-        if ring is None:  # owner died; its memberships are being reclaimed
-            continue
-        status = ring.put(body, meta, expiry_ns, get_capacity(channels[0]), MSGPACK)
-        if status == bus_mod.PUT_OK:
-            delivered += len(channels)
-        elif status == bus_mod.PUT_WAKE:
-            bus.wakeups.wake(ring)
-            delivered += len(channels)
-        elif status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE, bus_mod.PUT_NOMEM):
-            if not bus.recovery.reclaim_dead_owners((key,)):
-                over += len(channels)
-        elif status == bus_mod.PUT_CLOSED:
-            bus.rings.forget(key)
-        else:
-            bus.recovery.settle_put(status, ring, key, body, meta, expiry_ns, 0, MSGPACK)  # raises
+    flags = MSGPACK if blob is None else blobs.BLOB
+    payload = body
+    refs = iter(blob.refs(len(targets))) if blob is not None else None
+    try:
+        for key, (channels, meta) in targets.items():
+            total += len(channels)
+            if refs is not None:
+                payload = next(refs)
+            ring = bus.rings.get(key)
+            if ring is None:  # owner died; its memberships are being reclaimed
+                continue
+            status = ring.put(payload, meta, expiry_ns, get_capacity(channels[0]), flags)
+            if status == bus_mod.PUT_OK or status == bus_mod.PUT_WAKE:
+                if refs is not None:
+                    blob.sent(payload)
+                if status == bus_mod.PUT_WAKE:
+                    bus.wakeups.wake(ring)
+                delivered += len(channels)
+                continue
+            if status in (bus_mod.PUT_FULL, bus_mod.PUT_NOSPACE, bus_mod.PUT_NOMEM):
+                if not bus.recovery.reclaim_dead_owners((key,)):
+                    over += len(channels)
+            elif status == bus_mod.PUT_CLOSED:
+                bus.rings.forget(key)
+            else:
+                bus.recovery.settle_put(status, ring, key, payload, meta, expiry_ns, 0, flags)  # raises
+    finally:
+        if blob is not None:
+            blob.publish()
     if over:
         logger.info("%s of %s channels over capacity in group %s", over, total, group)
     return delivered

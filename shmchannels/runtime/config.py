@@ -193,9 +193,10 @@ class MaxMessageSize(ShmSetting, Setting):
     desc = """\
         Largest encoded message, bytes (MessageTooLarge above it).
 
-        A message must fit in half a ring: ``ring_size`` must be at least
-        twice ``max_message_size`` plus 4 KiB, rounded up to a power of two.
-        WebSocket messages (``ws_max_size``) need 64 KiB of envelope on top.
+        Your own limit, independent of ``ring_size``: a message too large
+        for a ring travels in a blob of its own in /dev/shm.  Unset, it is
+        16 MiB plus 64 KiB, or ``ws_max_size`` plus 64 KiB of envelope if
+        that is larger; set, it must hold ``ws_max_size`` plus 64 KiB.
         """
 
 
@@ -594,13 +595,6 @@ GUNICORN_SETTINGS = [
     "preload_app", "worker_tmp_dir",
 ]
 
-def _size(n):
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return str(n)
-
-
 def _prefix_rule(v):
     try:
         names.require_prefix(v)
@@ -692,6 +686,8 @@ RULES = {
 #: bytes of a WebSocket message's envelope (reply channel, path, order ...)
 #: on top of its payload, as the layer's default max_message_size assumes
 WS_ENVELOPE = 64 << 10
+#: the source of a max_message_size derived from ws_max_size
+DERIVED = "derived from ws_max_size"
 
 
 SHM_SETTINGS = [cls.name for cls in gconfig.KNOWN_SETTINGS if issubclass(cls, ShmSetting)]
@@ -797,20 +793,19 @@ class ShmConfig:
         """The rules between settings, then what the children will build from
         the config: a ConfigError naming the settings, else None."""
         cfg = self.cfg
-        ring, mms = cfg.ring_size, cfg.max_message_size
-        if mms + 4096 > ring // 2:  # core.Core: a record fits in half a ring, plus its header
-            need = 1 << ((2 * (mms + 4096) - 1).bit_length())
-            raise ConfigError(
-                f"ring_size {_size(ring)} ({self.source('ring_size')}) is too small for max_message_size "
-                f"{mms} ({self.source('max_message_size')}): a message must fit in half a ring, so ring_size "
-                f"must be at least {_size(need)} or max_message_size at most {ring // 2 - 4096}"
-            )
+        mms = cfg.max_message_size
         if self.runs_protocol_servers and cfg.protocol_servers and cfg.ws_max_size + WS_ENVELOPE > mms:
-            raise ConfigError(
-                f"ws_max_size {cfg.ws_max_size} ({self.source('ws_max_size')}) needs max_message_size of at least "
-                f"{cfg.ws_max_size + WS_ENVELOPE} (the message plus 64 KiB of envelope), got {mms} "
-                f"({self.source('max_message_size')})"
-            )
+            if self.source("max_message_size") in ("default", DERIVED):
+                # A WebSocket message travels with its envelope: the layer's
+                # limit follows ws_max_size unless the user set one.
+                cfg.set("max_message_size", cfg.ws_max_size + WS_ENVELOPE)
+                self.sources["max_message_size"] = DERIVED
+            else:
+                raise ConfigError(
+                    f"ws_max_size {cfg.ws_max_size} ({self.source('ws_max_size')}) needs max_message_size of at "
+                    f"least {cfg.ws_max_size + WS_ENVELOPE} (the message plus 64 KiB of envelope), got {mms} "
+                    f"({self.source('max_message_size')}): raise max_message_size, or leave it unset"
+                )
         if cfg.uvloop == "on":
             import importlib.util
 

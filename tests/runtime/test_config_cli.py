@@ -96,8 +96,7 @@ def test_status_of_a_missing_bus(prefix):
     ('bind = ["127.0.0.1:http"]', "bind must be HOST:PORT"),
     ('metrics = "127.0.0.1:http"', "metrics must be HOST:PORT with a port from 0 to 65535 (got '127.0.0.1:http')"),
     ('metrics = "example.com:9191"', "metrics must name an IP address or localhost, not 'example.com'"),
-    ("ring_size = 1048576", "ring_size 1 MiB (config file"),
-    ("ws_max_size = 2097152", "ws_max_size 2097152 (config file"),
+    ("max_message_size = 1048576\nws_max_size = 2097152", "ws_max_size 2097152 (config file"),
     ("protocol_servers = 0\nworkers = 0", "there would be nothing to run"),
 ])
 def test_invalid_settings_fail_check_config_and_serve_with_the_rule(tmp_path, prefix, setting, message):
@@ -119,12 +118,20 @@ def test_rules_apply_to_environment_and_flags_and_name_the_source():
         ShmConfig().load(None, environ={"SHMCHANNELS_RING_SIZE": "1000"})
     with pytest.raises(ConfigError, match=r"^command line --capacity: capacity must be at least 1 \(got 0\)"):
         ShmConfig().load(None, environ={}, cli={"capacity": "0"})
-    # a smaller message size makes a smaller ring valid, and the rule says so
-    with pytest.raises(ConfigError, match=r"ring_size must be at least 4 MiB or max_message_size at most 520192"):
-        ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 20)})
-    cfg = ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 20), "max_message_size": "300000",
+    # max_message_size is the user's limit, whatever ring_size is (large
+    # messages travel in blobs); unset, it follows ws_max_size
+    cfg = ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 16), "max_message_size": "300000",
                                                   "ws_max_size": "200000"}).cfg
-    assert (cfg.ring_size, cfg.max_message_size) == (1 << 20, 300000)
+    assert (cfg.ring_size, cfg.max_message_size) == (1 << 16, 300000)
+    loaded = ShmConfig().load(None, environ={}, cli={"ring_size": str(1 << 16), "ws_max_size": str(16 << 20)})
+    assert loaded.cfg.max_message_size == (16 << 20) + (64 << 10)
+    loaded = ShmConfig().load(None, environ={}, cli={"ws_max_size": str(32 << 20)})
+    assert loaded.cfg.max_message_size == (32 << 20) + (64 << 10)
+    assert loaded.source("max_message_size") == "derived from ws_max_size"
+    with pytest.raises(ConfigError, match=r"^ws_max_size 33554432 \(command line\) needs max_message_size of at "
+                                          r"least 33619968 .* got 1048576 \(environment SHMCHANNELS_MAX_MESSAGE_SIZE\)"):
+        ShmConfig().load(None, environ={"SHMCHANNELS_MAX_MESSAGE_SIZE": str(1 << 20)},
+                         cli={"ws_max_size": str(32 << 20)})
 
 
 def test_a_standalone_worker_is_not_held_to_protocol_server_limits(tmp_path, monkeypatch):
