@@ -28,6 +28,16 @@ def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def rss_anon(pid):
+    """A process's own resident memory in bytes (RssAnon: the bus's shared
+    rings, which every process that maps them shows in VmRSS, are not in it)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError(f"no RssAnon for pid {pid}")
+
+
 def live_processes():
     """(pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
     for entry in os.listdir("/proc"):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from serving import serving, wait_for
+from serving import rss_anon, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,6 @@ STREAM = 256  # MiB each response would be
 #: about 2 x http_write_limit each, plus the allocator's slack
 FLAT = 24 * MIB
 REQUEST = b"GET /stream?mb=%d HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-def rss_anon(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("no RssAnon")
 
 
 def sent(where, kind):

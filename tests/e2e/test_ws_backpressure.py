@@ -13,7 +13,7 @@ import time
 import pytest
 import websockets
 
-from serving import serving
+from serving import rss_anon, serving
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,6 @@ FLOODERS = 100
 FLAT = 16 << 20
 HANDSHAKE = (b"GET /ws/%s/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("no RssAnon")
 
 
 def client_frame(opcode, payload):
@@ -121,9 +113,9 @@ def test_clients_that_flood_and_never_read_leave_the_protocol_server_flat(prefix
         flooding = Flood(socks, frame)
         filled = flooding.run(30.0, until_stuck=True)  # the kernel's socket buffers
         assert min(filled) > 0
-        settled = rss(protocol)
+        settled = rss_anon(protocol)
         sent = flooding.run(5.0)
-        grown = rss(protocol) - settled
+        grown = rss_anon(protocol) - settled
         # a reader is answered meanwhile, through the same protocol server and worker
         took = asyncio.run(echo_round_trip(s.port))
         for sock in socks:
@@ -141,7 +133,7 @@ def test_a_room_member_that_does_not_read_is_closed_past_ws_write_limit_and_the_
     with serving(prefix, [*ROUTING, "--ws-write-limit", str(limit)], workers=1) as s:
         protocol = s.pids("protocol")[0]
         stuck = open_raw(s.port, "big")
-        before = rss(protocol)
+        before = rss_anon(protocol)
 
         async def scenario():
             async with websockets.connect(f"ws://127.0.0.1:{s.port}/ws/big/", max_size=None) as reader, \
@@ -160,7 +152,7 @@ def test_a_room_member_that_does_not_read_is_closed_past_ws_write_limit_and_the_
                 return got
 
         got = asyncio.run(scenario())
-        grown = rss(protocol) - before
+        grown = rss_anon(protocol) - before
 
         # the member that does not read was dropped: draining its socket
         # ends (before the fix it stayed open, holding all 16 MiB)
