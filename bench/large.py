@@ -3,7 +3,7 @@
 channels_redis, one-way cost measured as half an echo round trip.
 
     .venv/bin/python bench/large.py                 # writes bench/results/large.json
-    .venv/bin/python bench/large.py --rounds 5 --no-redis
+    .venv/bin/python bench/large.py --rounds 5 --no-redis --results-dir /tmp/r
 
 An echo process (spawned) receives on ``bench.in`` and sends the message back
 on ``bench.out``; the parent times send + receive of the echo.  Sizes: 64 KiB
@@ -15,7 +15,7 @@ noisy box; each cell is the median over rounds of the per-round median.
 
 import argparse
 import asyncio
-import json
+import datetime
 import multiprocessing as mp
 import os
 import statistics
@@ -24,10 +24,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RedisServer, find_redis_server  # noqa: E402
+from _common import RedisServer, find_redis_server, machine_info, median  # noqa: E402
+from _results import add_results_dir, print_tables, ratio_table, table, write  # noqa: E402
 
 SIZES = [64 << 10, 512 << 10, 1 << 20, 4 << 20, 8 << 20, 16 << 20]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_layer(kind, port, prefix):
@@ -78,12 +78,34 @@ def one(kind, size, port, prefix, reps):
         p.join(60)
 
 
+def tables(cells, kinds):
+    """Per size: the median (min-max) one-way time of each variant, and the ratios."""
+    def cell(key):
+        v = cells.get(key)
+        return {"v": median(v), "lo": min(v), "hi": max(v), "f": "time", "paren": True} if v else "n/a"
+
+    cols = {"shm": "shmchannels (blob above 256 KiB)", "shm-ring": "shmchannels, forced into the ring",
+            "redis": "channels_redis"}
+    rows, ratio_rows = [], []
+    for size in SIZES:
+        label = f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
+        rows.append([label] + [cell(f"{k} {size >> 10} KiB") for k in kinds])
+        shm, red = cells.get(f"shm {size >> 10} KiB"), cells.get(f"redis {size >> 10} KiB")
+        if shm and red:
+            ratio_rows.append((f"{label}: channels_redis / shmchannels", [r / s for r, s in zip(red, shm)]))
+    return [table("results", "One-way time (half an echo round trip between two processes)",
+                  ["size"] + [cols[k] for k in kinds], rows, "l" + "r" * len(kinds)),
+            ratio_table(ratio_rows, "round")]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-redis", action="store_true")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "large.json"))
+    add_results_dir(ap)
     args = ap.parse_args()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
     redis = None
     if not args.no_redis and find_redis_server():
         redis = RedisServer(find_redis_server()).start()
@@ -102,12 +124,14 @@ def main():
     finally:
         if redis:
             redis.stop()
-    result = {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3, "max_ms": max(v) * 1e3}
-              for k, v in cells.items()}
-    for k, v in result.items():
-        print(f"{k:24} {v['median_ms']:8.3f} ms ({v['min_ms']:.3f} - {v['max_ms']:.3f})")
-    with open(args.out, "w") as f:
-        json.dump({"when": time.strftime("%Y-%m-%d %H:%M"), "one_way": result}, f, indent=1)
+    tabs = tables(cells, kinds)
+    print_tables(tabs)
+    info = machine_info()
+    meta = {"machine": {"cpus": info["nproc"], "cpu": info["cpu"], "mem": info["mem"], "kernel": info["kernel"],
+                        "python": info["python"]},
+            "versions": info["versions"], "source": info["source"], "elapsed_min": round((time.monotonic() - t0) / 60, 1)}
+    write(args.results_dir, "large", meta=meta, params={"rounds": args.rounds, "redis": bool(redis)}, runs=cells,
+          tables=tabs, started=started)
 
 
 if __name__ == "__main__":
