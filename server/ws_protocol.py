@@ -114,6 +114,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.close_code = None  # what websocket.disconnect will report
         self.paused = 0  # PAUSE_* bits
         self.transport_closed = False
+        self.opened = False  # the 101 went out: only then is the end a WebSocket close (by code)
 
     @property
     def disconnect_sent(self):
@@ -173,7 +174,7 @@ class WebSocketProtocol(asyncio.Protocol):
         _cancel_timers(self, ("connect_handle", "ping_handle", "pong_handle", "close_handle"))
         if self.close_code is None:
             self.close_code = ABNORMAL
-        if previous != HANDSHAKE:
+        if self.opened:
             self.server.stats_words[CLOSES.get(self.close_code, CLOSES_OTHER)] += 1
         elif self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 499, 0)
@@ -331,6 +332,7 @@ class WebSocketProtocol(asyncio.Protocol):
             headers = ()
         self.transport.write(accept_response(self.key, subprotocol, headers, self.server.server_header, self.codec.extension))
         self.state = OPEN
+        self.opened = True
         if self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, 101, 0)
         if self.config.ws_ping_interval:
@@ -363,9 +365,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(head + (b"" if self.req.method == "HEAD" else bytes(body)))
         if self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, status, len(body))
-        self.state = CLOSED
         self.close_code = ABNORMAL
-        self.transport.close()
+        self._drop()
 
     def connect_pending(self):
         """Whether the handshake still waits for the application's answer."""
@@ -379,9 +380,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(http11.simple_response(status, body, keep_alive=False, server_header=self.server.server_header))
         if self.server.access_log_enabled:
             self.server.access_log.log(self.client, self.req, log_status or status, len(body))
-        self.state = CLOSED
         self.close_code = ABNORMAL
-        self.transport.close()
+        self._drop()
 
     def _connect_timeout(self):
         self.connect_handle = None
@@ -408,7 +408,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.close_code = code
         self.transport.write(self.codec.send_close(code))
         self.state = CLOSING
-        self._stop_pings()
+        _cancel_timers(self, ("ping_handle", "pong_handle"))
         self.close_handle = self.loop.call_later(self.config.ws_close_timeout, self._close_timeout)
 
     def _close_timeout(self):
@@ -423,17 +423,16 @@ class WebSocketProtocol(asyncio.Protocol):
         out = self.codec.data_to_send()
         if out:
             self.transport.write(out)
-        self.state = CLOSED
-        self._stop_pings()
-        self.transport.close()
+        self._drop()
 
-    def _stop_pings(self):
-        if self.ping_handle is not None:
-            self.ping_handle.cancel()
-            self.ping_handle = None
-        if self.pong_handle is not None:
-            self.pong_handle.cancel()
-            self.pong_handle = None
+    def _drop(self):
+        """Close TCP after what is queued, within ws_close_timeout: a client
+        that never reads would keep a plain ``transport.close()`` waiting forever."""
+        self.state = CLOSED
+        _cancel_timers(self, ("ping_handle", "pong_handle"))
+        self.transport.close()
+        if self.close_handle is None and not self.transport_closed:
+            self.close_handle = self.loop.call_later(self.config.ws_close_timeout, self._close_timeout)
 
     def shutdown(self, code=1001):
         """Server stop (1001) or roll (1012)."""
@@ -482,6 +481,4 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server.counters["ping_timeouts"] += 1
         self.close_code = 1011
         self.transport.write(self.codec.send_close(1011))
-        self.state = CLOSED
-        self._stop_pings()
-        self.transport.close()
+        self._drop()

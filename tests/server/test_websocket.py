@@ -474,6 +474,53 @@ def test_missing_pong_closes_with_1011(env):
     assert app.wait_for("websocket.disconnect")[0]["code"] == 1011
 
 
+def open_unread(port, path="/ws"):
+    """A handshaken raw WebSocket with a 4 KiB receive buffer that will read nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_missing_pong_ends_a_connection_whose_client_never_reads(env):
+    """The 1011 close cannot be written to a client that reads nothing: the
+    connection is dropped ws_close_timeout later, not kept until the client
+    reads (it never would: before the fix, websocket.disconnect never came)."""
+    st = env.server(ws_ping_interval=0.2, ws_ping_timeout=0.3, ws_close_timeout=0.5, ws_write_limit=64 << 20)
+    app = WsApp()
+    env.worker(app)
+    sock = open_unread(st.port)
+    rc = app.wait_for("websocket.connect")[0]["reply_channel"]
+    layer = env.layer()
+    for _ in range(48):  # 3 MiB: more than the kernel's buffers take for a peer that does not read
+        send_retrying(layer, rc, {"bytes": b"x" * (64 << 10)})
+    assert app.wait_for("websocket.disconnect", timeout=10)[0]["code"] == 1011
+    assert st.stats()["ping_timeouts"] == 1
+    sock.close()
+
+
+def test_refused_handshakes_are_not_counted_as_websocket_closes(env):
+    """A 403 (the application said no) or a 503 is an HTTP answer: no
+    WebSocket was open, so no close code (1006 before) is counted."""
+    from shmchannels.counters import C
+
+    st = env.server()
+    env.worker(WsApp(on_connect="deny"))
+    for _ in range(3):
+        with pytest.raises(InvalidStatus) as info:
+            connect(ws_url(st), open_timeout=5).close()
+        assert info.value.response.status_code == 403
+    closes = [f"ws_closes_{code}" for code in ws_protocol.WS_CLOSE_CODES] + ["ws_closes_other"]
+    counted = st.call(lambda: {name: st.server.stats_words[C[name]] for name in closes})
+    assert not any(counted.values()), counted
+
+
 def test_pings_off_with_zero_interval(env):
     st = env.server(ws_ping_interval=0)
     env.worker(WsApp())
