@@ -8,7 +8,11 @@
     }
 
 Every process on the host that builds a layer with the same ``prefix`` sees
-the same channels and groups.  The methods are coroutines that never bind
+the same channels and groups.  With ``hosts`` (channels_redis's key: one
+Redis server), every host with the same ``prefix`` and Redis forms one
+layer: shared memory inside each host, Redis between them
+(``shmchannels.bridge``; docs/architecture.md, "Between hosts").  Without
+it no Redis client is imported.  The methods are coroutines that never bind
 anything to an event loop, so ``async_to_sync`` from views, Celery tasks or
 management commands works from any thread and any loop.
 """
@@ -45,14 +49,21 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         slots=bus_mod.DEFAULT_SLOTS,
         spin_us=DEFAULT_SPIN_US,
         park_timeout=DEFAULT_PARK_TIMEOUT,
+        hosts=None,
+        host=None,
+        cross_host_channels=None,
+        redis_prefix=None,
+        host_lease=30.0,
+        symmetric_encryption_keys=None,
         **channels_redis,
     ):
-        # channels_redis's keys: accepted where they change nothing, else
+        # channels_redis's other keys: accepted where they change nothing, else
         # refused with the rule (shmchannels.checks, also a Django system check)
-        for problem in checks.config_problems(channels_redis, self.config_keys()):
+        extras = dict(channels_redis, **({} if hosts is None else {"hosts": hosts}))
+        for problem in checks.config_problems(extras, self.config_keys(), check_values=False):
             if problem.level == "error":
                 raise TypeError(f"SharedMemoryChannelLayer: {problem.msg}" + (f". {problem.hint}" if problem.hint else ""))
-        self._configure(LayerOptions(
+        options = LayerOptions(
             prefix=prefix,
             expiry=expiry,
             group_expiry=group_expiry,
@@ -63,13 +74,28 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
             slots=slots,
             spin_us=spin_us,
             park_timeout=park_timeout,
-        ))
+        )
+        bridge = None
+        if hosts is not None:
+            from shmchannels.bridge.options import BridgeOptions  # only now: Redis is needed
+
+            bridge = BridgeOptions.build(prefix, hosts, host=host, cross_host_channels=cross_host_channels,
+                                         redis_prefix=redis_prefix, host_lease=host_lease,
+                                         symmetric_encryption_keys=symmetric_encryption_keys)
+        self._configure(options, bridge)
 
     @classmethod
     def config_keys(cls):
-        """The keys of a ``CONFIG`` that are this layer's own."""
-        params = inspect.signature(cls.__init__).parameters
-        return [name for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD]
+        """The keys of a ``CONFIG`` that this layer or a subclass takes: the
+        named parameters of every ``__init__`` from ``cls`` up to this class."""
+        keys = []
+        for klass in cls.__mro__:
+            if not issubclass(klass, SharedMemoryChannelLayer) or "__init__" not in vars(klass):
+                continue
+            for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items():
+                if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in keys:
+                    keys.append(name)
+        return keys
 
     @classmethod
     def from_options(cls, options):
@@ -78,7 +104,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         layer._configure(options)
         return layer
 
-    def _configure(self, options):
+    def _configure(self, options, bridge_options=None):
         super().__init__(expiry=options.expiry, capacity=options.capacity)
         self.options = options
         self.prefix = options.prefix
@@ -88,6 +114,11 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         self.channel_capacity = self.core.channel_capacity
         self._client_prefix = None
         self._prefix_bus = None
+        self._bridge = None
+        if bridge_options is not None:
+            from shmchannels.bridge.bridge import Bridge
+
+            self._bridge = Bridge(bridge_options, options, self.core.get_capacity)
 
     def __repr__(self):
         return f"<SharedMemoryChannelLayer prefix={self.prefix!r}>"
@@ -104,6 +135,13 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
     async def send(self, channel, message):
         assert isinstance(message, dict), "message is not a dict"
         assert "__asgi_channel__" not in message
+        bridge = self._bridge
+        if bridge is not None and isinstance(channel, str):
+            where = bridge.where(channel)
+            if where is not None:  # another host's channel, or a cross-host named one
+                self.require_valid_channel_name(channel)
+                await bridge.send(where, channel, message)
+                return
         self.core.send(channel, message)
 
     async def receive(self, channel):
@@ -114,6 +152,8 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
             if held is not None and channel == held.name:  # relayed by the protocol server (hosted.py)
                 return await held.receive()
             self.require_valid_channel_name(channel)
+            if self._bridge is not None and self._bridge.is_shared(channel):
+                return await self._bridge.receive_shared(channel)
             if "!" in channel:
                 assert self.non_local_name(channel).endswith(self.client_prefix + "!"), (
                     f"{channel!r} was not made by this layer's new_channel(); only its owner may receive on it"
@@ -132,7 +172,10 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
             name = held.adopt(self.prefix)
             if name is not None:
                 return name
-        key = f"{prefix}.{self.client_prefix}!"
+        if self._bridge is not None:  # the host rides in the name: other hosts send to it through Redis
+            key = f"{prefix}.{self._bridge.tag}.{self.client_prefix}!"
+        else:
+            key = f"{prefix}.{self.client_prefix}!"
         name = key + names.new_local_part()
         self.require_valid_channel_name(name)
         self.core.claim_prefix(key, self.get_capacity)
@@ -141,20 +184,34 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
     async def group_add(self, group, channel):
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self.core.group_add(group, channel)
+        bridge = self._bridge
+        where = None if bridge is None else bridge.where(channel)
+        if where is None:
+            self.core.group_add(group, channel)
+        if bridge is not None:
+            await bridge.group_add(group, channel, where)
 
     async def group_discard(self, group, channel):
         self.require_valid_channel_name(channel)
         self.require_valid_group_name(group)
-        self.core.group_discard(group, channel)
+        bridge = self._bridge
+        where = None if bridge is None else bridge.where(channel)
+        if where is None:
+            self.core.group_discard(group, channel)
+        else:
+            await bridge.group_discard(group, channel, where)
 
     async def group_send(self, group, message):
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
         self.core.group_send(group, message)
+        if self._bridge is not None:  # one queued Redis operation reaches every other host with members
+            self._bridge.group_send(group, message)
 
     async def flush(self):
         self.core.flush()
+        if self._bridge is not None:
+            await self._bridge.flush()
 
     async def close(self):
         """Nothing to release per instance: the process's bus detaches at exit."""
