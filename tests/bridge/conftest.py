@@ -106,13 +106,15 @@ class Host:
     """A process running tests/bridge/agent.py: one "host" (or one more
     process of a host), optionally in its own mount + UTS namespace."""
 
-    def __init__(self, config, namespace_hostname=None):
+    def __init__(self, config, namespace_hostname=None, join=None):
         import json
         import sys
 
         argv = [sys.executable, AGENT, json.dumps(config)]
         if namespace_hostname is not None:
             argv = ["unshare", "--mount", "--uts", "sh", "-c", NAMESPACE_SHELL, namespace_hostname, *argv]
+        elif join is not None:  # one more process of that host: its /dev/shm and hostname
+            argv = ["nsenter", "-t", str(join.proc.pid), "--mount", "--uts", "--", *argv]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
                                                                         os.getcwd()) if p))
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -162,14 +164,23 @@ class AgentError(Exception):
 
 @pytest.fixture
 def start_host():
-    """start_host(config, namespace_hostname=None) -> a started Host; all closed at the end."""
+    """start_host(config, namespace_hostname=None, join=None) -> a started Host; all closed at the end."""
     started = []
 
-    def start(config, namespace_hostname=None):
-        host = Host(config, namespace_hostname)
+    def start(config, namespace_hostname=None, join=None):
+        host = Host(config, namespace_hostname, join)
         started.append(host)
         return host
 
     yield start
     for host in started:
         host.close()
+
+
+def namespaces_work():
+    """Can this machine give a process its own mount and UTS namespace (root, unshare)?"""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return False
+    done = subprocess.run(["unshare", "--mount", "--uts", "sh", "-c", NAMESPACE_SHELL, "probe", "true"],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
