@@ -3,7 +3,9 @@
 * ``where(channel)``: ``LOCAL`` (the bus, as without a bridge), a host id
   (a process-specific channel of another host: its inbox in Redis) or
   ``SHARED`` (a named channel matching ``cross_host_channels``: a Redis list
-  every host's receivers pop from, so each message has one receiver).
+  every host's receivers pop from, so each message has one receiver; its
+  group memberships are kept in Redis too, and the one group operation
+  pushes to it, with the layer's ``capacity``).
   Cached per name; a local send costs one dict lookup more.
 * ``send``, ``group_send``, ``group_add``, ``group_discard``,
   ``receive_shared``, ``flush``: the cross-host halves.  The layer does the
@@ -109,6 +111,8 @@ class Bridge:
         self.capacity_of = capacity_of
         self.expiry = layer_options.expiry
         self.expiry_ms = int(layer_options.expiry * 1000)
+        self.capacity = layer_options.capacity
+        self.group_expiry_ms = int(layer_options.group_expiry * 1000)
         self.lease_ms = int(options.host_lease * 1000)
         self.max_message_size = layer_options.max_message_size
         self._layer_options = layer_options
@@ -179,9 +183,9 @@ class Bridge:
         part is dropped, with a warning at most every 10 s)."""
         body = encode(message)
         check_size(body, self.max_message_size, "group message for", group)
-        command = scripts.evalsha("GROUP_SEND", [self.keys.group(group)], [
+        command = scripts.evalsha("GROUP_SEND", [self.keys.group(group), self.keys.group_channels(group)], [
             self.host, self._element(wire.GROUP, group, body), self.lease_ms, self.keys.inbox_prefix,
-            INBOX_CAPACITY, self.expiry_ms])
+            INBOX_CAPACITY, self.expiry_ms, self.keys.channel_prefix, self.capacity, self.group_expiry_ms])
         if not self.link.post(command):
             now = time.monotonic()
             if now - self._warned_down > 10:
@@ -195,9 +199,10 @@ class Bridge:
         made there, and that host advertised now, so a group_send right after
         this returns reaches it (both go through the same ordered outbox)."""
         link = self.link
-        if where is SHARED:
-            raise TypeError(f"{channel!r} is a cross-host named channel (cross_host_channels): it cannot be a "
-                            "group member")
+        if where is SHARED:  # its membership lives in Redis, next to its list
+            await self._call(scripts.evalsha("SHARED_MEMBER", [self.keys.group_channels(group)],
+                                             [channel, self.group_expiry_ms]))
+            return
         if where is LOCAL:
             now = time.monotonic()
             if now - self._advertised.get(group, -1e9) < self.options.host_lease / 3:
@@ -213,7 +218,9 @@ class Bridge:
         await asyncio.wrap_future(advertise)
 
     async def group_discard(self, group, channel, where):
-        if where is not LOCAL and where is not SHARED:
+        if where is SHARED:
+            await self._call(scripts.evalsha("SHARED_MEMBER", [self.keys.group_channels(group)], [channel, 0]))
+        elif where is not LOCAL:
             await self._remote_membership(wire.GROUP_DISCARD, group, channel, where)
 
     async def _remote_membership(self, kind, group, channel, where):

@@ -5,6 +5,7 @@ Keys (``N`` is the namespace, ``shmch:<prefix>`` by default)::
     N:hosts           hash   host -> "<token> <lease end, ms>"   who is alive, and which instance
     N:inbox:<host>    list   messages for the host's processes (channels and groups)
     N:group:<group>   zset   host -> last renewal (ms): hosts with members of the group
+    N:gchan:<group>   zset   cross-host named channel -> when added (ms): those members of the group
     N:chan:<channel>  list   a cross-host named channel (cross_host_channels)
 
 Every element of a list starts with its deadline (``wire``).  Each script
@@ -74,12 +75,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-#: KEYS group zset; ARGV own host, element, lease ms, inbox key prefix, capacity, ttl ms
-#: -> {hosts sent to, hosts whose inbox was full}
+#: KEYS group zset, group's cross-host channels zset; ARGV own host, element, lease ms,
+#: inbox key prefix, inbox capacity, ttl ms, channel key prefix, channel capacity, group_expiry ms
+#: -> {hosts and channels sent to, those that were full}
 GROUP_SEND = _NOW + _ROOM + """
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - lease))
 local sent, full = 0, 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[9])))
+  for _, channel in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local key = ARGV[7] .. channel
+    if room(key, tonumber(ARGV[8]), now) then
+      redis.call('RPUSH', key, ARGV[2])
+      redis.call('PEXPIRE', key, ARGV[6])
+      sent = sent + 1
+    else
+      full = full + 1
+    end
+  end
+end
 for _, host in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if host ~= ARGV[1] then
     local inbox = ARGV[4] .. host
@@ -102,6 +117,14 @@ for _, key in ipairs(KEYS) do
   redis.call('PEXPIRE', key, ARGV[2])
 end
 return #KEYS
+"""
+
+#: KEYS group's cross-host channels zset; ARGV channel, key ttl ms (0: discard)
+SHARED_MEMBER = _NOW + """
+if ARGV[2] == '0' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 """
 
 #: KEYS group zsets; ARGV host: the host has no members of these groups any more
@@ -132,6 +155,7 @@ class Keys:
         self.namespace = namespace
         self.hosts = f"{namespace}:hosts"
         self.inbox_prefix = f"{namespace}:inbox:"
+        self.channel_prefix = f"{namespace}:chan:"
 
     def inbox(self, host):
         return self.inbox_prefix + host
@@ -139,8 +163,11 @@ class Keys:
     def group(self, group):
         return f"{self.namespace}:group:{group}"
 
+    def group_channels(self, group):
+        return f"{self.namespace}:gchan:{group}"
+
     def channel(self, channel):
-        return f"{self.namespace}:chan:{channel}"
+        return self.channel_prefix + channel
 
 
 def evalsha(name, keys, args):

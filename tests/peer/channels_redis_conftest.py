@@ -17,6 +17,7 @@ non-strict xpass from a pass) and the deselected tests into the JSON file
 named by ``$SHMCH_PEER_REPORT``.
 """
 
+import itertools
 import json
 import os
 
@@ -27,6 +28,12 @@ from shmchannels.layers import SharedMemoryChannelLayer
 
 PREFIX = os.environ["SHMCH_PEER_PREFIX"]
 REPORT = os.environ.get("SHMCH_PEER_REPORT")
+#: a Redis URL: run with the bridge on, every layer instance a host of its
+#: own (bus ``PREFIX + "i<n>"``, host id ``h<n>``) on one Redis namespace,
+#: and every named channel cross-host, so two instances of a test talk only
+#: through Redis, as two RedisChannelLayer instances do
+BRIDGE = os.environ.get("SHMCH_PEER_BRIDGE")
+_instances = itertools.count()
 
 
 class RedisCompatibleSharedMemoryChannelLayer(SharedMemoryChannelLayer):
@@ -54,8 +61,14 @@ class RedisCompatibleSharedMemoryChannelLayer(SharedMemoryChannelLayer):
         **kwargs,
     ):
         self.requested_prefix = prefix
+        bus_prefix = PREFIX
+        if BRIDGE:
+            n = next(_instances)
+            bus_prefix = f"{PREFIX}i{n}"
+            kwargs.update(hosts=[BRIDGE], host=f"h{n}", redis_prefix=f"shmch-peer:{PREFIX}",
+                          cross_host_channels=["*"], symmetric_encryption_keys=symmetric_encryption_keys)
         super().__init__(
-            prefix=PREFIX,
+            prefix=bus_prefix,
             expiry=expiry,
             group_expiry=group_expiry,
             capacity=capacity,

@@ -10,8 +10,11 @@ by hand::
     .venv/bin/python tests/peer/run_channels_redis.py
 """
 
+import contextlib
 import dataclasses
+import glob
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -101,8 +104,11 @@ def extract_test_file(sdist, dest):
     return out
 
 
-def run_suite(version=VERSION, *, per_test_timeout=PER_TEST_TIMEOUT, extra_args=(), keep_dir=None):
+def run_suite(version=VERSION, *, per_test_timeout=PER_TEST_TIMEOUT, extra_args=(), keep_dir=None, bridge_url=None):
     """Download, extract and run the suite; return a SuiteResult.
+
+    ``bridge_url`` (a Redis URL): with the bridge between hosts on, every
+    layer instance a host of its own (see channels_redis_conftest.py).
 
     Raises PeerSetupError if the suite cannot be fetched or its child pytest
     produced no report at all.  The run's /dev/shm files are removed after
@@ -136,7 +142,8 @@ def run_suite(version=VERSION, *, per_test_timeout=PER_TEST_TIMEOUT, extra_args=
         for name in DESELECTED:
             cmd += ["--deselect", f"test_core.py::{name}"]
         cmd += list(extra_args)
-        env = subprocess_env(SHMCH_PEER_PREFIX=prefix, SHMCH_PEER_REPORT=str(report_path))
+        env = subprocess_env(SHMCH_PEER_PREFIX=prefix, SHMCH_PEER_REPORT=str(report_path),
+                             **({"SHMCH_PEER_BRIDGE": bridge_url} if bridge_url else {}))
         try:
             proc = subprocess.run(cmd, cwd=work, env=env, timeout=SUITE_TIMEOUT,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -144,6 +151,11 @@ def run_suite(version=VERSION, *, per_test_timeout=PER_TEST_TIMEOUT, extra_args=
         except subprocess.TimeoutExpired as exc:
             returncode, output = -1, f"(killed after {SUITE_TIMEOUT} s)\n{exc.output or ''}"
         shm_left = remove_shm_files(prefix)
+        if bridge_url:  # the instances' buses and bridge locks
+            for path in glob.glob(f"/dev/shm/shmch-{os.getuid()}-{glob.escape(prefix)}i*"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                shm_left.append(path)
         if not junit_path.exists() or not report_path.exists():
             raise PeerSetupError(f"the channels_redis suite produced no report (exit status {returncode}):\n{output[-8000:]}")
         report = json.loads(report_path.read_text())
