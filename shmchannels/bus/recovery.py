@@ -159,6 +159,13 @@ class Recovery:
                 ring = rings_mod.map_ring(base)
                 if ring is not None:
                     ring.fifo_remove(index)
+                    owner = names.member_owner(ring.key)
+                    if owner is not None and names.owner_tag(*owner) == tag:
+                        # a single-reader channel it minted: only it would ever read it, and what
+                        # waits there would keep the bus's files after its last process left
+                        ring.discard_all()
+                        if ring.retire(0, index):
+                            segments.unlink(base)
         bus.registry.drop_owner(index, gen)
         # its unpublished blobs (it died mid-send); others wait for their deadline
         blobs.sweep(stem, lambda s, g: names.owner_tag(s, g) != tag and bus.is_alive(s, g))

@@ -315,6 +315,40 @@ def test_a_bus_kept_only_by_expired_messages_is_removed(prefix):
     assert segments.bus_files(stem) == []
 
 
+def _mint_single_reader_and_die(prefix, conn):
+    from shmchannels import ChannelLayer
+
+    conn.send(ChannelLayer(prefix=prefix).new_channel("answers?"))
+    conn.recv()  # its message is sent; it dies without reading
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_single_reader_channel_of_a_dead_minter_does_not_keep_the_bus(prefix, start_method):
+    """Only its minter reads a ``new_channel('x?')``: once it is SIGKILLed,
+    what waits there is dropped with it, and the last process to leave
+    removes the bus (a protocol server killed with a worker's reply unread
+    left every file of the bus behind a serve that another program shared)."""
+    from shmchannels import ChannelLayer
+
+    ctx = multiprocessing.get_context(start_method)
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=_mint_single_reader_and_die, args=(prefix, there))
+    p.start()
+    channel = here.recv()
+    layer = ChannelLayer(prefix=prefix)
+    layer.send(channel, {"reply": 1})
+    here.send("die")
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+    bus = layer.core.bus
+    bus.recovery.reclaim_dead()
+    assert bus.pending_total() == 0
+    assert bus.status()["rings"] == [] or all(r["key"] != channel for r in bus.status()["rings"])
+    bus.detach()
+    assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
 def _attach_and_die(prefix):
     layer = SharedMemoryChannelLayer(prefix=prefix)
     asyncio.run(layer.new_channel())
