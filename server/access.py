@@ -132,8 +132,16 @@ class AccessLog:
         batch, self.pending = self.pending, []
         if not batch:
             return
-        lines = [self.line(client, request, status, length, second)
-                 for second, client, request, status, length in batch]
+        try:
+            lines = [self.line(client, request, status, length, second)
+                     for second, client, request, status, length in batch]
+        except (ValueError, TypeError, KeyError) as exc:  # "%(h)s %", "%(h)d": found only when a line is made
+            logging.getLogger("shmchannels.server").error(
+                "access_log_format %r cannot format a line (%s: %s); using the default format", self.fmt,
+                type(exc).__name__, exc)
+            self.fmt = DEFAULT_FORMAT
+            lines = [self.line(client, request, status, length, second)
+                     for second, client, request, status, length in batch]
         if self.sink is not None:
             for text in lines:
                 self.sink(text)

@@ -2,10 +2,14 @@
 batches off the request path, and none is lost on a clean stop; gunicorn's
 ``--access-logfile`` and ``--access-logformat`` work as they do in gunicorn."""
 
+import os
+import signal
+import time
+
 import httpx
 import pytest
 
-from serving import serving
+from serving import serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,3 +43,33 @@ def test_the_default_access_log_goes_to_the_error_log_in_gunicorns_format(prefix
     assert len(lines) == 1, s.output()[-2000:]
     assert lines[0].endswith(f'"GET /?x=1 HTTP/1.1" 200 {size} "http://r/" "ua/9"')
     assert "[INFO] 127.0.0.1 - - [" in lines[0]  # the error log's prefix, as each line had before
+
+
+@pytest.mark.parametrize("signame", ["SIGQUIT", "SIGINT"])
+def test_a_quick_stop_still_writes_the_last_batch(prefix, tmp_path, signame):
+    """SIGQUIT/SIGINT stop a protocol server at once (gunicorn's quick stop);
+    the lines of its last batch (up to 50 ms old) are written first."""
+    path = tmp_path / "access.log"
+    with serving(prefix, [*ROUTING, "--access-logfile", str(path)], workers=1) as s:
+        protocol = s.pids("protocol")[0]
+        with httpx.Client(base_url=f"http://127.0.0.1:{s.port}", timeout=5) as client:
+            for i in range(5):
+                assert client.get(f"/?quick={i}").status_code == 200
+        os.kill(protocol, getattr(signal, signame))
+        wait_for(lambda: not os.path.exists(f"/proc/{protocol}") or open(f"/proc/{protocol}/stat").read().split()[2] == "Z",
+                 what="the protocol server's exit")
+    written = [line for line in path.read_text().splitlines() if "quick=" in line]
+    assert len(written) == 5, written
+
+
+def test_a_bad_access_log_format_falls_back_to_the_default_with_one_error(prefix, tmp_path):
+    path = tmp_path / "access.log"
+    with serving(prefix, [*ROUTING, "--access-logfile", str(path), "--access-logformat", "%(h)s %"], workers=1) as s:
+        with httpx.Client(base_url=f"http://127.0.0.1:{s.port}", timeout=5) as client:
+            for i in range(3):
+                assert client.get(f"/?bad={i}").status_code == 200
+                time.sleep(0.1)  # each in its own batch
+    lines = [line for line in path.read_text().splitlines() if "bad=" in line]
+    assert len(lines) == 3 and all('"GET /?bad=' in line for line in lines), lines
+    assert s.output().count("cannot format a line") == 1, s.output()[-3000:]
+    assert "Traceback" not in s.output()
