@@ -1,6 +1,7 @@
 """The per-process stats segment (bus/stats.py): one process writes, another
 reads; it lives and dies with its slot, SIGKILL included."""
 
+import glob
 import multiprocessing
 import os
 import signal
@@ -9,7 +10,11 @@ import threading
 from shmchannels import bus as bus_mod
 from shmchannels.bus import segments, stats
 
-from conftest import bus_files_of
+
+def bus_files_of(prefix):
+    """This bus's files in /dev/shm (not imported from conftest: with several
+    conftest.py files in the suite, ``import conftest`` gets whichever came last)."""
+    return sorted(glob.glob(f"/dev/shm/shmch-{os.getuid()}-{prefix}@*"))
 
 
 def _stats_files(prefix):
