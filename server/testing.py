@@ -308,6 +308,13 @@ class ServerEnv:
         ChannelLayer(prefix=self.prefix).flush()
 
 
+class HttpEnv(ServerEnv):
+    """A ServerEnv whose workers answer ``http.request`` (with ``echo_http`` unless told)."""
+
+    def worker(self, handler=None, channels=("http.request",)):
+        return super().worker(handler or echo_http, channels)
+
+
 def send_retrying(layer, channel, message, timeout=5.0):
     """Send the way a real worker sends replies (``ChannelLayer.send_waiting``)."""
     return layer.send_waiting(channel, message, timeout)

@@ -18,14 +18,9 @@ import httpx
 import pytest
 
 from shmchannels.server import ProtocolConfig
-from shmchannels.server.testing import ServerEnv, ServerThread, echo_http, raw_connection, read_response, send_retrying
+from shmchannels.server.testing import HttpEnv, ServerThread, echo_http, raw_connection, read_response, send_retrying
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class HttpEnv(ServerEnv):
-    def worker(self, handler=echo_http, channels=("http.request",)):
-        return super().worker(handler, channels)
 
 
 @pytest.fixture

@@ -10,14 +10,9 @@ import time
 
 import pytest
 
-from shmchannels.server.testing import ServerEnv, echo_http, raw_connection, read_response, send_retrying
+from shmchannels.server.testing import HttpEnv, echo_http, raw_connection, read_response, send_retrying
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class HttpEnv(ServerEnv):
-    def worker(self, handler=echo_http, channels=("http.request",)):
-        return super().worker(handler, channels)
 
 
 @pytest.fixture
