@@ -414,14 +414,7 @@ class FrameCodec:
                 else:
                     self.frag_parts.append(payload)
                 if fin:
-                    parts = self.frag_parts
-                    if self.frag_op == OP_TEXT:
-                        events.append((TEXT, "".join(parts)))
-                    else:
-                        events.append((BINARY, b"".join(parts)))
-                    self.frag_op = self.decoder = None
-                    self.frag_parts = []
-                    self.frag_size = 0
+                    self._end_message(events)
             elif opcode == OP_PING:
                 self.out.append(encode_frame(OP_PONG, payload))
                 events.append((PING, payload))
@@ -480,21 +473,23 @@ class FrameCodec:
                 self.resume()
                 return False
         if fin:
-            parts = self.frag_parts
             if self.frag_op == OP_TEXT:
                 try:
-                    parts.append(self.decoder.decode(b"", True))
+                    self.frag_parts.append(self.decoder.decode(b"", True))
                 except UnicodeDecodeError:
                     self.fail(1007, "invalid UTF-8 in text message")
-                events.append((TEXT, "".join(parts)))
-            else:
-                events.append((BINARY, b"".join(parts)))
-            self.frag_op = self.decoder = None
-            self.frag_parts = []
-            self.frag_size = 0
+            self._end_message(events)
             self.frag_deflate = False
             deflate.end_message()
         return True
+
+    def _end_message(self, events):
+        """The fragments gathered so far are a whole message."""
+        parts = self.frag_parts
+        events.append((TEXT, "".join(parts)) if self.frag_op == OP_TEXT else (BINARY, b"".join(parts)))
+        self.frag_op = self.decoder = None
+        self.frag_parts = []
+        self.frag_size = 0
 
     def _begin(self, opcode, payload):
         self.frag_op = opcode
