@@ -48,6 +48,8 @@ H_KINDS = 8
 CHANNEL_TABLE = 1024
 CHANNEL_ENTRY = 64
 CHANNELS = 16
+#: the per-channel row every channel past the first ``CHANNELS - 1`` shares
+OTHER_CHANNELS = "(other)"  # not a valid channel name: no real channel shares it
 
 #: histogram bucket bounds, seconds (Prometheus's ``le``), and in ns
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,12 +161,18 @@ class Stats:
         return self.shards[i]
 
     def channel_index(self, channel):
-        """The index of ``channel`` in the per-channel table; None once it is full."""
+        """The index of ``channel`` in the per-channel table.  The first
+        ``CHANNELS - 1`` channels get a row each, every later one shares the
+        last row, ``OTHER_CHANNELS``: an app with many message types keeps
+        a bounded label set and loses no observation."""
         i = self._channels.get(channel)
-        if i is None and len(self._channels) < CHANNELS:
+        if i is None:
             with self._lock:
                 i = self._channels.get(channel)
-                if i is None and len(self._channels) < CHANNELS:
+                if i is None and len(self._channels) >= CHANNELS - 1:
+                    channel = OTHER_CHANNELS
+                    i = self._channels.get(channel)
+                if i is None:
                     i = len(self._channels)
                     raw = channel.encode("utf-8")[: CHANNEL_ENTRY - 8]
                     at = CHANNEL_TABLE + i * CHANNEL_ENTRY

@@ -126,3 +126,17 @@ def test_under_a_master_a_clean_exit_leaves_the_segment_until_its_pid_is_gone(sm
     assert small_bus.recovery.sweep_stats() == 1
     assert stats.read(small_bus.stem, slot, gen) is None
     small_bus.control.set_master_slot(None)
+
+
+def test_channels_past_the_table_share_the_other_row(small_bus):
+    """An app with more message types than rows keeps a bounded label set:
+    the first CHANNELS - 1 get a row each, every later one the '(other)' row,
+    and no observation is lost (before, they were not counted at all)."""
+    words = small_bus.stats.shard()
+    names = [f"app.type{i}" for i in range(stats.CHANNELS + 4)]
+    for name in names:
+        stats.observe(words, stats.CHANNEL_HIST + small_bus.stats.channel_index(name) * stats.HIST_WORDS, 1000)
+    totals = stats.read(small_bus.stem, small_bus.slot, small_bus.gen)
+    assert totals.channels == names[: stats.CHANNELS - 1] + [stats.OTHER_CHANNELS]
+    per_row = [stats.count(totals.by_kind[0], stats.CHANNEL_HIST + i * stats.HIST_WORDS) for i in range(stats.CHANNELS)]
+    assert per_row == [1] * (stats.CHANNELS - 1) + [5]
