@@ -349,14 +349,16 @@ class Core:
             if route is None or not self._bus.usable:
                 route = self.ring_for_receive(channel)  # the bus may have been re-attached
             ring, key, specific, _, ready = route
-            if not self.spin(ready, loop):
-                hub = self._local.hub
+            local = self._local
+            hub = local.hub
+            # spin() declines when another task of the process is parked: checked first
+            if hub.waiters or not self.spin_ns or not self.spin(ready, loop):
                 target = channel if specific else None
-                fut, token = hub.park(ring, key, target, self.park_timeout)
+                fut, token = hub.park(ring, key, target, self.park_timeout, loop)
                 # Parked behind an unready head (a writer mid-copy, or dead):
                 # look again soon, so a dead writer's claim is recovered
                 # within STUCK_RECHECK rather than at the next watchdog.
-                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if bus_mod.head_unready(ring) else None
+                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if ring.pending and not ring.has_data() else None
                 try:
                     # A record committed before our bit was visible woke
                     # nobody: look again now that it is.
@@ -371,7 +373,11 @@ class Core:
                         recheck.cancel()
                 if handed is not None:  # (deadline, flags, body) delivered on wake-up;
                     self._last_rx = _shm.monotonic_ns()  # the hub let go of us already
-                    return decode(handed[2])  # (deadline, flags, body)
+                    body = handed[2]
+                    shared = local.demux.shared  # a group record's message, decoded once
+                    if shared is not None and shared[0] is body:
+                        return shared[1].copy()
+                    return decode(body)
                 hub.unpark(token)
             msg = self.take(channel, route)
             if msg is not None:

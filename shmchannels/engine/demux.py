@@ -25,7 +25,7 @@ import threading
 
 from shmchannels import names
 from shmchannels.bus import _shm, blobs
-from shmchannels.bus.codec import MSGPACK
+from shmchannels.bus.codec import MSGPACK, decode
 from shmchannels.bus.control import H_FLUSH_EPOCH
 
 logger = logging.getLogger("shmchannels.layers")
@@ -60,6 +60,27 @@ def signal_waiters(waiters, current, elsewhere):
             elsewhere.append((loop, fut))
 
 
+_FLAT = frozenset((str, bytes, int, float, bool, type(None)))
+_SHARE_MAX = 256 << 10
+
+
+def _shareable(body):
+    """(body, message) when ``body`` decodes to a dict of immutable values
+    (a shallow copy of it is then a decode of its own), else None."""
+    if len(body) > _SHARE_MAX:
+        return None  # not held past its delivery
+    try:
+        msg = decode(body)
+    except Exception:  # each receiver decodes, and fails, on its own
+        return None
+    if type(msg) is not dict:
+        return None
+    for value in msg.values():
+        if type(value) not in _FLAT:
+            return None
+    return body, msg
+
+
 def _targets(key, meta):
     """Full channel names a record in ring ``key`` is for (meta: local parts)."""
     if not meta:
@@ -81,6 +102,9 @@ class Demux:
         self.flush_epoch = bus.control.flush_epoch
         self._last_purge = 0
         self._last_warning = 0
+        # (body, message) of the last group record ``deliver`` decoded (see
+        # ``_shareable``), matched by the body's identity on resumption
+        self.shared = None
 
     def check_flush_epoch(self):
         """Drop every buffer if the bus was flushed (by any process) since we last looked."""
@@ -188,12 +212,18 @@ class Demux:
         return touched
 
     def deliver(self, ring, key, waiters, current, elsewhere):
-        """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [waiter].  Takes records only until every waiting channel has
-        a message.  A waiter on ``current`` (the dispatching loop) whose
-        buffer is empty gets the message as its future's result and leaves
-        ``waiters`` (its receive then skips ``Hub.unpark``); others are
-        resolved to look again (``elsewhere`` collects those of other loops).
-        Called with the hub's lock held.
+        """Serve parked receivers of ``ring``: ``waiters`` maps channel -> [waiter].
+
+        Takes records only until every waiting channel has a message.  A
+        waiter on ``current`` (the dispatching loop) whose buffer is empty
+        gets the message as its future's result and leaves ``waiters`` (its
+        receive then skips ``Hub.unpark``); others are resolved to look again
+        (``elsewhere`` collects those of other loops).  Called with the hub's
+        lock held.
+
+        A record for several channels (a group send) is decoded here once:
+        when its message is flat (``shared``), each receiver it is handed to
+        copies that dict instead of decoding the body again.
         """
         buffers = self.buffers
         stashed = False
@@ -218,25 +248,43 @@ class Demux:
                         continue
                     flags, body, meta, deadline = rec
                 entry = (deadline, flags, body)
-                for target in _targets(key, meta):
+                if meta:
+                    locals_ = meta.decode("utf-8").split("\n")
+                    if len(locals_) > 1:
+                        self.shared = _shareable(body)
+                else:
+                    locals_ = ("",)
+                for local in locals_:
+                    target = key + local
                     lst = waiters.get(target)
-                    if lst and not buffers.get(target):
-                        missing -= 1
-                        for i, w in enumerate(lst):
-                            loop, fut, _channel = w
-                            if loop is current and not fut.done():
-                                fut.set_result(entry)
-                                del lst[i]
-                                if not lst:
-                                    del waiters[target]
-                                break
-                        else:
-                            self._buffer(key, target, deadline, flags, body)
-                            stashed = True
-                            signal_waiters(lst, current, elsewhere)
-                    else:
+                    if not lst:
                         self._buffer(key, target, deadline, flags, body)
                         stashed = True
+                        continue
+                    # A waiter of this loop whose future is not done has an
+                    # empty buffer: one that had data was resolved above, and
+                    # a buffer fills below only when nobody could be handed to.
+                    loop, fut, _channel = lst[0]
+                    if loop is current and not fut.done():
+                        fut.set_result(entry)
+                        missing -= 1
+                        if len(lst) == 1:
+                            del waiters[target]
+                        else:
+                            del lst[0]
+                        continue
+                    for i, (loop, fut, _channel) in enumerate(lst):
+                        if loop is current and not fut.done():
+                            fut.set_result(entry)
+                            missing -= 1
+                            del lst[i]
+                            break
+                    else:
+                        if not buffers.get(target):
+                            missing -= 1
+                        self._buffer(key, target, deadline, flags, body)
+                        stashed = True
+                        signal_waiters(lst, current, elsewhere)
             self._maybe_purge()
         if stashed:
             ring.notify()

@@ -50,15 +50,17 @@ class Hub:
         # lookup on the hot path); closed loops are pruned as they pile up.
         self.loops = {}  # loop -> watchdog TimerHandle or None
 
-    def park(self, ring, key, channel=None, timeout=None):
-        """Register a waiter on the running loop; returns (future, token).
+    def park(self, ring, key, channel=None, timeout=None, loop=None):
+        """Register a waiter on ``loop`` (default: the running loop); returns
+        (future, token).
 
         The caller re-checks for data, awaits the future, and always calls
         ``unpark(token)``.  The future's result is the (deadline, flags,
         body) of a message handed over on wake-up, or None (look again).
         Split from awaiting so that a receive costs one coroutine frame less.
         """
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         fut = loop.create_future()
         waiter = (loop, fut, channel)
         with self.lock:
@@ -72,11 +74,12 @@ class Hub:
                 ws[channel] = [waiter]
             else:
                 lst.append(waiter)
-            loops = self.loops
-            if loop not in loops:
+            watchdog = self.loops.get(loop, False)
+            if watchdog is False:
                 self._watch(loop)
-            if timeout and loops[loop] is None:
-                loops[loop] = loop.call_later(timeout, self._watchdog, loop)
+                watchdog = None
+            if timeout and watchdog is None:
+                self.loops[loop] = loop.call_later(timeout, self._watchdog, loop)
         return fut, (ring, ws, waiter)
 
     def unpark(self, token):

@@ -157,6 +157,31 @@ async def test_parked_receivers_handed_a_group_message_leave_no_registration_beh
     await lay.flush()
 
 
+async def test_parked_group_members_each_get_a_message_of_their_own(prefix):
+    """A group record is decoded once for the parked members of a process
+    (engine/demux.py, ``shared``): each still gets a dict of its own, equal
+    to the message, and a message with a mutable value (a list, a dict) is
+    decoded per member, so mutating one member's copy changes no other's."""
+    lay = SharedMemoryChannelLayer(prefix=prefix)
+    chans = [await lay.new_channel() for _ in range(3)]
+    for ch in chans:
+        await lay.group_add("room", ch)
+    for message in ({"type": "a", "text": "t", "b": b"\x00", "n": 1, "f": 0.5, "ok": True, "none": None},
+                    {"type": "b", "items": [1, 2], "nested": {"k": "v"}}):
+        tasks = [asyncio.ensure_future(lay.receive(ch)) for ch in chans]
+        await asyncio.sleep(0.01)  # all parked
+        await lay.group_send("room", message)
+        got = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert got == [message] * 3
+        assert len({id(m) for m in got}) == 3
+        got[0]["type"] = "changed"
+        if "items" in message:
+            got[0]["items"].append(3)
+            got[0]["nested"]["k"] = "w"
+        assert got[1] == got[2] == message
+    await lay.flush()
+
+
 async def test_group_expiry_ends_memberships_but_message_expiry_does_not(prefix):
     lay = SharedMemoryChannelLayer(prefix=prefix, expiry=0.2, group_expiry=1)
     ch = await lay.new_channel()
