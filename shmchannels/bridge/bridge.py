@@ -62,11 +62,12 @@ class Station:
     def _elected(self):
         self.inbox = Inbox.start(self.link, self.options, self._layer_options, self.token)
         # The process is leaving: stop injecting before the bus goes, then hand the role on.
-        self.inbox.core.bus.on_detach(self.leave)
+        self.inbox.bus.on_detach(self.leave)
 
     def leave(self):
         if self.inbox is not None:
             self.inbox.stop()
+            self.inbox.farewell_if_last()
         self.election.resign()
 
     def check_claim(self):
@@ -183,7 +184,8 @@ class Bridge:
         part is dropped, with a warning at most every 10 s)."""
         body = encode(message)
         check_size(body, self.max_message_size, "group message for", group)
-        command = scripts.evalsha("GROUP_SEND", [self.keys.group(group), self.keys.group_channels(group)], [
+        command = scripts.evalsha("GROUP_SEND", [self.keys.group(group), self.keys.group_channels(group),
+                                                 self.keys.hosts], [
             self.host, self._element(wire.GROUP, group, body), self.lease_ms, self.keys.inbox_prefix,
             INBOX_CAPACITY, self.expiry_ms, self.keys.channel_prefix, self.capacity, self.group_expiry_ms])
         if not self.link.post(command):

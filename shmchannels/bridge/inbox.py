@@ -42,6 +42,7 @@ class Inbox:
         self.token = token
         self.lease_ms = int(options.host_lease * 1000)
         self.core = Core(layer_options, validate=names.require_channel)
+        self.bus = None  # the bus it injects into, set by start
         self.claimed = asyncio.Event()  # of the link's loop; created there (see start)
         self.advertised = set()
         self.dropped = {"expired": 0, "full": 0, "invalid": 0}
@@ -53,6 +54,7 @@ class Inbox:
         """Create and run one on the link's loop; returns it once running."""
         async def make():
             inbox = cls(link, options, layer_options, token)
+            inbox.bus = inbox.core.bus  # attached (or the process's own) before anything runs
             inbox._task = asyncio.ensure_future(inbox.run())
             return inbox
 
@@ -69,6 +71,27 @@ class Inbox:
                 self.link.run(asyncio.wait([task], timeout=1.0)).result(2.0)
             except Exception:  # noqa: BLE001 - leaving anyway
                 pass
+
+    def farewell_if_last(self):
+        """The host's last process is leaving: release its claim and withdraw
+        its groups, so other hosts stop sending to it now rather than one
+        lease later (a host that dies or is cut off is left to its lease)."""
+        bus = self.bus
+        if bus is None or [s for s in bus.live_slots() if s != bus.slot]:
+            return
+        keys, host = self.keys, self.options.host
+
+        async def farewell():
+            reader = self.link.reader
+            await reader.evalsha(scripts.SHA["RELEASE"], 1, keys.hosts, host, self.token)
+            if self.advertised:
+                await reader.evalsha(scripts.SHA["WITHDRAW"], len(self.advertised),
+                                     *(keys.group(g) for g in self.advertised), host)
+        if self.link.up:
+            try:
+                self.link.run(asyncio.wait_for(farewell(), 1.0)).result(2.0)
+            except Exception as exc:  # noqa: BLE001 - leaving anyway; the lease ends it
+                logger.info("bridge: could not release host %r on leaving: %s", host, exc)
 
     async def run(self):
         self.link.on_up(self.renew)
@@ -97,6 +120,8 @@ class Inbox:
             except link.errors as exc:
                 link.went_down(exc)
                 continue
+            if not self.bus.usable:
+                return  # leaving: what was popped is lost, as a receiver's death loses its messages
             for element in items:
                 self.inject(element)
 
@@ -136,6 +161,8 @@ class Inbox:
                 await self.renew()
             except self.link.errors as exc:
                 self.link.went_down(exc)
+            except Exception:  # never let a surprise end the renewals: the host would fade out
+                logger.exception("bridge: renewing host %r failed", self.options.host)
             await asyncio.sleep(self.options.host_lease / 3)
 
     async def renew(self):
@@ -152,7 +179,9 @@ class Inbox:
             return
         self._conflict_logged = False
         self.claimed.set()
-        groups = {g for g, n in self.core.bus.registry.counts().items() if n}
+        if not self.bus.usable:
+            return  # the process is leaving (its bus detaching): renew nothing, attach nothing again
+        groups = {g for g, n in self.bus.registry.counts().items() if n}
         ttl = 3 * self.lease_ms
         live = sorted(groups)
         for i in range(0, len(live), ADVERTISE_CHUNK):

@@ -75,10 +75,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-#: KEYS group zset, group's cross-host channels zset; ARGV own host, element, lease ms,
+#: KEYS group zset, group's cross-host channels zset, hosts; ARGV own host, element, lease ms,
 #: inbox key prefix, inbox capacity, ttl ms, channel key prefix, channel capacity, group_expiry ms
 #: -> {hosts and channels sent to, those that were full}
-GROUP_SEND = _NOW + _ROOM + """
+GROUP_SEND = _NOW + _ROOM + _LEASE_END + """
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - lease))
 local sent, full = 0, 0
@@ -96,7 +96,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
 end
 for _, host in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if host ~= ARGV[1] then
+  local _, ends = lease_end(redis.call('HGET', KEYS[3], host))
+  if host ~= ARGV[1] and ends and ends >= now then  -- a host that left has released its claim
     local inbox = ARGV[4] .. host
     if room(inbox, tonumber(ARGV[5]), now) then
       redis.call('RPUSH', inbox, ARGV[2])
