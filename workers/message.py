@@ -3,6 +3,7 @@
 import copy
 import time
 
+from shmchannels.exceptions import ChannelFull
 from shmchannels.objects import Channel, _send
 
 
@@ -115,7 +116,10 @@ class ReplyFlow:
         content = message.get("content")
         self.sent += len(content) if isinstance(content, (bytes, bytearray, memoryview, str)) else 0
         if self.sent < self.granted or not message.get("more_content", False):
-            self.layer.send_waiting(channel, message)
+            try:
+                self.layer.send(channel, message)
+            except ChannelFull:  # the protocol server is behind: wait it out
+                self.layer.send_waiting(channel, message)
             return True
         if self.credit_channel is None:
             self.credit_channel = self.layer.new_channel("http.credit?")

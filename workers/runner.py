@@ -59,7 +59,7 @@ class ConsumerRunner:
         self.max_messages = max_messages
         self.alive = True
         self.handled = 0
-        self._busy = {}  # thread ident -> start time of the consumer it runs
+        self._busy = {}  # thread ident -> start (time.monotonic_ns) of the consumer it runs
         self._unrouted = set()
         self._lock = threading.Lock()
         self._threads = []
@@ -102,8 +102,8 @@ class ConsumerRunner:
 
     def handle(self, channel, content):
         ident = threading.get_ident()
-        self._busy[ident] = time.monotonic()
-        started = time.monotonic_ns()
+        # one clock read: time.monotonic() is this clock in seconds (busy_since)
+        self._busy[ident] = started = time.monotonic_ns()
         raised = False
         if "__taken__" in content:
             self._say_taken(content)
@@ -176,4 +176,4 @@ class ConsumerRunner:
     def busy_since(self):
         """Start time (time.monotonic) of the longest-running consumer, or None."""
         busy = list(self._busy.values())
-        return min(busy) if busy else None
+        return min(busy) / 1e9 if busy else None

@@ -104,22 +104,52 @@ class BodyReader(io.RawIOBase):
             yield line
 
 
+#: raw header name -> its environ key (None: the header is dropped); names
+#: repeat from request to request, so each is worked out once
+_HEADER_KEYS = {}
+_HEADER_KEYS_MAX = 1024
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+
+def _header_key(raw):
+    name = raw.decode("latin-1").lower()
+    if name == "content-type":
+        key = "CONTENT_TYPE"
+    elif name == "content-length":
+        key = "CONTENT_LENGTH"
+    elif "_" in name:
+        key = None  # x_forwarded_for would alias x-forwarded-for (CVE-2015-0219)
+    else:
+        key = "HTTP_" + name.upper().replace("-", "_")
+    if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
+        _HEADER_KEYS[raw] = key
+    return key
+
+
+def _native(text):
+    """PEP 3333: a native string holding the raw bytes (latin-1 round trip)."""
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
 def build_environ(content, layer, multithread):
     path = content["path"]
     root_path = content.get("root_path") or ""
     path_info = path[len(root_path):] if root_path and path.startswith(root_path) else path
     client = content.get("client")
     server = content.get("server")
+    version = content.get("http_version", "1.1")
+    body_channel = content.get("body_channel")
+    body = content.get("body", b"")
     environ = {
         "REQUEST_METHOD": content["method"],
-        # PEP 3333: native strings holding the raw bytes (latin-1 round trip)
-        "SCRIPT_NAME": root_path.encode("utf-8").decode("latin-1"),
-        "PATH_INFO": path_info.encode("utf-8").decode("latin-1"),
+        "SCRIPT_NAME": _native(root_path),
+        "PATH_INFO": _native(path_info),
         "QUERY_STRING": (content.get("query_string") or b"").decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + content.get("http_version", "1.1"),
+        "SERVER_PROTOCOL": _PROTOCOLS.get(version) or "HTTP/" + version,
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": content.get("scheme") or "http",
-        "wsgi.input": BodyReader(content.get("body", b""), content.get("body_channel"), layer),
+        # the whole body is here: a plain in-memory stream; else read from the body channel
+        "wsgi.input": io.BytesIO(body or b"") if body_channel is None else BodyReader(body, body_channel, layer),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
@@ -128,24 +158,21 @@ def build_environ(content, layer, multithread):
     if client:
         environ["REMOTE_ADDR"] = str(client[0])
         environ["REMOTE_PORT"] = str(client[1])
+    keys = _HEADER_KEYS
     host = None
     for name, value in content.get("headers", ()):
-        name = name.decode("latin-1").lower()
+        key = keys.get(name, False)
+        if key is False:
+            key = _header_key(name)
+        if key is None:
+            continue
         value = value.decode("latin-1")
-        if name == "content-type":
-            environ["CONTENT_TYPE"] = value
-        elif name == "content-length":
-            environ["CONTENT_LENGTH"] = value
-        elif "_" in name:
-            continue  # x_forwarded_for would alias x-forwarded-for (CVE-2015-0219)
+        if key in environ and key[0] == "H":  # a repeated field: joined (CONTENT_* are replaced)
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
-            key = "HTTP_" + name.upper().replace("-", "_")
-            if key in environ:
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
-            else:
-                environ[key] = value
-            if name == "host":
-                host = value
+            environ[key] = value
+        if key == "HTTP_HOST":
+            host = value
     if server:
         environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
     elif host:
@@ -188,7 +215,7 @@ class WsgiConsumer:
         reply = content["reply_channel"]
         layer = message.channel_layer
         environ = build_environ(content, layer, self.multithread)
-        out = message.reply_flow if hasattr(message, "reply_flow") else None
+        out = getattr(message, "reply_flow", None)
         if out is None:
             out = _Waiting(layer)
         state = {"status": None, "headers": None, "sent": False}
@@ -233,6 +260,11 @@ class WsgiConsumer:
     def _respond(self, out, reply, result, state, written):
         length = None
         if isinstance(result, (list, tuple)):
+            if len(result) == 1 and not written and type(result[0]) is bytes and len(result[0]) <= CHUNK:
+                # the common case, one block: one message
+                self._check_started(state)
+                out.send(reply, self._first(state, result[0], False))
+                return
             body = b"".join(written) + b"".join(result)
             self._check_started(state)
             for i in range(0, max(len(body), 1), CHUNK):

@@ -284,17 +284,11 @@ class Core:
     def take_prefix(self, key):
         """ASGI 1: (full channel, message) from any channel behind ``prefix!``, or None."""
         ring, key, _specific, _own_meta, _ready = self.ring_for_receive(key)
-        demux = self._local.demux
-        got = demux.pop_ordered(key)
+        got = self._local.demux.take_ordered(ring, key)
         if got is None:
-            demux.check_flush_epoch()
-            if ring.has_data():
-                demux.drain(ring, key, (key,))
-                got = demux.pop_ordered(key)
-            elif ring.pending:
+            if ring.pending and not ring.has_data():  # an unready head: a writer mid-copy, or dead
                 self._bus.recovery.unstick(ring)
-            if got is None:
-                return None
+            return None
         self._last_rx = _shm.monotonic_ns()
         channel, _flags, body = got
         return channel, decode(body)

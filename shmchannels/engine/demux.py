@@ -345,6 +345,46 @@ class Demux:
     def has(self, channel):
         return bool(self.buffers.get(channel))
 
+    def take_ordered(self, ring, key):
+        """(channel, flags, body) of the next live message of the ordered key
+        ``key``: from its queue, else straight from ``ring``; None if none.
+
+        A record for one channel is returned as it leaves the ring (the reply
+        reader of a protocol server takes one per response); only the other
+        targets of a record for several are queued, in order.
+        """
+        if self._epoch_load(self._epoch_offset) != self.flush_epoch:
+            self.check_flush_epoch()  # flushed elsewhere: the queue is dropped
+        with self.lock:
+            q = self.ordered[key]
+            if q:
+                now = _shm.monotonic_ns()
+                while q:
+                    channel, deadline, flags, body = q.popleft()
+                    if deadline > now:
+                        return channel, flags, body
+            get = ring.get
+            while True:
+                rec = get()
+                if not rec:
+                    return None
+                flags, body, meta, deadline = rec  # the ring delivers no expired record
+                if flags == blobs.BLOB:
+                    rec = self._resolve(rec)
+                    if rec is None:
+                        continue
+                    flags, body, meta, deadline = rec
+                if not meta:
+                    return key, flags, body
+                local = meta.decode("utf-8")
+                if "\n" not in local:
+                    return key + local, flags, body
+                first, *rest = local.split("\n")
+                q.extend((key + t, deadline, flags, body) for t in rest)
+                break
+        ring.notify()  # threads parked on this ring: the queue has messages
+        return key + first, flags, body
+
     def pop_ordered(self, key):
         """(channel, flags, body) of the oldest live message of an ordered key, or None."""
         with self.lock:

@@ -135,6 +135,23 @@ def test_process_prefix_delivers_in_order_with_full_names(layer):
     assert layer.receive([prefix]) == (None, None)
 
 
+def test_process_prefix_hands_out_a_group_record_once_per_member_in_order(layer):
+    """A group record for several channels behind one prefix: its first
+    member comes straight from the ring, the others from the queue, each
+    once, before the next record."""
+    prefix = layer.process_prefix("http.response")
+    layer.send(prefix + "zero", {"n": 0})
+    for local in ("a", "b", "c"):
+        layer.group_add("room", prefix + local)
+    layer.send_group("room", {"m": 1})
+    layer.send(prefix + "after", {"n": 2})
+    got = [layer.receive([prefix]) for _ in range(6)]
+    assert got[0] == (prefix + "zero", {"n": 0})
+    assert sorted(got[1:4]) == [(prefix + x, {"m": 1}) for x in ("a", "b", "c")]
+    assert got[4] == (prefix + "after", {"n": 2})
+    assert got[5] == (None, None)
+
+
 def test_statistics_extension(layer):
     for _ in range(5):
         layer.send("stats", {"x": 1})
