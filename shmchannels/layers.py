@@ -136,8 +136,10 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         assert "__asgi_channel__" not in message
         bridge = self._bridge
-        if bridge is not None and isinstance(channel, str):
-            where = bridge.where(channel)
+        if bridge is not None:
+            where = bridge.routes.get(channel, 0)  # the cached answer of bridge.where(): no call on the hot path
+            if where == 0:
+                where = bridge.where(channel) if isinstance(channel, str) else None
             if where is not None:  # another host's channel, or a cross-host named one
                 self.require_valid_channel_name(channel)
                 await bridge.send(where, channel, message)

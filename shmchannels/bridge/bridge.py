@@ -118,7 +118,7 @@ class Bridge:
         self.max_message_size = layer_options.max_message_size
         self._layer_options = layer_options
         self._shared = [re.compile(fnmatch.translate(p)) for p in options.cross_host_channels]
-        self._where = {}
+        self.routes = {}  # channel -> where(channel), read directly by the layer's send
         self._advertised = {}  # group -> monotonic time of this process's last advertisement
         self._warned_down = 0.0
         self._station = station_for(options, layer_options)
@@ -134,7 +134,7 @@ class Bridge:
     # ------------------------------------------------------------- routing
 
     def where(self, channel):
-        hit = self._where.get(channel, 0)
+        hit = self.routes.get(channel, 0)
         if hit != 0:
             return hit
         if "!" in channel:
@@ -142,9 +142,9 @@ class Bridge:
             hit = m.group(1) if m and m.group(1) != self.host else LOCAL
         else:
             hit = SHARED if any(p.match(channel) for p in self._shared) else LOCAL
-        if len(self._where) >= _ROUTE_CACHE:
-            self._where.clear()
-        self._where[channel] = hit
+        if len(self.routes) >= _ROUTE_CACHE:
+            self.routes.clear()
+        self.routes[channel] = hit
         return hit
 
     def is_shared(self, channel):

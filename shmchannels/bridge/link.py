@@ -19,6 +19,7 @@ here.
 """
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import logging
@@ -75,6 +76,7 @@ def _redis_errors():
 class Link:
     def __init__(self, spec):
         self.spec = spec
+        self._pid = os.getpid()
         self.where = spec.describe()
         self.up = False
         self.errors = _redis_errors()
@@ -88,6 +90,7 @@ class Link:
         self.thread = threading.Thread(target=self._run, args=(ready,), name="shmchannels-bridge", daemon=True)
         self.thread.start()
         ready.wait()
+        atexit.register(self.drain_before_exit)
         try:
             self.run(self._connect()).result(CONNECT_TIMEOUT + WRITE_TIMEOUT)
         except (concurrent.futures.TimeoutError, *self.errors) as exc:
@@ -156,6 +159,22 @@ class Link:
         if self._idle:
             self._idle = False
             self.loop.call_soon_threadsafe(self._wake.set)
+
+    def drain_before_exit(self, timeout=2.0):
+        """At exit: give queued writes (group sends nobody awaited) up to
+        ``timeout`` to reach Redis, so a script's last group_send is not lost
+        with the daemon thread."""
+        if os.getpid() != self._pid or not self.thread.is_alive():
+            return
+
+        async def drained():
+            while self._outbox or not self._idle:
+                await asyncio.sleep(0.005)
+        if self.up:
+            try:
+                self.run(asyncio.wait_for(drained(), timeout)).result(timeout + 1)
+            except Exception:  # noqa: BLE001 - leaving anyway
+                logger.warning("bridge: %d queued writes to Redis were not sent before exit", len(self._outbox))
 
     def unavailable(self, what="cross-host traffic"):
         return BridgeUnavailable(
