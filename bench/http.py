@@ -15,6 +15,8 @@ Every server answers GET / with 200 text/plain "Hello, world!":
   shm-metrics  "shm" with --metrics on, /metrics scraped every second during the warm-up and the load
   shm-log    "shm" with its access log on (the default of serve: --log-level info, to its stderr, a file here)
   uvicorn-log  "uvicorn" with its access log on (--log-level info), the same way
+  shm-django   shmchannels serve --wsgi, a Django hello view (bench/apps/bench_django.py)
+  gunicorn-django  gunicorn gthread, 2 workers x 4 threads, the same Django project
 
 Load: wrk on 127.0.0.1 (pinned to one CPU with taskset), a warm-up then a
 timed run per server; servers interleaved round by round, each round a fresh
@@ -69,14 +71,17 @@ SERVERS = {
     "shm-metrics": ("shmchannels, metrics scraped 1/s", "#ff7f0e"),
     "shm-log": ("shmchannels, access log on", "#8c564b"),
     "uvicorn-log": ("uvicorn, access log on", "#bcbd22"),
+    "shm-django": ("shmchannels --wsgi, Django view", "#e377c2"),
+    "gunicorn-django": ("gunicorn gthread 2x4, Django view", "#7f7f7f"),
 }
 SCRAPE_EVERY = 1.0
 
 
 def server_argv(key, port, prefix, metrics_port=None):
     bind = f"127.0.0.1:{port}"
-    if key in ("shm", "shm-wsgi", "shm-metrics", "shm-log"):
-        app = ["--wsgi", "bench_wsgi:app"] if key == "shm-wsgi" else ["--routing", "bench_shm:routes"]
+    if key in ("shm", "shm-wsgi", "shm-metrics", "shm-log", "shm-django"):
+        wsgi = {"shm-wsgi": "bench_wsgi:app", "shm-django": "bench_django:application"}.get(key)
+        app = ["--wsgi", wsgi] if wsgi else ["--routing", "bench_shm:routes"]
         metrics = ["--metrics", f"127.0.0.1:{metrics_port}"] if metrics_port else []
         level = "info" if key == "shm-log" else "warning"
         return [venv_exe("shmchannels"), "serve", "--bind", bind, "--protocol-servers", "1", "--workers", "1",
@@ -90,6 +95,9 @@ def server_argv(key, port, prefix, metrics_port=None):
     if key == "gunicorn":
         return [venv_exe("gunicorn"), "-w", "1", "-k", "sync", "-b", bind, "--log-level", "warning",
                 "bench_wsgi:app"]
+    if key == "gunicorn-django":
+        return [venv_exe("gunicorn"), "-w", "2", "-k", "gthread", "--threads", "4", "-b", bind,
+                "--log-level", "warning", "bench_django:application"]
     raise KeyError(key)
 
 
@@ -165,7 +173,7 @@ def measure(env, key, rnd):
         leader = srv.proc.pid
         env.loops.setdefault(key, event_loop(pids, roles))
         if not roles:
-            roles = {p: ("master" if (key == "gunicorn" and p == leader) else "server") for p in pids}
+            roles = {p: ("master" if (key.startswith("gunicorn") and p == leader) else "server") for p in pids}
         warm, _ = run_wrk(port, a.warmup, a.connections, cpu=a.wrk_cpu)
         if not srv.alive():
             raise BenchError(f"{srv.name} died during the warm-up")
@@ -226,6 +234,15 @@ def build_targets(results):
                         lambda v: v >= 0.6))
         t.append(target("shmchannels p99 <= 2x uvicorn's p99", ratios(results, "shm", "uvicorn", "p99"),
                         lambda v: v <= 2))
+    if "shm" in results and "uvicorn" in results:
+        t.append(target("issue 12: Channels-1 consumer req/s >= 1.3x uvicorn", ratios(results, "shm", "uvicorn", "rps"),
+                        lambda v: v >= 1.3))
+    if "shm-wsgi" in results and "uvicorn" in results:
+        t.append(target("issue 12: --wsgi req/s >= 1.0x uvicorn", ratios(results, "shm-wsgi", "uvicorn", "rps"),
+                        lambda v: v >= 1.0))
+    if "shm-django" in results and "gunicorn-django" in results:
+        t.append(target("issue 12: Django view via --wsgi req/s >= 1.4x gunicorn gthread 2x4",
+                        ratios(results, "shm-django", "gunicorn-django", "rps"), lambda v: v >= 1.4))
     if "shm" in results and "shm-log" in results:
         t.append(target("access log on costs <= 15% of req/s (with / without >= 0.85)",
                         ratios(results, "shm-log", "shm", "rps"), lambda v: v >= 0.85))
@@ -238,6 +255,8 @@ RATIO_PAIRS = [
     ("shm", "gunicorn", "rps", "req/s: shmchannels / gunicorn sync"),
     ("shm-wsgi", "gunicorn", "rps", "req/s: shmchannels --wsgi / gunicorn sync"),
     ("shm-wsgi", "shm", "rps", "req/s: shmchannels --wsgi / shmchannels consumer"),
+    ("shm-wsgi", "uvicorn", "rps", "req/s: shmchannels --wsgi / uvicorn"),
+    ("shm-django", "gunicorn-django", "rps", "req/s: Django view, shmchannels --wsgi / gunicorn gthread 2x4"),
     ("shm-metrics", "shm", "rps", "req/s: shmchannels with metrics scraped 1/s / without"),
     ("shm-metrics", "shm", "p99", "p99 latency: shmchannels with metrics scraped 1/s / without"),
     ("shm-log", "shm", "rps", "req/s: shmchannels with its access log / without"),
@@ -347,7 +366,7 @@ def parse_args(argv=None):
 
 def check_prerequisites(args):
     require_program("wrk", shutil.which("wrk") or os.path.exists("/usr/bin/wrk"))
-    need = {"uvicorn": "uvicorn", "daphne": "daphne", "gunicorn": "gunicorn"}
+    need = {"uvicorn": "uvicorn", "daphne": "daphne", "gunicorn": "gunicorn", "gunicorn-django": "gunicorn"}
     missing = [exe for key, exe in need.items() if key in args.only and
                not os.path.exists(os.path.join(os.path.dirname(sys.executable), exe))]
     if missing:
