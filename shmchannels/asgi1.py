@@ -2,7 +2,11 @@
 
 Works without Django Channels installed (Channels 4 needs asgiref 3, the
 ASGI 1 conformance suite needs asgiref 1.1.2; they cannot share an
-environment).  Shares the bus, and so every channel and group, with
+environment).  With ``hosts`` it joins the bridge between hosts like the
+Channels 4 layer (``shmchannels.bridge``): ``process_prefix()`` names its
+host, sends to another host's ``prefix!`` and groups cross through Redis;
+single-reader (``?``) and named channels stay on their host
+(``cross_host_channels`` is the Channels 4 layer's alone for now).  Shares the bus, and so every channel and group, with
 ``shmchannels.layers.SharedMemoryChannelLayer`` instances of the same prefix.
 """
 
@@ -39,8 +43,13 @@ class ChannelLayer:
         spin_us=DEFAULT_SPIN_US,
         park_timeout=DEFAULT_PARK_TIMEOUT,
         block_timeout=DEFAULT_BLOCK_TIMEOUT,
+        hosts=None,
+        host=None,
+        redis_prefix=None,
+        host_lease=30.0,
+        symmetric_encryption_keys=None,
     ):
-        self._configure(LayerOptions(
+        options = LayerOptions(
             prefix=prefix,
             expiry=expiry,
             group_expiry=group_expiry,
@@ -51,7 +60,14 @@ class ChannelLayer:
             slots=slots,
             spin_us=spin_us,
             park_timeout=park_timeout,
-        ), block_timeout)
+        )
+        bridge = None
+        if hosts is not None:  # the bridge between hosts (shmchannels.bridge); Redis only now
+            from shmchannels.bridge.options import BridgeOptions
+
+            bridge = BridgeOptions.build(prefix, hosts, host=host, redis_prefix=redis_prefix, host_lease=host_lease,
+                                         symmetric_encryption_keys=symmetric_encryption_keys)
+        self._configure(options, block_timeout, bridge)
 
     @classmethod
     def from_options(cls, options, block_timeout=DEFAULT_BLOCK_TIMEOUT):
@@ -60,7 +76,7 @@ class ChannelLayer:
         layer._configure(options, block_timeout)
         return layer
 
-    def _configure(self, options, block_timeout):
+    def _configure(self, options, block_timeout, bridge_options=None):
         self.options = options
         self.prefix = options.prefix
         self.expiry = options.expiry
@@ -70,6 +86,11 @@ class ChannelLayer:
         self.core = Core(options, validate=lambda name: names.require_channel(name, v1=True))
         self.channel_capacity = self.core.channel_capacity
         self._valid_receive = set()  # names already validated for receive()
+        self._bridge = None
+        if bridge_options is not None:
+            from shmchannels.bridge.bridge import Bridge
+
+            self._bridge = Bridge(bridge_options, options, self.core.get_capacity)
 
     def __repr__(self):
         return f"<shmchannels.ChannelLayer prefix={self.prefix!r}>"
@@ -83,6 +104,15 @@ class ChannelLayer:
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         if "__asgi_channel__" in message:
             raise ValueError("'__asgi_channel__' is reserved for the layer")
+        bridge = self._bridge
+        if bridge is not None:
+            where = bridge.routes.get(channel, 0)
+            if where == 0:
+                where = bridge.where(channel) if isinstance(channel, str) else None
+            if where is not None:  # a process-specific channel of another host
+                names.require_channel(channel, v1=True)
+                bridge.send_sync(where, channel, message)
+                return
         self.core.send(channel, message)
 
     def send_waiting(self, channel, message, timeout=60.0):
@@ -181,7 +211,8 @@ class ChannelLayer:
         returns them in order.  The ring dies with this process.
         """
         bus = self.core.bus
-        key = f"{prefix}.{names.new_client_prefix(bus.slot, bus.gen)}!"
+        tag = "" if self._bridge is None else f"{self._bridge.tag}."  # other hosts reply through Redis
+        key = f"{prefix}.{tag}{names.new_client_prefix(bus.slot, bus.gen)}!"
         names.require_channel(key, receive=True, v1=True)
         self.core.claim_prefix(key, self.get_capacity, ordered=True)
         return key
@@ -220,12 +251,20 @@ class ChannelLayer:
     def group_add(self, group, channel):
         names.require_group(group)
         names.require_channel(channel, v1=True)
-        self.core.group_add(group, channel)
+        where = None if self._bridge is None else self._bridge.where(channel)
+        if where is None:
+            self.core.group_add(group, channel)
+        if self._bridge is not None:
+            self._bridge.group_add_sync(group, channel, where)
 
     def group_discard(self, group, channel):
         names.require_group(group)
         names.require_channel(channel, v1=True)
-        self.core.group_discard(group, channel)
+        where = None if self._bridge is None else self._bridge.where(channel)
+        if where is None:
+            self.core.group_discard(group, channel)
+        else:
+            self._bridge.group_discard_sync(group, channel, where)
 
     def group_channels(self, group):
         names.require_group(group)
@@ -236,10 +275,14 @@ class ChannelLayer:
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         self.core.group_send(group, message)
+        if self._bridge is not None:  # one queued Redis operation reaches every other host with members
+            self._bridge.group_send(group, message)
 
     # flush extension
     def flush(self):
         self.core.flush()
+        if self._bridge is not None:
+            self._bridge.flush_sync()
 
     # statistics extension
     def global_statistics(self):

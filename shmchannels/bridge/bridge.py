@@ -20,6 +20,7 @@ the elected process, the host's ``Inbox``.
 """
 
 import asyncio
+import concurrent.futures
 import fnmatch
 import logging
 import re
@@ -162,21 +163,37 @@ class Bridge:
         """A send to another host's channel or a shared one.  True if stored,
         False if the channel's host is gone (dropped quietly, as for a dead
         owner); ChannelFull, MessageTooLarge, BridgeUnavailable."""
+        command, full = self._send_command(where, channel, message)
+        return self._sent(await self._call(command), full)
+
+    def send_sync(self, where, channel, message):
+        """``send`` for a synchronous caller (the ASGI 1 layer)."""
+        command, full = self._send_command(where, channel, message)
+        return self._sent(self._wait(self.link.submit(command)), full)
+
+    def _send_command(self, where, channel, message):
         body = encode(message)
         check_size(body, self.max_message_size, "message for", channel)
         element = self._element(wire.CHANNEL, channel, body)
         if where is SHARED:
             capacity = self.capacity_of(channel)
             command = scripts.evalsha("SEND_SHARED", [self.keys.channel(channel)], [element, capacity, self.expiry_ms])
-        else:
-            capacity = INBOX_CAPACITY
-            command = scripts.evalsha("SEND_TO_HOST", [self.keys.hosts, self.keys.inbox(where)],
-                                      [where, element, capacity, self.expiry_ms])
-        reply = await self._call(command)
+            return command, f"channel {channel!r} holds {capacity} messages"
+        command = scripts.evalsha("SEND_TO_HOST", [self.keys.hosts, self.keys.inbox(where)],
+                                  [where, element, INBOX_CAPACITY, self.expiry_ms])
+        return command, f"the inbox of host {where!r} (for {channel!r}) holds {INBOX_CAPACITY} messages"
+
+    @staticmethod
+    def _sent(reply, full):
         if reply == 0:
-            what = f"channel {channel!r}" if where is SHARED else f"the inbox of host {where!r} (for {channel!r})"
-            raise ChannelFull(f"{what} holds {capacity} messages")
+            raise ChannelFull(full)
         return reply == 1
+
+    def _wait(self, future):
+        try:
+            return future.result(link_mod.WRITE_TIMEOUT + 1)
+        except concurrent.futures.TimeoutError:
+            raise self.link.unavailable() from None
 
     def group_send(self, group, message):
         """Queue one operation that reaches every other host with members of
@@ -200,36 +217,63 @@ class Bridge:
         host for ``group``.  For another host's channel: the membership is
         made there, and that host advertised now, so a group_send right after
         this returns reaches it (both go through the same ordered outbox)."""
-        link = self.link
-        if where is SHARED:  # its membership lives in Redis, next to its list
-            await self._call(scripts.evalsha("SHARED_MEMBER", [self.keys.group_channels(group)],
-                                             [channel, self.group_expiry_ms]))
-            return
-        if where is LOCAL:
-            now = time.monotonic()
-            if now - self._advertised.get(group, -1e9) < self.options.host_lease / 3:
-                return
-            try:
-                await self._call(scripts.evalsha("ADVERTISE", [self.keys.group(group)], [self.host, 3 * self.lease_ms]))
-            except link.errors + (ConnectionError,):
-                return  # the bridge advertises every local group when Redis is back
-            self._advertised[group] = now
-            return
-        advertise = link.submit(scripts.evalsha("ADVERTISE", [self.keys.group(group)], [where, 3 * self.lease_ms]))
-        await self._remote_membership(wire.GROUP_ADD, group, channel, where)
-        await asyncio.wrap_future(advertise)
+        for future in self._membership(group, channel, where, add=True):
+            await self._settle_membership(asyncio.wrap_future(future), group, where)
+
+    def group_add_sync(self, group, channel, where):
+        for future in self._membership(group, channel, where, add=True):
+            self._settle_membership_sync(future, group, where)
 
     async def group_discard(self, group, channel, where):
-        if where is SHARED:
-            await self._call(scripts.evalsha("SHARED_MEMBER", [self.keys.group_channels(group)], [channel, 0]))
-        elif where is not LOCAL:
-            await self._remote_membership(wire.GROUP_DISCARD, group, channel, where)
+        for future in self._membership(group, channel, where, add=False):
+            await asyncio.wrap_future(future)
 
-    async def _remote_membership(self, kind, group, channel, where):
-        element = self._element(kind, group, channel.encode("utf-8"))
-        reply = await self._call(scripts.evalsha("SEND_TO_HOST", [self.keys.hosts, self.keys.inbox(where)],
-                                                 [where, element, INBOX_CAPACITY, self.expiry_ms]))
-        if reply == 0:
+    def group_discard_sync(self, group, channel, where):
+        for future in self._membership(group, channel, where, add=False):
+            self._wait(future)
+
+    def _membership(self, group, channel, where, add):
+        """The queued writes of a group_add/discard (futures, in order)."""
+        link, keys = self.link, self.keys
+        if where is SHARED:  # its membership lives in Redis, next to its list
+            return [link.submit(scripts.evalsha("SHARED_MEMBER", [keys.group_channels(group)],
+                                                [channel, self.group_expiry_ms if add else 0]))]
+        if where is LOCAL:
+            if not add or time.monotonic() - self._advertised.get(group, -1e9) < self.options.host_lease / 3:
+                return []
+            try:
+                return [link.submit(scripts.evalsha("ADVERTISE", [keys.group(group)], [self.host, 3 * self.lease_ms]))]
+            except ConnectionError:
+                return []  # the bridge advertises every local group when Redis is back
+        futures = [link.submit(scripts.evalsha("ADVERTISE", [keys.group(group)], [where, 3 * self.lease_ms]))] \
+            if add else []
+        element = self._element(wire.GROUP_ADD if add else wire.GROUP_DISCARD, group, channel.encode("utf-8"))
+        futures.append(link.submit(scripts.evalsha("SEND_TO_HOST", [keys.hosts, keys.inbox(where)],
+                                                   [where, element, INBOX_CAPACITY, self.expiry_ms])))
+        return futures
+
+    async def _settle_membership(self, waiting, group, where):
+        try:
+            reply = await waiting
+        except ConnectionError:
+            if where is LOCAL:
+                return
+            raise
+        self._membership_done(reply, group, where)
+
+    def _settle_membership_sync(self, future, group, where):
+        try:
+            reply = self._wait(future)
+        except ConnectionError:
+            if where is LOCAL:
+                return
+            raise
+        self._membership_done(reply, group, where)
+
+    def _membership_done(self, reply, group, where):
+        if where is LOCAL:
+            self._advertised[group] = time.monotonic()
+        elif reply == 0:
             raise ChannelFull(f"the inbox of host {where!r} holds {INBOX_CAPACITY} messages")
 
     # ----------------------------------------------------------- receiving
@@ -264,3 +308,7 @@ class Bridge:
         """Delete the layer's keys in Redis (but the hosts' claims)."""
         self._advertised.clear()
         await self._call(scripts.evalsha("FLUSH", [], [self.options.namespace]))
+
+    def flush_sync(self):
+        self._advertised.clear()
+        self._wait(self.link.submit(scripts.evalsha("FLUSH", [], [self.options.namespace])))

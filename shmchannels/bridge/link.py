@@ -266,6 +266,7 @@ class Link:
             while True:
                 await asyncio.sleep(delay)
                 try:
+                    await self._reset_connections()
                     await self._connect()
                     break
                 except self.errors as exc:
@@ -282,6 +283,16 @@ class Link:
                 return
             except Exception:
                 logger.exception("bridge: a reconnect callback failed")
+
+    async def _reset_connections(self):
+        """Drop every connection made before the loss: after a Redis restart
+        they are all dead, and the first write on a stale one would fail and
+        take the link down again."""
+        await self.reader.connection_pool.disconnect()
+        await self.writer.connection_pool.disconnect()
+        if self.writer.connection is not None:
+            await self.writer.connection.disconnect()
+        await self.writer.ping()
 
     async def until_up(self):
         """Wait on the I/O loop until the link is up (the probe runs meanwhile)."""

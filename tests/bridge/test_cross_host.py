@@ -192,14 +192,24 @@ async def test_redis_down_keeps_local_traffic_and_recovers_by_itself(layer, conf
             b.call("send", mine, {"type": "lost"})
     finally:
         redis_server.start()
-    # back: no manual step; the next sends get through (after the probe's backoff)
+    # back: no manual step; once the probe has reconnected (its backoff), sends get through, the
+    # first one included (no stale connection left to fail it)
+    link = layer._bridge.link
     for _ in range(100):
-        try:
-            await layer.send(on_b, {"type": "back"})
+        if link.up:
             break
-        except BridgeUnavailable:
+        await asyncio.sleep(0.1)
+    for i in range(5):
+        await layer.send(on_b, {"type": "back", "i": i})
+    for i in range(5):
+        assert b.call("receive", on_b, 10) == {"type": "back", "i": i}
+    for _ in range(50):  # b's own probe comes back on its own backoff
+        try:
+            b.call("send", mine, {"type": "from b again"})
+            break
+        except AgentError:
             await asyncio.sleep(0.1)
-    assert b.call("receive", on_b, 10) == {"type": "back"}
+    assert await asyncio.wait_for(layer.receive(mine), 10) == {"type": "from b again"}
     # memberships were advertised again by each host's bridge when Redis came back (it had lost them)
     for _ in range(100):
         await layer.group_send("room", {"type": "again"})
@@ -230,3 +240,23 @@ async def test_a_host_whose_last_process_leaves_is_forgotten_at_once(layer, conf
     b2.close()  # the last one: claim released, groups withdrawn, not one lease later
     assert redis_server.command("HGET", f"{namespace}:hosts", "b") is None
     assert redis_server.command("ZSCORE", f"{namespace}:group:room", "b") is None
+
+
+def test_the_asgi1_layer_takes_the_same_hosts(config, start_host):
+    import shmchannels
+
+    cfg = config("a1")
+    cfg.pop("prefix")
+    layer = shmchannels.ChannelLayer(prefix=config("a1", "v1")["prefix"], block_timeout=10, **cfg)
+    b = start_host(config("b", "b"))
+    replies = layer.process_prefix("reply")
+    assert ".at-a1.shm" in replies
+    b.call("send", replies + "abc", {"type": "to asgi1"})
+    assert layer.receive([replies], block=True) == (replies + "abc", {"type": "to asgi1"})
+    on_b = b.call("new_channel")
+    layer.send(on_b, {"type": "from asgi1"})
+    assert b.call("receive", on_b, 10) == {"type": "from asgi1"}
+    layer.group_add("v1room", on_b)  # another host's channel: the membership is made there
+    layer.send_group("v1room", {"type": "group from asgi1"})
+    assert b.call("receive", on_b, 10) == {"type": "group from asgi1"}
+    layer.flush()
