@@ -36,6 +36,9 @@ class RedisSpec:
     url: str | None
     kwargs: tuple = ()  # ((name, value), ...), sorted
 
+    def __repr__(self):  # never the password (in the URL or the keywords)
+        return f"RedisSpec({self.describe()!r})"
+
     def describe(self):
         """The server without credentials, for messages and logs."""
         if self.url:

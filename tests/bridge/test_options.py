@@ -36,6 +36,8 @@ def test_bad_hosts_say_what_is_wrong(hosts, error, says):
 
 def test_credentials_never_show_in_descriptions():
     assert parse_hosts(["redis://user:secret@h:1/0"]).describe() == "redis://***@h:1/0"
+    options = BridgeOptions.build("p", [{"address": "redis://u:pw@h:1", "password": "pw"}], host="x")
+    assert "pw" not in repr(options)
 
 
 def test_host_identity_defaults_to_the_hostname():
