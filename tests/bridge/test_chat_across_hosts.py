@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import NAMESPACE_SHELL, _free_port, namespaces_work
+from bridge_hosts import NAMESPACE_SHELL, free_port, namespaces_work
 
 pytestmark = [pytest.mark.skipif(not namespaces_work(), reason="needs root for unshare --mount --uts"),
               pytest.mark.slow]
@@ -51,7 +51,7 @@ def test_a_chat_on_uvicorn_and_daphne_on_two_hosts(redis_server, namespace):
     from websockets.sync.client import connect
 
     env = dict(os.environ, CHAT_REDIS=redis_server.url, CHAT_NAMESPACE=namespace, PYTHONPATH=HERE)
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     servers = [
         in_namespace("chat-a", [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port_a),
                                 "--workers", "2", "--lifespan", "off", "--no-access-log", "chat_hosts:application"],

@@ -13,7 +13,7 @@ from shmchannels import ChannelFull
 from shmchannels.bridge import BridgeUnavailable, HostIdConflict
 from shmchannels.layers import SharedMemoryChannelLayer
 
-from conftest import AgentError
+from bridge_hosts import AgentError
 
 
 def calls(redis_server, command):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import AgentError, namespaces_work
+from bridge_hosts import AgentError, namespaces_work
 
 pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root for unshare --mount --uts (CI runs as root)")
 
