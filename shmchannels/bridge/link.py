@@ -125,7 +125,7 @@ class Link:
 
     async def _connect(self):
         await self.reader.ping()
-        for name, source in scripts.ALL.items():
+        for source in scripts.ALL.values():
             await self.reader.script_load(source)
         self.up = True
         self._down_reason = None
