@@ -213,7 +213,7 @@ def group_cross(kind, port, redis, prefix, peer_prefix, host, peer_host, reps=30
 
 def sender_commands(kind, port, redis, prefix, peer_prefix, n=50):
     """Commands Redis runs per group_send from one process to 500 members on
-    another host, the far side's pulls included (its members read nothing)."""
+    another host, the far side's pulls and acknowledgements included."""
     p, conn = start_peer(kind, port, peer_prefix, "sb", "members", MEMBERS_CROSS)
     assert conn.recv() == "ready"
 
@@ -226,13 +226,16 @@ def sender_commands(kind, port, redis, prefix, peer_prefix, n=50):
             await layer.group_send("bench-sb", {"type": "x"})
         await asyncio.sleep(1.0)  # the bridge's group sends are queued: let them all run
         after = {k: v["calls"] for k, v in redis_info(redis).items()}
+        await layer.group_send("bench-sb", {"type": "stop"})
         return {k[len("cmdstat_"):]: (after[k] - before.get(k, 0)) / n for k in after
                 if k != "cmdstat_info" and after[k] != before.get(k, 0)}
     try:
         return asyncio.run(main())
     finally:
-        p.kill()
-        p.join(60)
+        p.join(30)  # it leaves at the stop message (a kill would leave its bridge lock in /dev/shm)
+        if p.is_alive():
+            p.kill()
+            p.join(10)
 
 
 # ----------------------------------------------------------------------- report
