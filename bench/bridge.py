@@ -165,14 +165,18 @@ def commands_run(redis):
     return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_") and k != "cmdstat_info")
 
 
+_info_clients = {}
+
+
 def redis_info(redis):
+    """INFO commandstats through one connection kept open, so that reading the
+    counts adds no connection handshake (HELLO) to them."""
     import redis as redis_py
 
-    client = redis_py.Redis(port=redis.port)
-    try:
-        return client.info("commandstats")
-    finally:
-        client.close()
+    client = _info_clients.get(redis.port)
+    if client is None:
+        client = _info_clients[redis.port] = redis_py.Redis(port=redis.port)
+    return client.info("commandstats")
 
 
 def group_cross(kind, port, redis, prefix, peer_prefix, host, peer_host, reps=30):
