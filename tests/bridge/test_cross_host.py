@@ -260,3 +260,30 @@ def test_the_asgi1_layer_takes_the_same_hosts(config, start_host):
     layer.send_group("v1room", {"type": "group from asgi1"})
     assert b.call("receive", on_b, 10) == {"type": "group from asgi1"}
     layer.flush()
+
+
+async def test_hosts_started_while_redis_is_down_join_when_it_comes_up(config, start_host, redis_server):
+    redis_server.stop()
+    try:
+        layer = SharedMemoryChannelLayer(**config("a"))  # no error: local traffic needs no Redis
+        b = start_host(config("b", "b"))
+        assert b.started == {"ok": "ready"}
+        mine = await layer.new_channel()
+        await layer.send(mine, {"type": "local"})
+        assert await layer.receive(mine) == {"type": "local"}
+        on_b = b.call("new_channel")
+        with pytest.raises(BridgeUnavailable):
+            await layer.send(on_b, {"type": "too early"})
+    finally:
+        redis_server.start()
+    got = None
+    for _ in range(50):  # both probes reconnect, both bridges claim their hosts (a send before is dropped)
+        try:
+            await layer.send(on_b, {"type": "joined"})
+        except BridgeUnavailable:
+            await asyncio.sleep(0.1)
+            continue
+        got = b.call("receive", on_b, 0.2)
+        if got is not None:
+            break
+    assert got == {"type": "joined"}
