@@ -24,6 +24,7 @@ process there (``tests/bus/test_crash.py`` unless a file is given);
 | consumer: after copying, before taking     | nothing (head did not move)                 | nobody: the record stays for the next consumer                                       | -                                        | test_consumer_killed_mid_read[after-copy] |
 | consumer: after taking                     | that message is gone                        | nobody: at-most-once delivery; it is never delivered twice                           | -                                        | test_consumer_killed_mid_read[after-take], test_random_sigkill_of_consumers_loses_at_most_one_each |
 | the owner of ``prefix!`` rings             | rings nobody reads, memberships of its channels, its stats segment | ``reclaim``: close and unlink its rings and its stats segment, drop its memberships, free its slot; sends to it are dropped quietly | master: at SIGCHLD; a full sender: at once; a group send: within ``OWNER_CHECK_NS`` (200 ms); any attach; master janitor: 5 s | test_dead_owner_channels_are_reclaimed_and_sends_to_them_are_dropped, tests/bus/test_lifecycle.py::test_a_group_send_reclaims_dead_members_within_half_a_second |
+| the minter of single-reader channels (``new_channel('x?')``) | messages waiting where only it would read | ``reclaim``: what waits in the ``?`` rings it minted is dropped and the rings unlinked, so they keep no bus alive | as above | tests/bus/test_lifecycle.py::test_a_single_reader_channel_of_a_dead_minter_does_not_keep_the_bus[fork], tests/bus/test_lifecycle.py::test_a_single_reader_channel_of_a_dead_minter_does_not_keep_the_bus[spawn] |
 | a blob's sender: blob written, no record put, or records put, blob unpublished | a mode-0600 blob of a dead owner (records may name it) | ``blobs.sweep``: an unpublished blob of a dead owner is unlinked (at-most-once: a record naming it delivers nothing) | reclaim of its slot (attach, master at SIGCHLD, janitor); a sender of blobs: 1 s | tests/bus/test_blobs.py::test_a_sender_killed_before_publishing_its_blob_leaves_nothing[written], tests/bus/test_blobs.py::test_a_sender_killed_before_publishing_its_blob_leaves_nothing[put] |
 | a blob's receiver: record taken, name not unlinked | a published blob nobody will read           | ``blobs.sweep``: any blob ``GRACE_NS`` (10 s) past its deadline is unlinked          | its expiry + 10 s, at the next attach or janitor pass | tests/bus/test_blobs.py::test_a_receiver_killed_after_taking_the_record_leaves_a_blob_the_janitor_reclaims |
 | a blob's record expired or purged unread   | a published blob nobody will read           | as above                                                                             | as above                                 | tests/bus/test_blobs.py::test_a_blob_whose_record_expired_unread_is_reclaimed_by_the_janitor |
@@ -136,7 +137,9 @@ class Recovery:
         bus = self.bus
         stem = bus.stem
         slot = bus.control.read_slot(index)
-        logger.info("reclaiming slot %d (pid %d, %s) of bus %s", index, slot.pid, slot.label or slot.kind, bus.prefix)
+        # our own clean detach is routine; a dead process's slot is news
+        level = logging.DEBUG if (index, gen) == (getattr(bus, "slot", None), getattr(bus, "gen", None)) else logging.INFO
+        logger.log(level, "reclaiming slot %d (pid %d, %s) of bus %s", index, slot.pid, slot.label or slot.kind, bus.prefix)
         intent = bus.control.intent(index)
         if intent is not None:
             ring = rings_mod.ring_by_id(stem, intent.ring_id)
