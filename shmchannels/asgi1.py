@@ -70,10 +70,11 @@ class ChannelLayer:
         self._configure(options, block_timeout, bridge)
 
     @classmethod
-    def from_options(cls, options, block_timeout=DEFAULT_BLOCK_TIMEOUT):
-        """A layer with the given ``shmchannels.options.LayerOptions``."""
+    def from_options(cls, options, block_timeout=DEFAULT_BLOCK_TIMEOUT, bridge_options=None):
+        """A layer with the given ``shmchannels.options.LayerOptions`` (and
+        ``shmchannels.bridge.options.BridgeOptions``: `serve --bridge`)."""
         layer = cls.__new__(cls)
-        layer._configure(options, block_timeout)
+        layer._configure(options, block_timeout, bridge_options)
         return layer
 
     def _configure(self, options, block_timeout, bridge_options=None):

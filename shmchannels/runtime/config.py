@@ -73,6 +73,16 @@ def validate_glob_list(val):
     return [v for v in val if v]
 
 
+def validate_redis_urls(val):
+    if val is None:
+        return []
+    if isinstance(val, str):
+        val = [v.strip() for v in val.split(",")]
+    if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) for v in val):
+        raise TypeError("Not a list of Redis URLs: %r" % (val,))
+    return [v for v in val if v]
+
+
 class ShmSetting:
     """Mixin marking settings that belong to shmchannels (gunicorn's metaclass
     registers every Setting subclass, so the marker cannot be a Setting)."""
@@ -570,6 +580,50 @@ class Uvloop(ShmSetting, Setting):
         """
 
 
+class Hosts(ShmSetting, Setting):
+    name = "hosts"
+    section = "Between hosts"
+    cli = ["--bridge"]
+    meta = "REDIS_URL"
+    validator = validate_redis_urls
+    default = []
+    desc = """\
+        Join the other hosts that use this prefix and this Redis into one
+        channel layer (``redis://host:6379/0``; the ``hosts`` key of
+        channels_redis and of ``SharedMemoryChannelLayer``).  Unset, there is
+        no bridge and no Redis: one host.  Every process of the serve takes
+        part; one per host is elected to carry what comes from Redis.  Set the
+        same ``hosts`` in the project's ``CHANNEL_LAYERS`` so that its own
+        group sends cross too.
+        """
+
+
+class BridgeHost(ShmSetting, Setting):
+    name = "host"
+    section = "Between hosts"
+    cli = ["--host-id"]
+    meta = "NAME"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        This host's identity among the hosts of the bridge (default: the
+        hostname); two live hosts may not share one.
+        """
+
+
+class RedisPrefix(ShmSetting, Setting):
+    name = "redis_prefix"
+    section = "Between hosts"
+    cli = ["--redis-prefix"]
+    meta = "STRING"
+    validator = validate_optional_string
+    default = None
+    desc = """\
+        The prefix of the bridge's Redis keys (default ``shmch:<prefix>``):
+        hosts meet where their Redis prefixes are the same.
+        """
+
+
 class Metrics(ShmSetting, Setting):
     name = "metrics"
     section = "Processes"
@@ -831,6 +885,10 @@ class ShmConfig:
             server_config.protocol_config(values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the protocol server rejects this config: {exc}") from None
+        try:
+            bridge_options(cfg)
+        except (TypeError, ValueError, ImportError) as exc:
+            raise ConfigError(f"the bridge between hosts rejects this config ({self.source('hosts')}): {exc}") from None
 
     def __getattr__(self, name):
         return getattr(self.cfg, name)
@@ -859,6 +917,16 @@ def options(cfg):
     ``ShmConfig.validate`` checks before anything starts."""
     values = setting_values(cfg)
     return server_config.protocol_config(values), server_config.layer_options(values)
+
+
+def bridge_options(cfg):
+    """The ``BridgeOptions`` of a process run with ``cfg``, or None without
+    ``hosts`` (then no Redis client is imported)."""
+    if not cfg.hosts:
+        return None
+    from shmchannels.bridge.options import BridgeOptions
+
+    return BridgeOptions.build(cfg.prefix, cfg.hosts, host=cfg.host, redis_prefix=cfg.redis_prefix)
 
 
 def add_arguments(parser, names=None):

@@ -71,7 +71,8 @@ def layer(cfg, **kwargs):
     import shmchannels
     from shmchannels.runtime import config
 
-    return shmchannels.ChannelLayer.from_options(config.options(cfg)[1], **kwargs)
+    return shmchannels.ChannelLayer.from_options(config.options(cfg)[1], bridge_options=config.bridge_options(cfg),
+                                                 **kwargs)
 
 
 def wire_logging(glog, level_name):
