@@ -312,7 +312,9 @@ class ShmArbiter(Arbiter):
             for pid, w in current[: len(current) - target]:
                 self.retire(pid, w, signal.SIGTERM)
             current = current[len(current) - target:]
-        for i in range(target - len(current)):
+        if any(is_up(pid) for pid, _ in current):
+            self.exits.child_up(kind)
+        for i in range(target - len(current) if self.exits.may_spawn(kind) else 0):
             if i:
                 time.sleep(0.05)
             self.spawn_worker(kind)

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 
 _PR_SET_PDEATHSIG = 1
 
@@ -73,6 +74,21 @@ def layer(cfg, **kwargs):
 
     return shmchannels.ChannelLayer.from_options(config.options(cfg)[1], bridge_options=config.bridge_options(cfg),
                                                  **kwargs)
+
+
+def attached_layer(glog, cfg, **kwargs):
+    """``layer(cfg)`` for a booting child; a bus it cannot attach (BusError)
+    is logged and ends the child with ``child_exits.BUS_UNAVAILABLE``."""
+    from shmchannels.exceptions import BusError
+    from shmchannels.runtime.child_exits import BUS_UNAVAILABLE
+
+    try:
+        built = layer(cfg, **kwargs)
+        built.core.bus  # attaches: a layer attaches on first use
+        return built
+    except BusError as exc:
+        glog.error("cannot attach the bus: %s", exc)
+        sys.exit(BUS_UNAVAILABLE)
 
 
 def wire_logging(glog, level_name):

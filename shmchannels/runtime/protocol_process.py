@@ -31,9 +31,9 @@ class ProtocolServerProcess(Worker):
 
     def load_wsgi(self):
         """Protocol servers run no application code; they attach the bus here,
-        while still booting, so a bus they cannot attach is a boot error
-        (WORKER_BOOT_ERROR halts the master) rather than a crash loop."""
-        self.layer = processes.layer(self.cfg)
+        while still booting: a bus they cannot attach exits with
+        BUS_UNAVAILABLE (``child_exits``)."""
+        self.layer = processes.attached_layer(self.log, self.cfg)
         bus = self.layer.core.bus
         bus.describe("protocol", f"protocol {self.age}")
 

@@ -42,9 +42,10 @@ class ChannelWorkerProcess(Worker):
         # APP_LOAD_ERROR and halt the master.
         self.bundle = self.app.wsgi()
         # The bus too, while still booting: a bus this worker cannot attach
-        # is a boot error (WORKER_BOOT_ERROR halts the master), not a crash
-        # loop.  Its slot on the bus also tells the master it is up.
-        self.layer = processes.layer(self.cfg, block_timeout=TICK)
+        # exits with BUS_UNAVAILABLE (the master halts on it before the pool
+        # ever booted, retries later after).  Its slot on the bus also tells
+        # the master it is up.
+        self.layer = processes.attached_layer(self.log, self.cfg, block_timeout=TICK)
         objects.use_layer(self.layer)  # Channel/Group in consumers use this bus
         self.bus = self.layer.core.bus
         # An ASGI worker is "up" (what a HUP roll waits for before it retires

@@ -1,5 +1,5 @@
 """A Channels 4 chat across two hosts: uvicorn with 2 workers on host A,
-daphne on host B, each host its own mount+UTS namespace (private /dev/shm,
+daphne or `shmchannels serve --bridge` (the app hosted in its workers) on host B, each host its own mount+UTS namespace (private /dev/shm,
 own hostname), one redis-server.  Clients on both hosts; every broadcast
 reaches every client, and a sync caller on host A (``async_to_sync(group_send)``,
 as a Django view would) reaches them all too."""
@@ -47,7 +47,18 @@ def wait_http(port, proc, timeout=30):
     raise TimeoutError(f"no server on port {port}")
 
 
-def test_a_chat_on_uvicorn_and_daphne_on_two_hosts(redis_server, namespace):
+def host_b(server, port, redis_url, namespace):
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--access-log", os.devnull,
+                "chat_hosts:application"]
+    # the serve's own layer and the app's join the bridge with the same prefix, Redis and host (the hostname)
+    return [sys.executable, "-m", "shmchannels", "serve", "chat_hosts:application", "--bind", f"127.0.0.1:{port}",
+            "--prefix", "chathosts", "--protocol-servers", "1", "--workers", "2", "--bridge", redis_url,
+            "--redis-prefix", namespace, "--log-level", "warning"]
+
+
+@pytest.mark.parametrize("server_b", ["daphne", "shmchannels-serve"])
+def test_a_chat_on_uvicorn_and_another_server_on_two_hosts(redis_server, namespace, server_b):
     from websockets.sync.client import connect
 
     env = dict(os.environ, CHAT_REDIS=redis_server.url, CHAT_NAMESPACE=namespace, PYTHONPATH=HERE)
@@ -56,8 +67,7 @@ def test_a_chat_on_uvicorn_and_daphne_on_two_hosts(redis_server, namespace):
         in_namespace("chat-a", [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port_a),
                                 "--workers", "2", "--lifespan", "off", "--no-access-log", "chat_hosts:application"],
                      env),
-        in_namespace("chat-b", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port_b),
-                                "--access-log", os.devnull, "chat_hosts:application"], env),
+        in_namespace("chat-b", host_b(server_b, port_b, redis_server.url, namespace), env),
     ]
     clients = []
     try:

@@ -15,7 +15,7 @@ import pytest
 from shmchannels import bus as bus_mod
 from shmchannels.bus import segments
 
-from serving import APPS, Served, children_of as master_children, wait_for
+from serving import APPS, Served, children_of as master_children, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -202,9 +202,43 @@ def test_a_child_that_cannot_attach_the_bus_halts_the_master(prefix, pool):
                                os.environ.get("PYTHONPATH")]))})
     assert rc == 3, out  # gunicorn's WORKER_BOOT_ERROR
     assert "refused on purpose by the test" in out
-    assert "failed to boot (exit code 3)" in out
+    assert "could not attach the bus (exit code 5) and none has booted yet" in out
     assert out.count("Booting worker") <= 2, "the master kept restarting a child that cannot boot"
     assert segments.bus_files(segments.bus_stem(prefix)) == []
+
+
+@pytest.mark.parametrize("kind", ["worker", "protocol"])
+def test_a_replacement_that_cannot_attach_the_bus_is_retried_and_the_others_keep_serving(prefix, tmp_path, kind):
+    """Once the deployment served, a child that cannot attach (a full
+    /dev/shm, a lock held by a stopped process) is a passing condition: the
+    master keeps the others and their sockets and tries again later.  (It
+    halted with WORKER_BOOT_ERROR before, closing every WebSocket.)"""
+    import websockets.sync.client
+
+    refuse = tmp_path / "refuse-attach"
+    env = {"SHMCHANNELS_TEST_FAIL_CHILD_ATTACH": str(refuse),
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(APPS, "failattach"), os.environ.get("PYTHONPATH")]))}
+    with serving(prefix, ["--routing", "echo1:routes"], workers=2, env=env) as s:
+        ws = websockets.sync.client.connect(f"ws://127.0.0.1:{s.port}/ws/", open_timeout=10).__enter__()
+        ws.send("before")
+        assert ws.recv(timeout=10) == "before"
+        refuse.touch()
+        victim = s.pids(kind)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: "could not attach the bus; the others keep serving" in s.output(), 30,
+                 what="the refused replacement")
+        assert s.proc.poll() is None, s.output()[-3000:]
+        refuse.unlink()
+        wait_for(lambda: len(s.pids(kind)) == (2 if kind == "worker" else 1) and victim not in s.pids(kind), 40,
+                 what="the replacement once attaching works again")
+        if kind == "worker":  # the socket lives in the protocol server: it stayed open throughout
+            ws.send("after")
+            assert ws.recv(timeout=10) == "after"
+        else:  # its protocol server is gone; a new one serves new clients
+            with websockets.sync.client.connect(f"ws://127.0.0.1:{s.port}/ws/", open_timeout=10) as again:
+                again.send("after")
+                assert again.recv(timeout=10) == "after"
+        ws.close()
 
 
 def test_workers_that_keep_dying_right_after_boot_halt_the_master(prefix):
