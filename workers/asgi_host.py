@@ -15,14 +15,18 @@ prefix, read by one stream.  Around that:
   work; hand every WebSocket over (``WebSocketInstance.hand_over``: the
   protocol server resumes it in another worker) or, with ``resume`` off,
   close it with 1012 and let the application see its disconnect; let HTTP
-  requests in flight finish; all within ``graceful_timeout``.
+  requests in flight finish; all within ``graceful_timeout``;
+* a protocol server that dies (SIGKILL, OOM) takes its sockets with it:
+  once a second the instances whose protocol server is gone get their
+  ``websocket.disconnect`` (1006) or ``http.disconnect``, so the
+  application's ``disconnect()`` runs and the instance ends.
 """
 
 import asyncio
 import logging
 import time
 
-from shmchannels import counters
+from shmchannels import counters, names
 
 from .asgi_instances import HttpInstance, WebSocketInstance
 from .asgi_lifespan import Lifespan
@@ -38,6 +42,8 @@ BURST = 64
 SUCCESSOR_WAIT = 3.0
 #: how long a reply may wait for room in its protocol server's ring
 REPLY_TIMEOUT = 60.0
+#: seconds between two looks for instances whose protocol server died
+SERVER_CHECK = 1.0
 
 
 class AsgiHost:
@@ -74,6 +80,7 @@ class AsgiHost:
         self._tasks = [
             self.loop.create_task(self._take_new(), name="take-new"),
             self.loop.create_task(self._read_events(), name="instance-events"),
+            self.loop.create_task(self._watch_servers(), name="server-liveness"),
         ]
         await self._stop.wait()
         await self._wind_down()
@@ -148,6 +155,29 @@ class AsgiHost:
             except Exception:
                 logger.exception("reading instance events failed; retrying")
                 await asyncio.sleep(0.5)
+
+    async def _watch_servers(self):
+        while True:
+            await asyncio.sleep(SERVER_CHECK)
+            try:
+                self.end_orphans()
+            except Exception:
+                logger.exception("checking the protocol servers of the instances failed")
+
+    def end_orphans(self):
+        """Tell the instances whose protocol server is gone that their client is."""
+        alive = {}
+        for instance in list(self.instances.values()):
+            if (instance.gone or instance.handed_over) if instance.kind == "websocket" else instance.disconnected:
+                continue
+            owner = names.owner_of(instance.reply[: instance.reply.find("!") + 1])
+            if owner is None:
+                continue
+            if owner not in alive:
+                alive[owner] = self.layer.process_alive(*owner)
+            if not alive[owner]:
+                instance.deliver({"type": "websocket.disconnect", "code": 1006} if instance.kind == "websocket"
+                                 else {"type": "http.disconnect"})
 
     def forget(self, instance):
         self.instances.pop(instance.channel, None)

@@ -263,3 +263,32 @@ def test_a_resumed_scope_says_so_and_a_new_connection_does_not(live_app, prefix)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_a_killed_protocol_server_ends_its_instances_with_their_disconnect(live_app, prefix):
+    """The sockets of a SIGKILLed protocol server are gone with it: each
+    hosted instance gets websocket.disconnect (1006) within about a second,
+    so the consumer's disconnect() runs (group_discard, clean-up) and the
+    worker does not keep the instance (it did forever before: 0 of 1200
+    disconnects, the worker's memory growing with every kill)."""
+    directory, env = live_app
+    clients = 30
+    with serving(prefix, ["resumechat_live:application"], workers=1, env=env) as s:
+        async def scenario():
+            sockets = [await websockets.connect(f"ws://127.0.0.1:{s.port}/ws/k{i % 3}/", open_timeout=20)
+                       for i in range(clients)]
+            for ws in sockets:
+                await ws.send("whoami")
+                await asyncio.wait_for(ws.recv(), 10)
+            victim = s.pids("protocol")[0]
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.to_thread(wait_for, lambda: victim not in s.pids("protocol"), 30, 0.05, "the kill")
+            for ws in sockets:
+                ws.transport.abort()
+
+        asyncio.run(scenario())
+        path = env["RESUMECHAT_DISCONNECTS"]
+        wait_for(lambda: os.path.exists(path) and len(open(path).read().split("\n")) > clients, 10,
+                 what="the disconnects of the killed protocol server's sockets")
+    lines = [line for line in open(path).read().split("\n") if line]
+    assert len(lines) == clients and all(line.endswith(" 1006") for line in lines), lines[:5]
