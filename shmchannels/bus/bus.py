@@ -407,18 +407,30 @@ class Bus:
         """Remove the whole bus now (the serve master's exit, after its children
         are gone).  A bus that other live processes still use (a second
         program on the same prefix) is only detached from: it is theirs too.
-        True if the bus was removed."""
+        So is a bus that holds what outlives processes: unexpired messages
+        and memberships of named channels (a script's ``send('thumbnail')``,
+        ``group_add('liveblog', 'liveblog.listener')``): the next start on
+        the prefix finds them, as after a detach.  True if the bus was removed."""
+        keep = False
         with self._locked_bus():
             others = self.other_live_pids()
             if not others:
-                for ring in self.all_rings():
-                    ring.close(self.slot)
-                self._remove_files()
+                self.recovery.reclaim_dead()  # the children's rings and memberships
+                keep = self.pending_total() > 0 or not self.registry.is_empty()
+                if not keep:
+                    for ring in self.all_rings():
+                        ring.close(self.slot)
+                    self._remove_files()
         if others:
             logger.warning(
                 "bus %s is still used by pid(s) %s: leaving it to them", self.prefix,
                 ", ".join(map(str, others[:8])) + (" ..." if len(others) > 8 else ""),
             )
+            self.detach()
+            return False
+        if keep:
+            logger.info("bus %s keeps unexpired messages or memberships of named channels for the next start "
+                        "(a layer's flush() drops them)", self.prefix)
             self.detach()
             return False
         self._stop_using()

@@ -447,3 +447,39 @@ def test_the_master_drops_protocol_messages_no_protocol_server_is_left_to_answer
     assert {ch: pending.get(ch, 0) for ch in PROTOCOL_CHANNELS} == dict.fromkeys(PROTOCOL_CHANNELS, expected)
     assert pending["thumbnail"] == 1
     layer.core.bus.flush()
+
+
+def test_a_clean_stop_keeps_messages_and_memberships_of_named_channels(prefix):
+    """What a script left on the bus outlives a serve's clean stop, as it
+    outlives the script: an unexpired message on a named channel and a named
+    channel's membership are there for the next start (a stop removed the
+    whole bus before, and both were lost)."""
+    import subprocess
+    import sys
+
+    import socket
+
+    import shmchannels
+    from serving import http_status
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "shmchannels", "serve", "--prefix", prefix, "--pythonpath", APPS,
+                             "--routing", "echo1:routes", "--bind", f"127.0.0.1:{port}", "--protocol-servers", "1",
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: http_status(port, "/") == 200 or proc.poll() is not None, what="serve")
+        script = (f"import shmchannels; layer = shmchannels.ChannelLayer(prefix={prefix!r}); "
+                  "layer.send('thumbnail', {'id': 42}); layer.group_add('liveblog', 'liveblog.listener')")
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read()[-3000:]
+    layer = shmchannels.ChannelLayer(prefix=prefix)
+    try:
+        assert layer.receive(["thumbnail"]) == ("thumbnail", {"id": 42})
+        layer.send_group("liveblog", {"text": "still a member"})
+        assert layer.receive(["liveblog.listener"]) == ("liveblog.listener", {"text": "still a member"})
+    finally:
+        layer.flush()
