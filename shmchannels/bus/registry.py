@@ -35,6 +35,7 @@ import zlib
 
 from shmchannels import names
 from shmchannels.bus import segments
+from shmchannels.exceptions import BusError, ChannelFull
 
 logger = logging.getLogger("shmchannels.registry")
 
@@ -59,6 +60,19 @@ def is_damage(exc):
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
     )
+
+
+def _passing(exc, stem):
+    """A transient SQLite error as the layer's own: a full /dev/shm is
+    ChannelFull (as for a ring), a lock held past the busy timeout a BusError
+    that says why; anything else as it is."""
+    text = str(exc)
+    if "full" in text:
+        return ChannelFull(f"no room in /dev/shm for the group registry of {stem} ({text})")
+    if "locked" in text or "busy" in text:
+        return BusError(f"the group registry of {stem} stayed locked by another process for 30 s "
+                        f"(one stopped with SIGSTOP or in a debugger?): {text}")
+    return exc
 
 
 #: memberships a process remembers for a rebuild; the oldest tenth is
@@ -199,7 +213,10 @@ class Registry:
                     return fn(self._db())
                 except sqlite3.DatabaseError as exc:
                     if attempt or not is_damage(exc):
-                        raise
+                        passing = _passing(exc, self.stem)
+                        if passing is exc:
+                            raise
+                        raise passing from exc
                     damage = exc
             self._rebuild(epoch, damage)
 

@@ -4,7 +4,11 @@ clean-up, flush, and the rebuild of a damaged database."""
 
 import logging
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -405,3 +409,44 @@ def test_registry_files_follow_the_epoch(bus, other):
     bus.registry.add("g", "c")
     assert os.path.basename(bus.registry.path) == segments.registry_name(bus.stem, 1)
     assert os.stat(bus.registry.path).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif((shutil.which("unshare") is None or os.geteuid() != 0) and not os.environ.get("CI"),
+                    reason="needs root and unshare(1) for a private /dev/shm (CI has both)")
+def test_a_full_dev_shm_makes_group_add_channel_full_and_it_works_again_with_room(tmp_path):
+    """A registry write that finds /dev/shm full is ChannelFull naming it (a
+    raw sqlite3.OperationalError before), and the next one with room works."""
+    script = tmp_path / "full.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import shmchannels
+        from shmchannels.exceptions import ChannelFull
+        layer = shmchannels.ChannelLayer(prefix="fullreg")
+        layer.group_add("g", "warm")
+        with open("/dev/shm/filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"x" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        outcome = "no error"
+        for i in range(2000):
+            try:
+                layer.group_add("g" + str(i % 50), "member-" + str(i) + "-" + "m" * 60)
+            except ChannelFull as exc:
+                outcome = "FULL " + str(exc)
+                break
+        print(outcome)
+        os.unlink("/dev/shm/filler")
+        layer.group_add("after", "room")
+        print("AFTER ok")
+    """))
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {sys.executable} {script}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("FULL no room in /dev/shm for the group registry"), proc.stdout
+    assert lines[1] == "AFTER ok"
