@@ -176,7 +176,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.close_code = ABNORMAL
         if self.opened:
             self.server.stats_words[CLOSES.get(self.close_code, CLOSES_OTHER)] += 1
-        elif self.server.access_log_enabled:
+        elif previous == HANDSHAKE and self.server.access_log_enabled:  # the client left while we waited
             self.server.access_log.log(self.client, self.req, 499, 0)
         self.server.websockets.discard(self)
         self.bridge.disconnect(self.close_code)

@@ -521,6 +521,20 @@ def test_refused_handshakes_are_not_counted_as_websocket_closes(env):
     assert not any(counted.values()), counted
 
 
+def test_a_refused_handshake_has_one_access_log_line(env):
+    """The 403 is logged once: its connection's end is not a 499 as well."""
+    st = env.server()
+    lines = []
+    st.call(setattr, st.server.access_log, "sink", lines.append)
+    env.worker(WsApp(on_connect="deny"))
+    with pytest.raises(InvalidStatus):
+        connect(ws_url(st), open_timeout=5).close()
+    time.sleep(0.3)  # the connection's end, then the batch
+    st.call(st.server.access_log.flush)
+    statuses = [line.split('"')[2].split()[0] for line in lines]
+    assert statuses == ["403"], lines
+
+
 def test_pings_off_with_zero_interval(env):
     st = env.server(ws_ping_interval=0)
     env.worker(WsApp())
