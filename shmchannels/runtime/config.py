@@ -63,24 +63,21 @@ def validate_optional_string(val):
     return None if val is None or val == "" else validate_string(val)
 
 
-def validate_glob_list(val):
-    if val is None:
-        return []
-    if isinstance(val, str):
-        val = [v.strip() for v in val.split(",")]
-    if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) for v in val):
-        raise TypeError("Not a list of channel name globs: %r" % (val,))
-    return [v for v in val if v]
+def _string_list(what):
+    """A validator of a list of strings (a comma-separated string from a flag or the environment)."""
+    def validate(val):
+        if val is None:
+            return []
+        if isinstance(val, str):
+            val = [v.strip() for v in val.split(",")]
+        if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) for v in val):
+            raise TypeError(f"Not a list of {what}: {val!r}")
+        return [v for v in val if v]
+    return validate
 
 
-def validate_redis_urls(val):
-    if val is None:
-        return []
-    if isinstance(val, str):
-        val = [v.strip() for v in val.split(",")]
-    if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) for v in val):
-        raise TypeError("Not a list of Redis URLs: %r" % (val,))
-    return [v for v in val if v]
+validate_glob_list = _string_list("channel name globs")
+validate_redis_urls = _string_list("Redis URLs")
 
 
 class ShmSetting:
