@@ -82,30 +82,25 @@ GROUP_SEND = _NOW + _ROOM + _LEASE_END + """
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - lease))
 local sent, full = 0, 0
+local function push(key, capacity)
+  if room(key, capacity, now) then
+    redis.call('RPUSH', key, ARGV[2])
+    redis.call('PEXPIRE', key, ARGV[6])
+    sent = sent + 1
+  else
+    full = full + 1
+  end
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[9])))
   for _, channel in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local key = ARGV[7] .. channel
-    if room(key, tonumber(ARGV[8]), now) then
-      redis.call('RPUSH', key, ARGV[2])
-      redis.call('PEXPIRE', key, ARGV[6])
-      sent = sent + 1
-    else
-      full = full + 1
-    end
+    push(ARGV[7] .. channel, tonumber(ARGV[8]))
   end
 end
 for _, host in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local _, ends = lease_end(redis.call('HGET', KEYS[3], host))
   if host ~= ARGV[1] and ends and ends >= now then  -- a host that left has released its claim
-    local inbox = ARGV[4] .. host
-    if room(inbox, tonumber(ARGV[5]), now) then
-      redis.call('RPUSH', inbox, ARGV[2])
-      redis.call('PEXPIRE', inbox, ARGV[6])
-      sent = sent + 1
-    else
-      full = full + 1
-    end
+    push(ARGV[4] .. host, tonumber(ARGV[5]))
   end
 end
 return {sent, full}
