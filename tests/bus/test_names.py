@@ -305,8 +305,29 @@ def test_new_client_prefixes_differ():
 def test_new_local_part_fits_the_local_part_rule():
     for _ in range(200):
         local = names.new_local_part()
-        assert re.fullmatch(r"[A-Za-z0-9_\-]{22}", local)
+        assert re.fullmatch(r"[A-Za-z0-9_\-]{16}[0-9a-f]+", local)
         assert names.require_channel("x!" + local) is True
+
+
+def test_new_local_parts_never_repeat_in_a_process_or_its_forked_children():
+    import os
+    mine = {names.new_local_part() for _ in range(10_000)}
+    assert len(mine) == 10_000
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws as many again: none may be one of the parent's
+        os.close(read_end)
+        child = {names.new_local_part() for _ in range(10_000)}
+        os.write(write_end, b"1" if len(child) == 10_000 and not child & mine else b"0")
+        os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 1) == b"1"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    parent_next = names.new_local_part()
+    assert parent_next not in mine and parent_next[:16] == next(iter(mine))[:16]
 
 
 @pytest.mark.parametrize("slot, gen", [(0, 0), (5, 3), (0x123, (1 << 28) + 4)])
@@ -326,6 +347,7 @@ def test_new_single_reader_drops_the_tag_rather_than_exceed_the_length_limit(len
     name = names.new_single_reader(pattern, 5, 3)
     assert len(name) < names.MAX_NAME_LENGTH
     assert names.require_channel(name, v1=True) is True
-    tagged = len(pattern) + 3 + 10 + 22 < names.MAX_NAME_LENGTH
+    local = len(name) - len(pattern) - (3 + 10 if names.member_owner(name) else 0)
+    tagged = len(pattern) + 3 + 10 + local < names.MAX_NAME_LENGTH
     assert names.member_owner(name) == ((5, 3) if tagged else None)
     assert name.startswith(pattern + ("shm" + names.owner_tag(5, 3) if tagged else ""))
