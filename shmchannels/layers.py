@@ -22,6 +22,7 @@ import inspect
 from channels.layers import BaseChannelLayer
 
 from . import bus as bus_mod, checks, hosted, names
+from shmchannels.engine import groups
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, Core
 from .exceptions import ChannelFull, MessageTooLarge
 from .options import LayerOptions
@@ -188,8 +189,8 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         bridge = self._bridge
         where = None if bridge is None else bridge.where(channel)
-        if where is None:
-            self.core.group_add(group, channel)
+        if where is None:  # never waits on the loop for a lock another process holds
+            await groups.registry_write(self.core.group_add, group, channel)
         if bridge is not None:
             await bridge.group_add(group, channel, where)
 
@@ -199,7 +200,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         bridge = self._bridge
         where = None if bridge is None else bridge.where(channel)
         if where is None:
-            self.core.group_discard(group, channel)
+            await groups.registry_write(self.core.group_discard, group, channel)
         else:
             await bridge.group_discard(group, channel, where)
 

@@ -9,6 +9,14 @@ are rare and serialise on SQLite's own locks, which are fcntl locks the
 kernel releases when a writer dies; a writer killed mid-transaction is rolled
 back by WAL recovery in the next connection.  Readers never wait for writers.
 
+A writer that has stopped (SIGSTOP, a debugger) holds the lock until it goes
+on or dies.  Sync callers wait for it up to SQLite's busy timeout (30 s,
+then BusError).  An event loop must not: its writes pass ``until=NOW`` (one
+try that waits a few ms at most, else ``Locked`` with nothing written) and
+finish off the loop with ``until=<deadline>`` (short tries, the fork lock let
+go between them, so this process's readers keep going meanwhile;
+``engine.groups.registry_write``).
+
 The cached list is already grouped by ring, so a group send writes one record
 per destination ring (one per receiving process for process-specific
 members), and the receiver fans it out locally.
@@ -62,6 +70,30 @@ def is_damage(exc):
     )
 
 
+#: how long a registry write waits for SQLite's write lock: SQLite's busy timeout
+BUSY_TIMEOUT_S = 30
+#: how long one short try waits for SQLite's lock, and for this process's fork lock
+HURRY_S = 0.005
+#: ``until`` for one short try (an event loop's thread): ``Locked`` if it would wait
+NOW = 0.0
+
+
+class Locked(Exception):
+    """A registry write with ``until=NOW`` found the lock held (or needs a
+    restore or rebuild, which may wait): nothing was written; finish it off
+    the event loop with a deadline."""
+
+
+def _is_locked(exc):
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _locked_error(stem, text):
+    return BusError(f"the group registry of {stem} stayed locked by another process for {BUSY_TIMEOUT_S:g} s "
+                    f"(one stopped with SIGSTOP or in a debugger?): {text}")
+
+
 def _passing(exc, stem):
     """A transient SQLite error as the layer's own: a full /dev/shm is
     ChannelFull (as for a ring), a lock held past the busy timeout a BusError
@@ -69,9 +101,8 @@ def _passing(exc, stem):
     text = str(exc)
     if "full" in text:
         return ChannelFull(f"no room in /dev/shm for the group registry of {stem} ({text})")
-    if "locked" in text or "busy" in text:
-        return BusError(f"the group registry of {stem} stayed locked by another process for 30 s "
-                        f"(one stopped with SIGSTOP or in a debugger?): {text}")
+    if _is_locked(exc):
+        return _locked_error(stem, text)
     return exc
 
 
@@ -131,6 +162,7 @@ class Registry:
         self._conn = None
         self._pid = None
         self._epoch = None
+        self._busy_ms = None  # the connection's busy timeout now
         self._cache = {}
         # What this process wrote, to restore after a rebuild: (group, channel) -> added
         self._mine = {}
@@ -177,8 +209,9 @@ class Registry:
                 self._conn.close()
             conn = sqlite3.connect(
                 segments.path(segments.registry_name(self.stem, epoch)),
-                timeout=30, isolation_level=None, check_same_thread=False,
+                timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
             )
+            self._busy_ms = None
             # Durability across power loss is meaningless for a tmpfs bus;
             # atomicity across a killed writer is what WAL still gives us.
             conn.execute("PRAGMA synchronous=OFF")
@@ -204,13 +237,31 @@ class Registry:
             self.control.bump_bucket(bucket_of(group))
         logger.warning("registry of %s rebuilt elsewhere: restored this process's %d memberships", self.stem, len(rows))
 
-    def _call(self, fn):
-        """Run ``fn(db)`` under the fork lock; rebuild the database once if it is damaged."""
+    def _restore_due(self):
+        """Would ``_db()`` reconnect to a rebuilt database and restore (a write that may wait)?"""
+        return self._conn is not None and self._pid == os.getpid() and self._epoch != self.control.registry_epoch
+
+    def _busy(self, db, ms):
+        if self._busy_ms != ms:
+            db.execute(f"PRAGMA busy_timeout = {int(ms)}")
+            self._busy_ms = ms
+
+    def _call(self, fn, until=None):
+        """Run ``fn(db)`` under the fork lock; rebuild the database once if it is damaged.
+
+        ``until``: None waits for SQLite's lock up to its busy timeout, under
+        the fork lock.  ``NOW``: one short try (``HURRY_S``), else ``Locked``.
+        A ``time.monotonic()`` deadline: short tries until then, the fork lock
+        let go between them, then the BusError of a lock held too long."""
+        if until is not None:
+            return self._call_until(fn, until)
         for attempt in (0, 1):
             with _sqlite_lock:
                 epoch = self.control.registry_epoch
                 try:
-                    return fn(self._db())
+                    db = self._db()
+                    self._busy(db, BUSY_TIMEOUT_S * 1000)
+                    return fn(db)
                 except sqlite3.DatabaseError as exc:
                     if attempt or not is_damage(exc):
                         passing = _passing(exc, self.stem)
@@ -219,6 +270,46 @@ class Registry:
                         raise passing from exc
                     damage = exc
             self._rebuild(epoch, damage)
+
+    def _call_until(self, fn, until):
+        hurried = until == NOW
+        pause = 0.001
+        while True:
+            done, value = self._try(fn, hurried)
+            if done:
+                return value
+            if hurried:
+                raise Locked(self.stem)
+            if time.monotonic() >= until:
+                raise _locked_error(self.stem, str(value) if value is not None else "its lock was busy")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def _try(self, fn, hurried):
+        """One short try of ``fn(db)``: (True, its value), or (False, the
+        SQLite error or None) where a lock was held past ``HURRY_S``."""
+        if not _sqlite_lock.acquire(timeout=HURRY_S):
+            return False, None
+        try:
+            if hurried and self._restore_due():
+                return False, None
+            try:
+                db = self._db()
+                self._busy(db, HURRY_S * 1000)
+                return True, fn(db)
+            except sqlite3.DatabaseError as exc:
+                if not is_damage(exc):
+                    if _is_locked(exc):
+                        return False, exc
+                    passing = _passing(exc, self.stem)
+                    if passing is exc:
+                        raise
+                    raise passing from exc
+        finally:
+            _sqlite_lock.release()
+        if hurried:  # damaged: the rebuild waits for the bus lock
+            return False, None
+        return True, self._call(fn)
 
     def _rebuild(self, epoch, exc):
         with self._locked():
@@ -273,7 +364,8 @@ class Registry:
             self._conn = None
 
     # writes
-    def add(self, group, channel):
+    def add(self, group, channel, until=None):
+        """Add a membership; ``until`` as for ``_call`` (None: wait up to the busy timeout)."""
         key = names.ring_key(channel)
         owner = names.member_owner(channel)
         tag = None if owner is None else names.owner_tag(*owner)
@@ -288,12 +380,13 @@ class Registry:
         self._call(lambda db: db.execute(
             "INSERT OR REPLACE INTO members (grp, channel, ring, owner, added) VALUES (?, ?, ?, ?, ?)",
             (group, channel, key, tag, added),
-        ))
+        ), until)
         self.control.bump_bucket(bucket_of(group))
 
-    def discard(self, group, channel):
+    def discard(self, group, channel, until=None):
+        """Remove a membership; ``until`` as for ``add``."""
         self._mine.pop((group, channel), None)
-        self._call(lambda db: db.execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel)))
+        self._call(lambda db: db.execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel)), until)
         self.control.bump_bucket(bucket_of(group))
 
     def drop_owner(self, slot, gen):

@@ -426,11 +426,11 @@ class Core:
 
     # --------------------------------------------------------------- groups
 
-    def group_add(self, group, channel):
-        self.bus.registry.add(group, channel)
+    def group_add(self, group, channel, until=None):  # until: Registry.add's (groups.registry_write)
+        self.bus.registry.add(group, channel, until)
 
-    def group_discard(self, group, channel):
-        self.bus.registry.discard(group, channel)
+    def group_discard(self, group, channel, until=None):
+        self.bus.registry.discard(group, channel, until)
 
     def group_channels(self, group):
         return self.bus.registry.channels(group, self.group_expiry)

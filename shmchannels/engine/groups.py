@@ -6,12 +6,20 @@ A group send writes one record per destination *ring*, not per channel: a
 naming all 200 local parts (the demux there fans it out).  It never raises
 ChannelFull; full destinations are counted and logged with channels_redis's
 exact wording, so log-based alerts keep working.
+
+Group changes from an event loop (``registry_write``) never wait on the loop
+for a registry lock another process holds.
 """
 
+import asyncio
+import concurrent.futures
 import logging
+import os
+import threading
+import time
 
 from shmchannels import bus as bus_mod
-from shmchannels.bus import _shm, blobs
+from shmchannels.bus import _shm, blobs, registry
 from shmchannels.bus.codec import MSGPACK
 
 logger = logging.getLogger("shmchannels.layers")
@@ -58,6 +66,63 @@ def fan_out(bus, group, targets, body, expiry_ns, get_capacity, blob=None):
     if over:
         logger.info("%s of %s channels over capacity in group %s", over, total, group)
     return delivered
+
+
+class _OffLoop:
+    """This process's one thread for the registry writes of event loops that
+    found the lock held.  One thread keeps them in order: while any is
+    queued, later ones queue behind it instead of trying on the loop (a
+    discard must not overtake the add before it)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid = None
+        self._executor = None
+        self._last = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self):
+        # the parent's thread is not in the child: start a fresh one there
+        self._lock = threading.Lock()
+        self._pid = self._executor = self._last = None
+
+    def pending(self):
+        last = self._last
+        return last is not None and self._pid == os.getpid() and not last.done()
+
+    def submit(self, write, *args, **kwargs):
+        with self._lock:
+            if self._pid != os.getpid():
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmchannels-registry")
+                self._pid = os.getpid()
+            self._last = self._executor.submit(write, *args, **kwargs)
+            return self._last
+
+
+_off_loop = _OffLoop()
+
+
+async def registry_write(write, group, channel):
+    """Run ``write(group, channel, until=...)`` (``Core.group_add`` or
+    ``group_discard``) from a coroutine without blocking its event loop on a
+    lock another process holds (one stopped with SIGSTOP or in a debugger
+    inside a group change).
+
+    It first tries on the loop, waiting a few ms at most
+    (``registry.HURRY_S``); when the lock stays held it finishes on this
+    process's registry thread within SQLite's usual bound (BusError after
+    ``registry.BUSY_TIMEOUT_S``), while the caller awaits and the loop's
+    other tasks run.  Once submitted the write happens even if the caller is
+    cancelled, as the synchronous write always did."""
+    if not _off_loop.pending():
+        try:
+            write(group, channel, until=registry.NOW)
+            return
+        except registry.Locked:
+            pass
+    deadline = time.monotonic() + registry.BUSY_TIMEOUT_S
+    done = _off_loop.submit(write, group, channel, until=deadline)
+    await asyncio.shield(asyncio.wrap_future(done))
 
 
 def channel_statistics(ring):
