@@ -31,6 +31,7 @@ logger = logging.getLogger("shmchannels.server")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_FULL_BODY = b"Service Unavailable: request queue full"
 WORKER_DIED_BODY = b"Service Unavailable: the worker handling the request died"
+NO_WORKER_BODY = b"Service Unavailable: the server is stopping and no worker is left to take the request"
 ERROR_BODY = b"Internal Server Error"
 
 _chunk = http11.chunk
@@ -371,6 +372,20 @@ class Cycle:
         else:
             logger.error("the worker (slot %d) sending the response on %s died: closing the connection",
                          self.worker.slot, self.reply_channel)
+            conn.abort(self)
+
+    def no_worker_left(self):
+        """The server is stopping and no process is left that could take the
+        request it sent (every worker got SIGTERM with it, as systemd's
+        KillMode=control-group does): 503 now, rather than the client and
+        the stop waiting out graceful_timeout."""
+        if self.done or not self.dispatched or self.worker is not None:
+            return
+        conn = self.conn
+        if not self.started:
+            self.unregister()
+            conn.finish_with(self, 503, NO_WORKER_BODY, keep_alive=False)
+        else:
             conn.abort(self)
 
     def timed_out(self):

@@ -52,6 +52,13 @@ LIVENESS_INTERVAL = 0.05
 #: the same while no worker holds anything of ours: markers of new work are
 #: read at most this late, so an idle server wakes 4 times a second, not 20
 IDLE_LIVENESS_INTERVAL = 0.25
+#: while stopping: how often to look whether a worker is left, and how long
+#: none may be before the requests nobody took are answered 503
+ORPHAN_CHECK = 0.1
+ORPHAN_GRACE = 0.3
+#: processes that never take a request: another protocol server, the
+#: master, `shmchannels status` / `metrics`
+NOT_CONSUMERS = ("protocol", "master", "cli")
 OPEN_HTTP = shm_counters.C["http_connections_open"]
 OPEN_WS = shm_counters.C["websockets_open"]
 
@@ -307,7 +314,7 @@ class ProtocolServer:
         try:
             if not self._is_idle():
                 try:
-                    await asyncio.wait_for(self._idle.wait(), self.config.graceful_timeout)
+                    await self._wait_idle(self.config.graceful_timeout)
                 except asyncio.TimeoutError:
                     self.log.warning(
                         "graceful_timeout (%ss) passed with %d connections and %d websockets open; closing them",
@@ -338,6 +345,51 @@ class ProtocolServer:
                 self._liveness_handle.cancel()
             self._discard_taken_channel()
             self._closed.set()
+
+    async def _wait_idle(self, timeout):
+        """Until nothing is open (TimeoutError after ``timeout``).  Requests
+        sent but taken by no worker are answered 503 once no process that
+        could take them has been alive for ORPHAN_GRACE: when every process
+        of a serve gets SIGTERM at once, the workers stop and the requests
+        still queued would hold their clients and this stop for the whole
+        graceful_timeout."""
+        loop = self.loop
+        deadline = loop.time() + timeout
+        idle = loop.create_task(self._idle.wait())
+        orphaned_since = None
+        try:
+            while not idle.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait([idle], timeout=min(left, ORPHAN_CHECK))
+                if idle.done():
+                    break
+                try:
+                    self.drain_taken()  # a worker's marker may still be on its way
+                    consumers = self.layer.others_alive(NOT_CONSUMERS)
+                except Exception:
+                    self.log.exception("looking for workers while stopping failed")
+                    consumers = True
+                if consumers:
+                    orphaned_since = None
+                elif orphaned_since is None:
+                    orphaned_since = loop.time()
+                elif loop.time() - orphaned_since >= ORPHAN_GRACE:
+                    self._answer_orphans()
+        finally:
+            idle.cancel()
+
+    def _answer_orphans(self):
+        cycles = [c for conn in list(self.connections) for c in list(conn.cycles)
+                  if c.dispatched and not c.done and c.worker is None]
+        if cycles:
+            self.log.warning("stopping with %d request(s) no worker is left to take: 503", len(cycles))
+        for cycle in cycles:
+            try:
+                cycle.no_worker_left()
+            except Exception:
+                self.log.exception("answering a request no worker took failed")
 
     def _discard_taken_channel(self):
         if self.taken_channel is None:

@@ -27,6 +27,10 @@ def http(message):
     elif path == "/hang":
         _started(message, "http")
         time.sleep(60)
+    elif path == "/slow":  # busy long enough for requests to queue behind it
+        _started(message, "slow")
+        time.sleep(2)
+        reply.send({"status": 200, "content": b"slow done"})
     else:
         reply.send({"status": 200, "headers": [[b"content-type", b"text/plain"]],
                     "content": f"pid {os.getpid()}".encode()})
