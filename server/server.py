@@ -56,8 +56,9 @@ IDLE_LIVENESS_INTERVAL = 0.25
 #: none may be before the requests nobody took are answered 503
 ORPHAN_CHECK = 0.1
 ORPHAN_GRACE = 0.3
-#: processes that never take a request: another protocol server, the
-#: master, `shmchannels status` / `metrics`
+#: processes that never take a request: a protocol server (this one too,
+#: unless it hosts workers, as `shmchannels dev` and tests do), the master,
+#: `shmchannels status` / `metrics`
 NOT_CONSUMERS = ("protocol", "master", "cli")
 OPEN_HTTP = shm_counters.C["http_connections_open"]
 OPEN_WS = shm_counters.C["websockets_open"]
@@ -367,7 +368,7 @@ class ProtocolServer:
                     break
                 try:
                     self.drain_taken()  # a worker's marker may still be on its way
-                    consumers = self.layer.others_alive(NOT_CONSUMERS)
+                    consumers = self.layer.any_alive(NOT_CONSUMERS)
                 except Exception:
                     self.log.exception("looking for workers while stopping failed")
                     consumers = True

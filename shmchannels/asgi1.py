@@ -248,13 +248,12 @@ class ChannelLayer:
         """Is the process (``slot``, ``gen``) of this bus still alive?"""
         return self.core.bus.is_alive(slot, gen)
 
-    def others_alive(self, ignore_kinds=()):
-        """Is another process alive on this bus whose kind (``describe``) is
-        not one of ``ignore_kinds``?  A process of another program counts
-        (kind "process"): it may read any channel."""
-        bus = self.core.bus
-        read = bus.control.read_slot
-        return any(s != bus.slot and read(s).kind not in ignore_kinds for s in bus.live_slots())
+    def any_alive(self, ignore_kinds=()):
+        """Is a process alive on this bus, this one included, whose kind
+        (``describe``) is not one of ``ignore_kinds``?  A process of another
+        program counts (kind "process"): it may read any channel."""
+        read = self.core.bus.control.read_slot
+        return any(read(s).kind not in ignore_kinds for s in self.core.bus.live_slots())
 
     # groups extension
     def group_add(self, group, channel):
