@@ -22,6 +22,14 @@ from .options import LayerOptions
 DEFAULT_BLOCK_TIMEOUT = 5.0
 
 
+def _refuse_cross_host_channels(globs):
+    if globs:
+        raise ValueError(
+            f"cross_host_channels={globs!r} is for the Channels 4 layer (shmchannels.layers.SharedMemoryChannelLayer) "
+            "only: the ASGI 1 ChannelLayer keeps named channels on their host (its multi-channel receive cannot wait "
+            "on a ring and a Redis list at once); leave it out here")
+
+
 class ChannelLayer:
     """ASGI 1 layer: ``send``, ``receive(channels, block)``, groups, flush, statistics."""
 
@@ -48,7 +56,9 @@ class ChannelLayer:
         redis_prefix=None,
         host_lease=30.0,
         symmetric_encryption_keys=None,
+        cross_host_channels=None,
     ):
+        _refuse_cross_host_channels(cross_host_channels)
         options = LayerOptions(
             prefix=prefix,
             expiry=expiry,
@@ -73,6 +83,8 @@ class ChannelLayer:
     def from_options(cls, options, block_timeout=DEFAULT_BLOCK_TIMEOUT, bridge_options=None):
         """A layer with the given ``shmchannels.options.LayerOptions`` (and
         ``shmchannels.bridge.options.BridgeOptions``: `serve --bridge`)."""
+        if bridge_options is not None:
+            _refuse_cross_host_channels(bridge_options.cross_host_channels)
         layer = cls.__new__(cls)
         layer._configure(options, block_timeout, bridge_options)
         return layer

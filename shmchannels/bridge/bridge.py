@@ -34,6 +34,7 @@ from shmchannels.bridge.inbox import Inbox
 from shmchannels.bus.codec import decode, encode
 from shmchannels.engine.large import check_size
 from shmchannels.exceptions import ChannelFull
+from shmchannels.names import ring_key
 
 logger = logging.getLogger("shmchannels.bridge")
 
@@ -162,32 +163,38 @@ class Bridge:
     async def send(self, where, channel, message):
         """A send to another host's channel or a shared one.  True if stored,
         False if the channel's host is gone (dropped quietly, as for a dead
-        owner); ChannelFull, MessageTooLarge, BridgeUnavailable."""
-        command, full = self._send_command(where, channel, message)
-        return self._sent(await self._call(command), full)
+        owner); ChannelFull (the shared list, the host's inbox, or the
+        owner's ring on its host: see ``inbox``), MessageTooLarge,
+        BridgeUnavailable."""
+        command = self._send_command(where, channel, message)
+        return self._sent(await self._call(command), where, channel)
 
     def send_sync(self, where, channel, message):
         """``send`` for a synchronous caller (the ASGI 1 layer)."""
-        command, full = self._send_command(where, channel, message)
-        return self._sent(self._wait(self.link.submit(command)), full)
+        command = self._send_command(where, channel, message)
+        return self._sent(self._wait(self.link.submit(command)), where, channel)
 
     def _send_command(self, where, channel, message):
         body = encode(message)
         check_size(body, self.max_message_size, "message for", channel)
         element = self._element(wire.CHANNEL, channel, body)
+        keys = self.keys
         if where is SHARED:
-            capacity = self.capacity_of(channel)
-            command = scripts.evalsha("SEND_SHARED", [self.keys.channel(channel)], [element, capacity, self.expiry_ms])
-            return command, f"channel {channel!r} holds {capacity} messages"
-        command = scripts.evalsha("SEND_TO_HOST", [self.keys.hosts, self.keys.inbox(where)],
-                                  [where, element, INBOX_CAPACITY, self.expiry_ms])
-        return command, f"the inbox of host {where!r} (for {channel!r}) holds {INBOX_CAPACITY} messages"
+            return scripts.evalsha("SEND_SHARED", [keys.channel(channel)],
+                                   [element, self.capacity_of(channel), self.expiry_ms])
+        return scripts.evalsha("SEND_TO_HOST", [keys.hosts, keys.inbox(where), keys.full(where, ring_key(channel))],
+                               [where, element, INBOX_CAPACITY, self.expiry_ms])
 
-    @staticmethod
-    def _sent(reply, full):
-        if reply == 0:
-            raise ChannelFull(full)
-        return reply == 1
+    def _sent(self, reply, where, channel):
+        if reply == 1:
+            return True
+        if reply == -1:
+            return False
+        if isinstance(reply, list):  # the owner's ring, marked full by its host's bridge
+            raise ChannelFull(f"channel {channel!r} on host {where!r} is full (capacity {int(reply[1])})")
+        if where is SHARED:
+            raise ChannelFull(f"channel {channel!r} holds {self.capacity_of(channel)} messages")
+        raise ChannelFull(f"the inbox of host {where!r} (for {channel!r}) holds {INBOX_CAPACITY} messages")
 
     def _wait(self, future):
         try:

@@ -11,9 +11,29 @@ On the link's I/O loop it
   here (``ADVERTISE``; groups that lost theirs are withdrawn), so a host
   that dies stops receiving group messages one lease later.
 
-A message whose deadline passed is dropped here; one that finds its ring
-full is dropped with a warning (the sender was told only about the inbox's
-room, see docs/architecture.md "Between hosts").
+A message whose deadline passed is dropped here (``dropped["expired"]``).
+
+**Capacity across hosts.**  Capacity is per ring, the owner's ``prefix!``.
+As soon as an injected message leaves its ring at or over its capacity
+(``ring.pending >= capacity`` right after ``Core.send``), or an injected
+message meets ``ChannelFull``, the bridge sets ``N:full:<host>:<ring key>``
+(value: the capacity; ``PX`` 1 s), right after the batch it pulled
+(<= 256 messages); from then on ``SEND_TO_HOST`` refuses sends to that ring
+and the sender raises ``ChannelFull`` ("channel X on host B is full
+(capacity N)").  While any marker is set, a task on the link's loop looks
+at the marked rings every 100 ms: a ring with room again (after dropping
+its expired head) has its marker deleted, one still full has its ``PX``
+renewed, so the markers of a host that died lapse within 1 s by
+themselves.  Nothing is marked: no task runs, nothing polls.
+
+What is still dropped, counted in ``dropped["full"]`` (with a warning), is
+exactly what this bridge injects while the ring is full: the messages that
+were already in the inbox, or reached it, before the marker was set (the
+rest of the batch, and the sends of the one Redis round trip until the
+``SET``), and those that reach a ring filled meanwhile by its own host or
+by a group send (a group fan-out that fills a ring marks nothing: the next
+message to that ring finds it full, is dropped, and sets the marker).
+Group sends never raise, here as on one host: a full member is skipped.
 """
 
 import asyncio
@@ -31,6 +51,8 @@ logger = logging.getLogger("shmchannels.bridge")
 PULL_BATCH = 256
 BLOCK_S = 1.0
 ADVERTISE_CHUNK = 1000
+FULL_MARK_MS = 1000  #: life of a ring's full marker unless renewed
+FULL_RECHECK_S = 0.1  #: how often marked rings are looked at (only while some are)
 
 
 class Inbox:
@@ -48,6 +70,9 @@ class Inbox:
         self.dropped = {"expired": 0, "full": 0, "invalid": 0}
         self._task = None
         self._conflict_logged = False
+        self.full = {}  # ring key -> capacity: rings marked full in Redis (or being marked)
+        self._to_mark = {}  # ring key -> capacity: found full in the batch being injected
+        self._watcher = None  # the task that re-checks self.full, running only while it has entries
 
     @classmethod
     def start(cls, link, options, layer_options, token):
@@ -100,6 +125,8 @@ class Inbox:
             await self._pull_forever()
         finally:
             renewer.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()  # the markers lapse by themselves
 
     # ------------------------------------------------------------- pulling
 
@@ -124,6 +151,8 @@ class Inbox:
                 return  # leaving: what was popped is lost, as a receiver's death loses its messages
             for element in items:
                 self.inject(element)
+            if self._to_mark:
+                await self._mark_full()
 
     def inject(self, element):
         try:
@@ -139,7 +168,8 @@ class Inbox:
         core = self.core
         try:
             if kind == wire.CHANNEL:
-                core.send(target, decode(body))
+                if core.send(target, decode(body)):
+                    self._check_full(target)
             elif kind == wire.GROUP:
                 core.group_send(target, decode(body))
             elif kind == wire.GROUP_ADD:
@@ -148,10 +178,77 @@ class Inbox:
                 core.group_discard(target, body.decode("utf-8"))
         except ChannelFull:
             self.dropped["full"] += 1
+            if kind == wire.CHANNEL:
+                self._check_full(target, full=True)
             logger.warning("bridge: a message for %r from another host was dropped: its channel is full", target)
         except (TypeError, ValueError, LookupError) as exc:
             self.dropped["invalid"] += 1
             logger.warning("bridge: dropped a message for %r from another host: %s", target, exc)
+
+    # ----------------------------------------------------- full rings
+
+    def _check_full(self, channel, full=False):
+        """After an injection into ``channel``'s ring: is the ring at its
+        capacity now (``full``: it refused the message)?  Then mark it."""
+        key = names.ring_key(channel)
+        if key in self.full or key in self._to_mark:
+            return
+        capacity = self.core.get_capacity(channel)
+        if not full:
+            ring = self.bus.rings.get(key)
+            if ring is None or not capacity or ring.pending < capacity:
+                return
+        self._to_mark[key] = capacity
+
+    async def _mark_full(self):
+        """Set the markers of the rings found full (one pipeline), and watch them."""
+        marks, self._to_mark = self._to_mark, {}
+        self.full.update(marks)  # the watcher sets them again if this fails
+        try:
+            await self._publish(set_=marks)
+        except self.link.errors as exc:
+            self.link.went_down(exc)
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._watch_full())
+
+    async def _publish(self, set_=(), delete=()):
+        pipe = self.link.reader.pipeline(transaction=False)
+        host = self.options.host
+        for key, capacity in dict(set_).items():
+            pipe.set(self.keys.full(host, key), capacity, px=FULL_MARK_MS)
+        if delete:
+            pipe.delete(*(self.keys.full(host, key) for key in delete))
+        await pipe.execute()
+
+    async def _watch_full(self):
+        """Every 100 ms while some ring is marked: delete the marker of a ring
+        with room, renew the others'.  Ends when none is marked."""
+        while self.full:
+            await asyncio.sleep(FULL_RECHECK_S)
+            if not self.bus.usable:
+                return  # leaving: the markers lapse by themselves
+            try:
+                await self._recheck_full()
+            except self.link.errors as exc:
+                self.link.went_down(exc)
+            except Exception:  # noqa: BLE001 - keep watching: a marker never renewed would just lapse
+                logger.exception("bridge: updating the full markers of host %r failed", self.options.host)
+
+    async def _recheck_full(self):
+        still, room = {}, []
+        rings = self.bus.rings
+        for key, capacity in self.full.items():
+            ring = rings.get(key)
+            if ring is not None and not ring.closed and ring.pending >= capacity:
+                ring.purge()  # expired records make room, as a local send would find
+            if ring is None or ring.closed or ring.pending < capacity:
+                room.append(key)  # (an owner that is gone: sends to it are dropped quietly anyway)
+            else:
+                still[key] = capacity
+        for key in room:
+            del self.full[key]
+        if self.link.up:  # while down: nothing to tell; the markers lapse, and are set again if still full
+            await self._publish(set_=still, delete=room)
 
     # ------------------------------------------------------------ renewing
 

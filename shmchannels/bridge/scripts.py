@@ -7,6 +7,8 @@ Keys (``N`` is the namespace, ``shmch:<prefix>`` by default)::
     N:group:<group>   zset   host -> last renewal (ms): hosts with members of the group
     N:gchan:<group>   zset   cross-host named channel -> when added (ms): those members of the group
     N:chan:<channel>  list   a cross-host named channel (cross_host_channels)
+    N:full:<host>:<ring key>  string  capacity; set (PX 1 s, refreshed) by the host's bridge while
+                      that ring (the owner's ``prefix!``) is at its capacity
 
 Every element of a list starts with its deadline (``wire``).  Each script
 is one command (EVALSHA), so a cross-host send is one Redis operation and a
@@ -57,10 +59,16 @@ if token == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
 return 0
 """
 
-#: KEYS hosts, inbox; ARGV host, element, capacity, ttl ms -> 1 sent, 0 full, -1 no such live host
+#: KEYS hosts, inbox[, the ring's full marker]; ARGV host, element, inbox capacity, ttl ms
+#: -> 1 sent, 0 the inbox is full, {0, ring capacity} the ring is full on its host, -1 no such live host
+#: (memberships pass no marker: a group_add to a full channel is made, as on one host)
 SEND_TO_HOST = _NOW + _ROOM + _LEASE_END + """
 local _, ends = lease_end(redis.call('HGET', KEYS[1], ARGV[1]))
 if not ends or ends < now then return -1 end
+if KEYS[3] then
+  local capacity = redis.call('GET', KEYS[3])
+  if capacity then return {0, capacity} end
+end
 if not room(KEYS[2], tonumber(ARGV[3]), now) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -164,6 +172,10 @@ class Keys:
 
     def channel(self, channel):
         return self.channel_prefix + channel
+
+    def full(self, host, ring_key):
+        """The marker saying ring ``ring_key`` (``names.ring_key``) of ``host`` is full."""
+        return f"{self.namespace}:full:{host}:{ring_key}"
 
 
 def evalsha(name, keys, args):
