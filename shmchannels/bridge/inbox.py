@@ -43,8 +43,9 @@ import threading
 from shmchannels import names
 from shmchannels.bridge import scripts, wire
 from shmchannels.bus.codec import decode
+from shmchannels.engine import groups
 from shmchannels.engine.core import Core
-from shmchannels.exceptions import ChannelFull
+from shmchannels.exceptions import BusError, ChannelFull
 
 logger = logging.getLogger("shmchannels.bridge")
 
@@ -150,11 +151,16 @@ class Inbox:
             if not self.bus.usable:
                 return  # leaving: what was popped is lost, as a receiver's death loses its messages
             for element in items:
-                self.inject(element)
+                await self.inject(element)
             if self._to_mark:
                 await self._mark_full()
 
-    def inject(self, element):
+    async def inject(self, element):
+        """One inbox element into the local bus.  A membership change waits
+        off this loop for a registry lock another process holds
+        (``groups.registry_write``): this loop also carries every cross-host
+        send of the process, and the elements after it wait their turn, so a
+        group send that follows an add still reaches the new member."""
         try:
             got = wire.unpack(self.sealer, element)
         except ValueError as exc:
@@ -173,9 +179,9 @@ class Inbox:
             elif kind == wire.GROUP:
                 core.group_send(target, decode(body))
             elif kind == wire.GROUP_ADD:
-                core.group_add(target, body.decode("utf-8"))
+                await groups.registry_write(core.group_add, target, body.decode("utf-8"))
             elif kind == wire.GROUP_DISCARD:
-                core.group_discard(target, body.decode("utf-8"))
+                await groups.registry_write(core.group_discard, target, body.decode("utf-8"))
         except ChannelFull:
             self.dropped["full"] += 1
             if kind == wire.CHANNEL:
@@ -184,6 +190,9 @@ class Inbox:
         except (TypeError, ValueError, LookupError) as exc:
             self.dropped["invalid"] += 1
             logger.warning("bridge: dropped a message for %r from another host: %s", target, exc)
+        except BusError as exc:  # the registry stayed locked for 30 s: that change is lost, the rest go on
+            self.dropped["invalid"] += 1
+            logger.error("bridge: a group change for %r from another host was lost: %s", target, exc)
 
     # ----------------------------------------------------- full rings
 
