@@ -1,9 +1,11 @@
 """Fixtures of the bridge tests; the helpers are in bridge_hosts.py."""
 
+import os
 import shutil
 
 import pytest
 
+from shmchannels import bus as bus_mod
 from bridge_hosts import REDIS_SERVER, Host, RedisServer
 
 
@@ -41,3 +43,26 @@ def start_host():
     yield start
     for host in started:
         host.close()
+
+
+@pytest.fixture
+def config(prefix, hosts, namespace):
+    def make(host, suffix="", **extra):
+        extra.setdefault("host_lease", 3)
+        return dict(prefix=prefix + suffix, hosts=hosts, host=host, redis_prefix=namespace, **extra)
+    return make
+
+
+@pytest.fixture
+def other_buses(prefix):
+    """Bus prefixes this test's own process attaches besides ``prefix`` (an
+    in-process host B) or that a killed host left behind: flushed and
+    detached (their files gone) at the end, after the hosts started later
+    (``start_host`` after this in a test's arguments) have closed."""
+    extra = []
+    yield extra
+    for p in extra:
+        bus = bus_mod.attached(p) or bus_mod.attach(p)  # attaching collects a killed host's slots
+        bus.flush()
+        bus.detach()
+        assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"shmch-{os.getuid()}-{p}@")]

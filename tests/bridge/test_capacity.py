@@ -13,35 +13,12 @@ import time
 import pytest
 
 import shmchannels
-from shmchannels import ChannelFull, bus as bus_mod
+from shmchannels import ChannelFull
 from shmchannels.bridge import inbox as inbox_mod
 from shmchannels.layers import SharedMemoryChannelLayer
 from shmchannels.names import ring_key
 
 CAPACITY = 3
-
-
-@pytest.fixture
-def config(prefix, hosts, namespace):
-    def make(host, suffix="", **extra):
-        extra.setdefault("host_lease", 3)
-        return dict(prefix=prefix + suffix, hosts=hosts, host=host, redis_prefix=namespace, **extra)
-    return make
-
-
-@pytest.fixture
-def other_buses(prefix):
-    """Bus prefixes this test's own process attaches besides ``prefix`` (an
-    in-process host B) or that a killed host left behind: flushed and
-    detached (their files gone) at the end, after the hosts started later
-    (``start_host`` after this in a test's arguments) have closed."""
-    extra = []
-    yield extra
-    for p in extra:
-        bus = bus_mod.attached(p) or bus_mod.attach(p)  # attaching collects a killed host's slots
-        bus.flush()
-        bus.detach()
-        assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"shmch-{os.getuid()}-{p}@")]
 
 
 async def wait_for(predicate, timeout, what):

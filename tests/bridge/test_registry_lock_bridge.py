@@ -13,7 +13,7 @@ from shmchannels.layers import SharedMemoryChannelLayer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bus"))
 from test_registry_lock import Holder  # noqa: E402
-from test_capacity import bridge_of, config, other_buses, wait_for  # noqa: E402,F401  (fixtures)
+from test_capacity import bridge_of, wait_for  # noqa: E402
 
 
 async def test_a_membership_waiting_for_the_registry_lock_holds_up_no_cross_host_send(config, prefix, other_buses):
