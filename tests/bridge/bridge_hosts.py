@@ -145,3 +145,8 @@ def namespaces_work():
     done = subprocess.run(["unshare", "--mount", "--uts", "sh", "-c", NAMESPACE_SHELL, "probe", "true"],
                           capture_output=True, timeout=30)
     return done.returncode == 0
+
+
+def calls(redis_server, command):
+    """How many times Redis ran ``command`` (INFO commandstats counts a script's own calls too)."""
+    return redis_server.command("INFO", "commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)

@@ -17,6 +17,7 @@ from shmchannels import ChannelFull
 from shmchannels.bridge import inbox as inbox_mod
 from shmchannels.layers import SharedMemoryChannelLayer
 from shmchannels.names import ring_key
+from bridge_hosts import calls
 
 CAPACITY = 3
 
@@ -33,10 +34,6 @@ async def wait_for(predicate, timeout, what):
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout} s: {what}")
         await asyncio.sleep(0.02)
-
-
-def calls(redis_server, command):
-    return redis_server.command("INFO", "commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
 async def bridge_of(layer):

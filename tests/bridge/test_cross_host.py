@@ -13,20 +13,7 @@ from shmchannels import ChannelFull
 from shmchannels.bridge import BridgeUnavailable, HostIdConflict
 from shmchannels.layers import SharedMemoryChannelLayer
 
-from bridge_hosts import AgentError
-
-
-def calls(redis_server, command):
-    """How many times Redis ran ``command`` (INFO commandstats counts a script's own calls too)."""
-    return redis_server.command("INFO", "commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
-
-
-@pytest.fixture
-def config(prefix, hosts, namespace):
-    def make(host, suffix="", **extra):
-        extra.setdefault("host_lease", 3)
-        return dict(prefix=prefix + suffix, hosts=hosts, host=host, redis_prefix=namespace, **extra)
-    return make
+from bridge_hosts import AgentError, calls
 
 
 @pytest.fixture
