@@ -101,25 +101,27 @@ def layer(prefix):
 
 @pytest.fixture
 def holder_of(layer):
-    """holder_of(layer) -> a Holder of its registry's write lock; always gone afterwards."""
-    holders = []
+    """holder_of(layer, release_after) -> a Holder of its registry's write
+    lock, SIGCONTed from a thread after ``release_after`` s should the loop be
+    frozen (the old code blocked it for SQLite's 30 s busy timeout); the
+    timer is cancelled and the holder gone afterwards."""
+    holders, timers = [], []
 
-    def start(lay):
-        holders.append(Holder(lay.core.bus.registry.path))
-        return holders[-1]
+    def start(lay, release_after):
+        holder = Holder(lay.core.bus.registry.path)
+        holders.append(holder)
+        timer = threading.Timer(release_after,
+                                lambda: holder.proc.poll() is None and os.kill(holder.proc.pid, signal.SIGCONT))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
+        return holder
 
     yield start
+    for timer in timers:
+        timer.cancel()
     for h in holders:
         h.kill()
-
-
-def safety_release(holder, after):
-    """SIGCONT the holder from a thread after ``after`` s, should the loop be frozen
-    (the old code blocked it for SQLite's 30 s busy timeout)."""
-    timer = threading.Timer(after, lambda: holder.proc.poll() is None and os.kill(holder.proc.pid, signal.SIGCONT))
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 @pytest.mark.parametrize("change", ["group_add", "group_discard"])
@@ -127,8 +129,7 @@ async def test_a_group_change_waits_off_the_loop_while_a_stopped_process_holds_t
     member = await layer.new_channel()
     if change == "group_discard":
         await layer.group_add("room", member)
-    holder = holder_of(layer)
-    timer = safety_release(holder, 2.0)
+    holder = holder_of(layer, 2.0)
     ticker = Ticker()
     try:
         started = time.monotonic()
@@ -141,7 +142,6 @@ async def test_a_group_change_waits_off_the_loop_while_a_stopped_process_holds_t
         await asyncio.wait_for(task, 5)
         waited = time.monotonic() - started
     finally:
-        timer.cancel()
         await ticker.stop()
     assert ticker.max_gap < MAX_GAP, f"the event loop stood still for {ticker.max_gap * 1000:.0f} ms"
     assert waited >= 0.5
@@ -157,16 +157,12 @@ async def test_changes_queued_behind_the_lock_keep_their_order(layer, holder_of)
     """An add that waits off the loop is not overtaken by a later discard
     that would find the lock free: the discard wins, as it was issued last."""
     member = await layer.new_channel()
-    holder = holder_of(layer)
-    timer = safety_release(holder, 2.0)
-    try:
-        add = asyncio.ensure_future(layer.group_add("room", member))
-        await asyncio.sleep(0.1)
-        holder.release()
-        discard = asyncio.ensure_future(layer.group_discard("room", member))
-        await asyncio.wait_for(asyncio.gather(add, discard), 5)
-    finally:
-        timer.cancel()
+    holder = holder_of(layer, 2.0)
+    add = asyncio.ensure_future(layer.group_add("room", member))
+    await asyncio.sleep(0.1)
+    holder.release()
+    discard = asyncio.ensure_future(layer.group_discard("room", member))
+    await asyncio.wait_for(asyncio.gather(add, discard), 5)
     assert layer.core.group_channels("room") == []
 
 
@@ -176,8 +172,7 @@ async def test_group_send_and_receive_keep_full_speed_while_the_lock_is_held(lay
         await layer.group_add("room", m)
     await layer.send("plain", {"n": -1})
     assert await layer.receive("plain") == {"n": -1}
-    holder = holder_of(layer)
-    timer = safety_release(holder, 5.0)
+    holder = holder_of(layer, 5.0)
     ticker = Ticker()
     reg = layer.core.bus.registry
     slowest = 0.0
@@ -196,7 +191,6 @@ async def test_group_send_and_receive_keep_full_speed_while_the_lock_is_held(lay
         assert holder.state() == "T", "the holder ran: the lock was not held throughout"
         assert layer.core.group_channels("room") == members
     finally:
-        timer.cancel()
         await ticker.stop()
         holder.release()
     assert slowest < 0.1, f"a group_send took {slowest * 1000:.0f} ms while another process held the write lock"
@@ -208,8 +202,7 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_bus_error_and_the_loop_ran
         layer, holder_of, monkeypatch):
     monkeypatch.setattr(registry_mod, "BUSY_TIMEOUT_S", 0.5)
     member = await layer.new_channel()
-    holder = holder_of(layer)
-    timer = safety_release(holder, 3.0)
+    holder = holder_of(layer, 3.0)
     ticker = Ticker()
     try:
         started = time.monotonic()
@@ -217,7 +210,6 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_bus_error_and_the_loop_ran
             await asyncio.wait_for(layer.group_add("room", member), 5)
         waited = time.monotonic() - started
     finally:
-        timer.cancel()
         await ticker.stop()
         holder.release()
     assert 0.45 <= waited < 2.0
@@ -228,14 +220,10 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_bus_error_and_the_loop_ran
 
 def test_sync_callers_still_wait_for_the_lock(layer, holder_of):
     """The blocking path (ASGI 1 layer, the core) waits for the lock as before."""
-    holder = holder_of(layer)
-    timer = safety_release(holder, 0.5)
-    try:
-        started = time.monotonic()
-        layer.core.group_add("room", "named.member")
-        waited = time.monotonic() - started
-    finally:
-        timer.cancel()
+    holder_of(layer, 0.5)
+    started = time.monotonic()
+    layer.core.group_add("room", "named.member")  # the holder's timer lets it go after 0.5 s
+    waited = time.monotonic() - started
     assert waited >= 0.4
     assert layer.core.group_channels("room") == ["named.member"]
 
@@ -244,17 +232,13 @@ async def test_a_cancelled_caller_still_gets_its_change_made(layer, holder_of):
     """Once handed to the registry thread, a change happens even if the
     awaiting task is cancelled, as the blocking write always did."""
     member = await layer.new_channel()
-    holder = holder_of(layer)
-    timer = safety_release(holder, 2.0)
-    try:
-        task = asyncio.ensure_future(layer.group_add("room", member))
-        await asyncio.sleep(0.1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        holder.release()
-    finally:
-        timer.cancel()
+    holder = holder_of(layer, 2.0)
+    task = asyncio.ensure_future(layer.group_add("room", member))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    holder.release()
     deadline = time.monotonic() + 5
     while layer.core.group_channels("room") != [member]:
         assert time.monotonic() < deadline, "the cancelled group_add was never made"
