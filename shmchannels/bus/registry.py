@@ -264,12 +264,16 @@ class Registry:
                     return fn(db)
                 except sqlite3.DatabaseError as exc:
                     if attempt or not is_damage(exc):
-                        passing = _passing(exc, self.stem)
-                        if passing is exc:
-                            raise
-                        raise passing from exc
+                        self._raise_passing(exc)
                     damage = exc
             self._rebuild(epoch, damage)
+
+    def _raise_passing(self, exc):
+        """Raise ``exc`` (being handled) as the layer's own error where it is one (``_passing``)."""
+        passing = _passing(exc, self.stem)
+        if passing is exc:
+            raise exc
+        raise passing from exc
 
     def _call_until(self, fn, until):
         hurried = until == NOW
@@ -301,10 +305,7 @@ class Registry:
                 if not is_damage(exc):
                     if _is_locked(exc):
                         return False, exc
-                    passing = _passing(exc, self.stem)
-                    if passing is exc:
-                        raise
-                    raise passing from exc
+                    self._raise_passing(exc)
         finally:
             _sqlite_lock.release()
         if hurried:  # damaged: the rebuild waits for the bus lock
