@@ -378,15 +378,17 @@ class Cycle:
         """The server is stopping and no process is left that could take the
         request it sent (every worker got SIGTERM with it, as systemd's
         KillMode=control-group does): 503 now, rather than the client and
-        the stop waiting out graceful_timeout."""
+        the stop waiting out graceful_timeout.  True if it was answered
+        (sent and taken by no worker, not done)."""
         if self.done or not self.dispatched or self.worker is not None:
-            return
+            return False
         conn = self.conn
         if not self.started:
             self.unregister()
             conn.finish_with(self, 503, NO_WORKER_BODY, keep_alive=False)
         else:
             conn.abort(self)
+        return True
 
     def timed_out(self):
         """No first reply within ``http_timeout``."""

@@ -382,15 +382,14 @@ class ProtocolServer:
             idle.cancel()
 
     def _answer_orphans(self):
-        cycles = [c for conn in list(self.connections) for c in list(conn.cycles)
-                  if c.dispatched and not c.done and c.worker is None]
-        if cycles:
-            self.log.warning("stopping with %d request(s) no worker is left to take: 503", len(cycles))
-        for cycle in cycles:
+        answered = 0
+        for cycle in [c for conn in list(self.connections) for c in list(conn.cycles)]:
             try:
-                cycle.no_worker_left()
+                answered += cycle.no_worker_left()
             except Exception:
                 self.log.exception("answering a request no worker took failed")
+        if answered:
+            self.log.warning("stopping with %d request(s) no worker is left to take: 503", answered)
 
     def _discard_taken_channel(self):
         if self.taken_channel is None:
