@@ -157,9 +157,14 @@ def test_consumer_killed_mid_read(prefix, fault, lost):
     lay.flush()
 
 
-def _random_kill_producer(prefix, channel, name, q):
+def _random_kill_producer(prefix, channel, name, started):
     lay = layer(prefix)
-    q.put(os.getpid())
+    # started is this victim's own Pipe end: send() writes before it returns.
+    # One mp.Queue shared by all victims deadlocked the test (1 run in ~15):
+    # a victim killed while its feeder thread still held the queue's write
+    # semaphore left every later victim blocked in put(), the asgi_ipc
+    # failure this package exists to avoid.
+    started.send(os.getpid())
     seq = 0
     while True:
         send_with_backoff(lay, channel, msg(name, seq, 200 + seq % 900))
@@ -171,7 +176,6 @@ def test_random_sigkill_of_producers_under_load(prefix):
     consumer keeps receiving."""
     receiver = layer(prefix)
     rng = random.Random(1234)
-    started = CTX.Queue()
     got, errors = [], []
     done = threading.Event()
 
@@ -192,8 +196,12 @@ def test_random_sigkill_of_producers_under_load(prefix):
         good = run(good_producer, prefix, "crash.r", 3000)
         victims = []
         for i in range(12):
-            p = run(_random_kill_producer, prefix, "crash.r", f"v{i}", started)
-            started.get(timeout=30)
+            started, report = CTX.Pipe(duplex=False)
+            p = run(_random_kill_producer, prefix, "crash.r", f"v{i}", report)
+            assert started.poll(30), f"victim v{i} did not start"
+            assert started.recv() == p.pid
+            started.close()
+            report.close()
             time.sleep(rng.uniform(0.001, 0.03))
             os.kill(p.pid, signal.SIGKILL)
             p.join(10)
