@@ -7,7 +7,6 @@ groups, flush and statistics.  ``shmchannels.layers`` (Channels 4, async) and
 calling conventions.
 """
 
-import asyncio
 import fnmatch
 import logging
 import os
@@ -20,7 +19,6 @@ from shmchannels import bus as bus_mod, names
 from shmchannels.bus.codec import MSGPACK, decode, encode
 from shmchannels.engine import groups, large
 from shmchannels.engine.local import local_for
-from shmchannels.engine.wakeup import _resolve
 
 logger = logging.getLogger("shmchannels.layers")
 
@@ -329,54 +327,15 @@ class Core:
                 return True
         return False
 
-    async def receive(self, channel):
-        """Wait for the next message on one full channel name (Channels 4)."""
-        msg = self.take(channel)
-        if msg is not None:
-            return msg
-        return await self.wait_and_take(channel)
-
-    async def wait_and_take(self, channel, route=None):
-        """Park until ``channel`` has a message (``take`` found none), then take it."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if route is None or not self._bus.usable:
-                route = self.ring_for_receive(channel)  # the bus may have been re-attached
-            ring, key, specific, _, ready = route
-            local = self._local
-            hub = local.hub
-            # spin() declines when another task of the process is parked: checked first
-            if hub.waiters or not self.spin_ns or not self.spin(ready, loop):
-                target = channel if specific else None
-                fut, token = hub.park(ring, key, target, self.park_timeout, loop)
-                # Parked behind an unready head (a writer mid-copy, or dead):
-                # look again soon, so a dead writer's claim is recovered
-                # within STUCK_RECHECK rather than at the next watchdog.
-                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if ring.pending and not ring.has_data() else None
-                try:
-                    # A record committed before our bit was visible woke
-                    # nobody: look again now that it is.
-                    handed = None if ready() else await fut
-                except BaseException as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        hub.cancelled(fut, target)
-                    hub.unpark(token)
-                    raise
-                finally:
-                    if recheck is not None:
-                        recheck.cancel()
-                if handed is not None:  # (deadline, flags, body) delivered on wake-up;
-                    self._last_rx = _shm.monotonic_ns()  # the hub let go of us already
-                    body = handed[2]
-                    shared = local.demux.shared  # a group record's message, decoded once
-                    if shared is not None and shared[0] is body:
-                        return shared[1].copy()
-                    return decode(body)
-                hub.unpark(token)
-            msg = self.take(channel, route)
-            if msg is not None:
-                return msg
-            route = None
+    def handed_over(self, handed):
+        """The message of a (deadline, flags, body) that the hub handed to a
+        parked receive on wake-up."""
+        self._last_rx = _shm.monotonic_ns()
+        body = handed[2]
+        shared = self._local.demux.shared  # a group record's message, decoded once
+        if shared is not None and shared[0] is body:
+            return shared[1].copy()
+        return decode(body)
 
     def receive_blocking(self, channels, timeout):
         """ASGI 1: wait up to ``timeout`` seconds on several channels.
