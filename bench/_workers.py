@@ -23,7 +23,7 @@ import time
 import traceback
 
 #: kinds of transport
-SHM, REDIS, PUBSUB, MPQ = "shm", "redis", "pubsub", "mpq"
+SHM, REDIS, PUBSUB, MPQ, FLOOR = "shm", "redis", "pubsub", "mpq", "floor"
 
 TEXT_MSG = {"type": "websocket.receive", "text": "x" * 100}
 BIG_MSG = {"type": "x", "bytes": b"z" * 65536}
@@ -73,6 +73,10 @@ def make_layer(cfg):
         from channels_redis.pubsub import RedisPubSubChannelLayer
 
         return RedisPubSubChannelLayer(hosts=[("127.0.0.1", cfg["port"])], prefix=cfg["prefix"])
+    if kind == FLOOR:
+        from _floor import FloorLayer
+
+        return FloorLayer(cfg["prefix"])
     raise ValueError(kind)
 
 
@@ -98,6 +102,10 @@ def child_main(conn, role, cfg, *queues):
     try:
         if cfg["kind"] == MPQ:
             MPQ_ROLES[role](conn, cfg, *queues)
+        elif cfg.get("uvloop"):  # the loop uvicorn runs an app on when uvloop is installed
+            import uvloop
+
+            uvloop.run(ROLES[role](conn, cfg))
         else:
             asyncio.run(ROLES[role](conn, cfg))
     except BaseException:  # report everything, including KeyboardInterrupt

@@ -52,7 +52,7 @@ from _run import (  # noqa: E402
     require_program,
     results_dir,
 )
-from _workers import MPQ, PUBSUB, REDIS, SHM  # noqa: E402
+from _workers import FLOOR, MPQ, PUBSUB, REDIS, SHM  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- bench:layer:start -->", "<!-- bench:layer:end -->"
@@ -76,12 +76,20 @@ VARIANTS = {
     "mpq": (MPQ, False, "multiprocessing.Queue"),
     # diagnostic, not a target: the same layer with its receive-side busy-wait off
     "shm-nospin": (SHM, False, "shmchannels spin_us=0 (diagnostic)"),
+    # the least any layer can cost on asyncio (bench/_floor.py): a FIFO write per
+    # process, one decode, a future per member
+    "floor": (FLOOR, False, "bare asyncio fan-out (floor)"),
+    # the same three on uvloop, the loop uvicorn runs a Channels app on
+    "shm-uvloop": (SHM, False, "shmchannels on uvloop"),
+    "redis-uvloop": (REDIS, False, "RedisChannelLayer on uvloop"),
+    "floor-uvloop": (FLOOR, False, "bare fan-out on uvloop (floor)"),
 }
-VARIANT_OPTIONS = {"shm-nospin": {"spin_us": 0}}
+VARIANT_OPTIONS = {"shm-nospin": {"spin_us": 0}, "shm-uvloop": {"uvloop": True}, "redis-uvloop": {"uvloop": True},
+                   "floor-uvloop": {"uvloop": True}}
 SCENARIOS = {
     "stream": ["shm", "shm-named", "redis", "redis-named", "pubsub", "mpq"],
     "rt": ["shm", "redis", "pubsub", "mpq"],
-    "group": ["shm", "redis", "pubsub", "shm-nospin"],
+    "group": ["shm", "redis", "pubsub", "shm-nospin", "floor", "shm-uvloop", "redis-uvloop", "floor-uvloop"],
     "big": ["shm", "shm-named", "redis", "pubsub", "mpq"],
     "idle": ["shm", "shm-named", "redis", "pubsub", "mpq"],
 }
@@ -404,6 +412,11 @@ def build_targets(results):
             lambda v: v is not None and v <= 1e-3, "time")
         add("issue 12: group_send to 1000 >= 8x faster than RedisChannelLayer, consumer loops",
             ratios(results, "group", "shm", "redis", "total_ms", invert=True), lambda v: v >= 8, "ratio")
+        add("issue 12: group_send to 1000 <= 1.0 ms until all received, consumer loops on uvloop",
+            [None if v is None else v / 1e3 for v in vals(results, "group", "shm-uvloop", "total_ms")],
+            lambda v: v is not None and v <= 1e-3, "time")
+        add("issue 12: group_send to 1000 >= 8x faster than RedisChannelLayer, consumer loops, both on uvloop",
+            ratios(results, "group", "shm-uvloop", "redis-uvloop", "total_ms", invert=True), lambda v: v >= 8, "ratio")
     if "big" in results:
         add("64 KiB messages >= 50k/s (new_channel)", vals(results, "big", "shm", "rate"),
             lambda v: v is not None and v >= 50_000, "rate")
@@ -498,6 +511,10 @@ def ratio_rows(results):
         ("group", "shm", "pubsub", "total_ms", True, "group_send 1000, consumer loops: RedisPubSub / shm"),
         ("group", "shm", "redis", "fresh_ms", True, "group_send 1000, fresh waiters: Redis time / shm time"),
         ("group", "shm", "pubsub", "fresh_ms", True, "group_send 1000, fresh waiters: RedisPubSub / shm"),
+        ("group", "shm", "floor", "total_ms", False, "group_send 1000, consumer loops: shm time / bare-asyncio floor"),
+        ("group", "shm-uvloop", "redis-uvloop", "total_ms", True, "group_send 1000 on uvloop, consumer loops: Redis / shm"),
+        ("group", "shm-uvloop", "floor-uvloop", "total_ms", False,
+         "group_send 1000 on uvloop, consumer loops: shm time / bare floor"),
         ("big", "shm", "redis", "rate", False, "64 KiB msg/s: shm / Redis"),
         ("big", "shm", "mpq", "rate", False, "64 KiB msg/s: shm / mp.Queue"),
     ]
