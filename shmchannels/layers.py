@@ -25,7 +25,7 @@ from channels.layers import BaseChannelLayer
 from . import bus as bus_mod, checks, hosted, names
 from shmchannels.engine import groups
 from shmchannels.engine.core import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PARK_TIMEOUT, DEFAULT_SPIN_US, STUCK_RECHECK, Core
-from shmchannels.engine.wakeup import _resolve
+from shmchannels.engine.wakeup import resolve
 from .exceptions import ChannelFull, MessageTooLarge
 from .options import LayerOptions
 
@@ -176,14 +176,14 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
         loop = asyncio.get_running_loop()
         target = channel if specific else None  # hub waiters of a plain channel wait for its ring
         while True:
-            hub = core._local.hub
+            hub = core.local.hub
             # spin() declines when another task of the process is parked: checked first
             if hub.waiters or not core.spin_ns or not core.spin(ready, loop):
                 fut, token = hub.park(ring, key, target, core.park_timeout, loop)
                 # Parked behind an unready head (a writer mid-copy, or dead):
                 # look again soon, so a dead writer's claim is recovered
                 # within STUCK_RECHECK rather than at the next watchdog.
-                recheck = loop.call_later(STUCK_RECHECK, _resolve, fut) if ring.pending and not ring.has_data() else None
+                recheck = loop.call_later(STUCK_RECHECK, resolve, fut) if ring.pending and not ring.has_data() else None
                 try:
                     # A record committed before our bit was visible woke
                     # nobody: look again now that it is.

@@ -108,7 +108,7 @@ def _plan(core, channels):
 
 
 class Core:
-    _local = None  # engine.local.Local of the attached bus: demux and hub
+    local = None  # engine.local.Local of the attached bus (its demux and hub): None until attached
     def __init__(self, options, *, validate=None):
         """``options``: a ``shmchannels.options.LayerOptions`` (validated when
         it was built); ``validate(name)`` raises TypeError for a channel name
@@ -149,7 +149,7 @@ class Core:
         if bus is None or not bus.usable:
             bus = bus_mod.attach(self.prefix, ring_size=self.ring_size, slots=self.slots)
             self._bus = bus
-            self._local = local_for(bus)
+            self.local = local_for(bus)
             self.clear_routes()
             # The route caches hold only routes of a usable bus: emptied when
             # it detaches, drops dead processes' rings, or the process forks.
@@ -237,14 +237,14 @@ class Core:
         if ring is None:
             raise LookupError(f"channel {channel!r} belongs to a process that no longer exists")
         if specific:
-            self._local.demux.register(key, self.get_capacity, ordered=channel == key)
+            self.local.demux.register(key, self.get_capacity, ordered=channel == key)
         if not specific:
             ready = ring.has_data
         elif channel == key:
-            demux = self._local.demux
+            demux = self.local.demux
             ready = lambda: demux.has_ordered(key) or ring.has_data()  # noqa: E731
         else:
-            buffers = self._local.demux.buffers
+            buffers = self.local.demux.buffers
             ready = lambda: bool(buffers.get(channel)) or ring.has_data()  # noqa: E731
         hit = (ring, key, specific, channel[len(key):].encode("utf-8") if specific else None, ready)
         if len(self.receive_routes) >= _ROUTE_CACHE:
@@ -260,7 +260,7 @@ class Core:
         ring, key, specific, own_meta, _ = route or self.ring_for_receive(channel)
         while True:
             if specific:
-                got = self._local.demux.take(ring, key, channel, own_meta)
+                got = self.local.demux.take(ring, key, channel, own_meta)
             else:
                 got = ring.get()
             if got:  # a ring record (flags, body, meta, deadline) or a demux pop (flags, body)
@@ -282,7 +282,7 @@ class Core:
     def take_prefix(self, key):
         """ASGI 1: (full channel, message) from any channel behind ``prefix!``, or None."""
         ring, key, _specific, _own_meta, _ready = self.ring_for_receive(key)
-        got = self._local.demux.take_ordered(ring, key)
+        got = self.local.demux.take_ordered(ring, key)
         if got is None:
             if ring.pending and not ring.has_data():  # an unready head: a writer mid-copy, or dead
                 self._bus.recovery.unstick(ring)
@@ -318,7 +318,7 @@ class Core:
         if loop is not None:
             if getattr(loop, "_ready", None):  # asyncio's run queue (uvloop has none to inspect)
                 return False
-            if self._local.has_parked():
+            if self.local.has_parked():
                 return False
         deadline = now + self.spin_ns
         mono = _shm.monotonic_ns
@@ -332,7 +332,7 @@ class Core:
         parked receive on wake-up."""
         self._last_rx = _shm.monotonic_ns()
         body = handed[2]
-        shared = self._local.demux.shared  # a group record's message, decoded once
+        shared = self.local.demux.shared  # a group record's message, decoded once
         if shared is not None and shared[0] is body:
             return shared[1].copy()
         return decode(body)
@@ -377,11 +377,11 @@ class Core:
         """Create the ring of a ``prefix!`` this process mints and say how its
         records are buffered here (``ordered``: ASGI 1's receive of the whole prefix)."""
         self.bus.rings.owned(key)
-        self._local.demux.register(key, capacity_of or self.get_capacity, ordered=ordered)
+        self.local.demux.register(key, capacity_of or self.get_capacity, ordered=ordered)
 
     async def wait(self, ring, key, ready, channel=None):
         """Park on ``ring`` until ``ready()`` may be true (``Hub.wait``)."""
-        return await self._local.hub.wait(ring, key, ready, channel, self.park_timeout)
+        return await self.local.hub.wait(ring, key, ready, channel, self.park_timeout)
 
     # --------------------------------------------------------------- groups
 
@@ -418,13 +418,13 @@ class Core:
 
     def flush(self):
         self.bus.flush()
-        self._local.demux.check_flush_epoch()
+        self.local.demux.check_flush_epoch()
         self.clear_routes()
 
     def discard_channel(self, channel):
         """Drop local buffers of a channel that will not be read again."""
         if self._bus is not None and "!" in channel:
-            self._local.demux.discard(channel)
+            self.local.demux.discard(channel)
         self.receive_routes.pop(channel, None)
         self._send_routes.pop(channel, None)
 

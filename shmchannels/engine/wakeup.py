@@ -31,7 +31,8 @@ from shmchannels.bus import head_unready
 from shmchannels.engine.demux import signal_waiters
 
 
-def _resolve(fut):
+def resolve(fut):
+    """Tell the receive parked on ``fut`` to look again (nothing once it is done)."""
     if not fut.done():
         fut.set_result(None)
 
@@ -139,7 +140,7 @@ class Hub:
                 self.loops[loop] = None
             futures = [fut for ws in self.waiters.values() for lst in ws.values() for lp, fut, _ in lst if lp is loop]
         for fut in futures:
-            _resolve(fut)
+            resolve(fut)
 
     def _on_readable(self):
         self.bus.wakeups.drain()
@@ -176,7 +177,7 @@ class Hub:
                     self._signal(ws, current, elsewhere)
         for loop, fut in elsewhere:
             try:
-                loop.call_soon_threadsafe(_resolve, fut)
+                loop.call_soon_threadsafe(resolve, fut)
             except RuntimeError:  # that loop is closed; its waiter is gone with it
                 pass
 
