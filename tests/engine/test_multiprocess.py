@@ -186,6 +186,64 @@ def test_process_specific_channels_route_to_their_local_channel_in_order(prefix)
         assert got[i] == list(range(count))
 
 
+def _parked_receiver(prefix, names_q, results, total):
+    async def main():
+        # No spin and a watchdog far beyond the per-message limit: only a
+        # wake byte can bring each message in time.
+        layer = SharedMemoryChannelLayer(prefix=prefix, spin_us=0, park_timeout=60)
+        ch = await layer.new_channel()
+        hub = layer.core.local.hub
+        woken = []
+        on_readable = hub._on_readable
+        hub._on_readable = lambda: (woken.append(1), on_readable())  # before the first park watches the FIFO
+        names_q.put(ch)
+        got = []
+        try:
+            for _ in range(total):
+                msg = await asyncio.wait_for(layer.receive(ch), 10)
+                got.append((msg["sender"], msg["seq"]))
+        except asyncio.TimeoutError:
+            pass  # a lost wake-up: reported as what arrived
+        results.put((got, len(woken)))
+
+    asyncio.run(main())
+
+
+def _bursty_sender(prefix, channel, sender, count, seed):
+    import random
+
+    rng = random.Random(seed)
+    layer = shmchannels.ChannelLayer(prefix=prefix, capacity=100_000)
+    seq = 0
+    while seq < count:
+        for _ in range(rng.randint(1, 20)):
+            if seq < count:
+                layer.send(channel, {"sender": sender, "seq": seq})
+                seq += 1
+        # Between bursts: none (the next one races the receiver's drain),
+        # short, or long enough that the receiver drains and parks again.
+        time.sleep(rng.choice([0, 0, 0.0001, 0.0003, 0.001, 0.002]))
+
+
+def test_no_wake_up_is_lost_between_racing_senders_and_a_parking_receiver(prefix):
+    """Two senders race bursts against an asyncio receiver that parks after
+    every drain: every message arrives by a wake byte, none waits for the
+    watchdog.  (It caught a lost wake-up in a version that coalesced wake
+    bytes and re-armed before reading them: docs/decisions.md.)"""
+    senders, count = 2, 3000
+    names_q, results = CTX.Queue(), CTX.Queue()
+    receiver = run_processes([(_parked_receiver, (prefix, names_q, results, senders * count))])
+    ch = names_q.get(timeout=30)
+    send = run_processes([(_bursty_sender, (prefix, ch, i, count, i)) for i in range(senders)])
+    join_all(send)
+    got, woken = results.get(timeout=120)
+    join_all(receiver)
+    assert len(got) == senders * count, f"{senders * count - len(got)} messages waited past 10 s"
+    assert woken >= 50, f"the receiver parked and was woken only {woken} times: nothing raced"
+    for i in range(senders):
+        assert [seq for who, seq in got if who == i] == list(range(count))
+
+
 def _group_member(prefix, group, n, ready, results):
     async def main():
         layer = SharedMemoryChannelLayer(prefix=prefix)
