@@ -69,10 +69,12 @@ def snapshot_source():
             desc += f" + {len(changed)} uncommitted/untracked file(s) in shmchannels/, server/, workers/"
     desc += f"; source sha1 {source_hash()}"
     warning = None
-    c_src = os.path.join(ROOT, "shmchannels", "_shm.c")
-    built = glob.glob(os.path.join(ROOT, "shmchannels", "_shm.*.so"))
-    if built and os.path.exists(c_src) and os.path.getmtime(built[0]) < os.path.getmtime(c_src):
-        warning = "shmchannels/_shm.c is newer than the built extension: rebuild (pip install -e .) first"
+    bus_dir = os.path.join(ROOT, "shmchannels", "bus")
+    c_srcs = glob.glob(os.path.join(bus_dir, "*.c")) + glob.glob(os.path.join(bus_dir, "*.h"))
+    built = glob.glob(os.path.join(bus_dir, "_shm.*.so"))
+    newest = max((os.path.getmtime(p) for p in c_srcs), default=0)
+    if built and os.path.getmtime(built[0]) < newest:
+        warning = "shmchannels/bus/*.c or *.h is newer than the built extension: rebuild (pip install -e .) first"
     return snap, desc, warning
 
 

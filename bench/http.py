@@ -17,6 +17,8 @@ Every server answers GET / with 200 text/plain "Hello, world!":
   uvicorn-log  "uvicorn" with its access log on (--log-level info), the same way
   shm-django   shmchannels serve --wsgi, a Django hello view (bench/apps/bench_django.py)
   gunicorn-django  gunicorn gthread, 2 workers x 4 threads, the same Django project
+  floor-2proc  the floor of serve's design: a protocol server and a worker process with
+               nothing but httptools, msgpack and two pipes between them (bench/_http_floor.py)
 
 Load: wrk on 127.0.0.1 (pinned to one CPU with taskset), a warm-up then a
 timed run per server; servers interleaved round by round, each round a fresh
@@ -73,6 +75,7 @@ SERVERS = {
     "uvicorn-log": ("uvicorn, access log on", "#bcbd22"),
     "shm-django": ("shmchannels --wsgi, Django view", "#e377c2"),
     "gunicorn-django": ("gunicorn gthread 2x4, Django view", "#7f7f7f"),
+    "floor-2proc": ("floor: 2 processes, no layer", "#aec7e8"),
 }
 SCRAPE_EVERY = 1.0
 
@@ -95,6 +98,8 @@ def server_argv(key, port, prefix, metrics_port=None):
     if key == "gunicorn":
         return [venv_exe("gunicorn"), "-w", "1", "-k", "sync", "-b", bind, "--log-level", "warning",
                 "bench_wsgi:app"]
+    if key == "floor-2proc":
+        return [sys.executable, os.path.join(_HERE, "_http_floor.py"), "--bind", bind]
     if key == "gunicorn-django":
         return [venv_exe("gunicorn"), "-w", "2", "-k", "gthread", "--threads", "4", "-b", bind,
                 "--log-level", "warning", "bench_django:application"]
@@ -172,6 +177,8 @@ def measure(env, key, rnd):
         pids = srv.pids()
         leader = srv.proc.pid
         env.loops.setdefault(key, event_loop(pids, roles))
+        if key == "floor-2proc":
+            roles = {p: ("protocol" if p == leader else "worker") for p in pids}
         if not roles:
             roles = {p: ("master" if (key.startswith("gunicorn") and p == leader) else "server") for p in pids}
         warm, _ = run_wrk(port, a.warmup, a.connections, cpu=a.wrk_cpu)
@@ -265,6 +272,9 @@ RATIO_PAIRS = [
     ("shm", "uvicorn", "p99", "p99 latency: shmchannels / uvicorn"),
     ("shm", "daphne", "p99", "p99 latency: shmchannels / daphne"),
     ("shm", "uvicorn", "cpu_us", "server CPU per request: shmchannels / uvicorn"),
+    ("floor-2proc", "uvicorn", "rps", "req/s: two-process floor / uvicorn"),
+    ("shm", "floor-2proc", "rps", "req/s: shmchannels consumer / two-process floor"),
+    ("shm", "floor-2proc", "cpu_us", "server CPU per request: shmchannels / two-process floor"),
 ]
 
 

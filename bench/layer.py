@@ -586,10 +586,11 @@ def snapshot_layer():
     snap = tempfile.mkdtemp(prefix="bench-layer-src-")
     shutil.copytree(pkg, os.path.join(snap, "shmchannels"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     warning = None
-    c_src = os.path.join(pkg, "_shm.c")
-    built = [f for f in os.listdir(pkg) if f.startswith("_shm.") and f.endswith(".so")]
-    if os.path.exists(c_src) and built and os.path.getmtime(os.path.join(pkg, built[0])) < os.path.getmtime(c_src):
-        warning = "shmchannels/_shm.c is newer than the built extension: rebuild (pip install -e .) first"
+    bus_dir = os.path.join(pkg, "bus")
+    sources = [os.path.join(bus_dir, f) for f in os.listdir(bus_dir) if f.endswith((".c", ".h"))]
+    built = [os.path.join(bus_dir, f) for f in os.listdir(bus_dir) if f.startswith("_shm.") and f.endswith(".so")]
+    if sources and built and os.path.getmtime(built[0]) < max(map(os.path.getmtime, sources)):
+        warning = "shmchannels/bus/*.c or *.h is newer than the built extension: rebuild (pip install -e .) first"
     return snap, warning
 
 
