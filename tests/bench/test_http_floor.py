@@ -14,15 +14,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "bench", "_http_floor.py")
+sys.path.append(os.path.join(ROOT, "bench"))  # appended: bench/http.py must not hide the standard library's http
+
+from _common import free_port  # noqa: E402
 
 pytest.importorskip("uvloop")
 pytest.importorskip("httptools")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pid):
