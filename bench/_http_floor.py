@@ -8,8 +8,9 @@ Not a server anyone should use; bench/http.py runs it beside uvicorn and
 ``shmchannels serve`` (variant ``floor-2proc``).  It does only the work that
 such a design cannot skip:
 
-* the protocol server (this process, on uvloop, as serve's protocol servers
-  and uvicorn are) parses with httptools, encodes each complete request with
+* the protocol server (this process, on uvloop when it is installed, as
+  serve's protocol servers and uvicorn are; bench/http.py reports the loop)
+  parses with httptools, encodes each complete request with
   msgpack and writes all the requests of one loop iteration to a pipe in one
   ``write()``;
 * the worker (a forked child) blocks in ``read()``, answers every request it
@@ -34,7 +35,11 @@ import socket
 
 import httptools
 import msgpack
-import uvloop
+
+try:
+    import uvloop
+except ImportError:  # the bench extra installs it; the tests may run without
+    uvloop = None
 
 HELLO = (200, [(b"content-type", b"text/plain")], b"Hello, world!")
 REASONS = {200: b"OK"}
@@ -160,7 +165,7 @@ def main(argv=None):
     os.close(requests_r)
     os.close(replies_w)
     # SIGTERM ends this process the default way; the worker then reads EOF and exits.
-    uvloop.run(serve(sock, requests_w, replies_r))
+    (uvloop.run if uvloop is not None else asyncio.run)(serve(sock, requests_w, replies_r))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,10 @@ import asyncio
 import os
 import sys
 
-import pytest
-
 # appended: bench/http.py must not hide the standard library's http
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
 
 from _floor import FloorLayer  # noqa: E402
-
-pytest.importorskip("msgpack")
 
 
 async def test_a_group_message_reaches_parked_and_unparked_members_once(prefix):

@@ -18,8 +18,6 @@ sys.path.append(os.path.join(ROOT, "bench"))  # appended: bench/http.py must not
 
 from _common import free_port  # noqa: E402
 
-pytest.importorskip("uvloop")
-pytest.importorskip("httptools")
 
 
 def children_of(pid):
