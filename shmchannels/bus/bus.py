@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import threading
+import time
 import weakref
 
 from shmchannels import names
@@ -43,6 +44,10 @@ logger = logging.getLogger("shmchannels.bus")
 
 DEFAULT_RING_SIZE = 8 << 20
 DEFAULT_SLOTS = 256
+#: how long a detach tries to forget its memberships (under the bus lock)
+#: before leaving them to the next attach: a registry write takes ms, and a
+#: stopped writer would otherwise hold every attach and detach for 30 s
+DETACH_REGISTRY_S = 0.5
 
 _buses = {}
 _buses_lock = threading.Lock()
@@ -378,7 +383,8 @@ class Bus:
             # fold into its totals when it reaps us (then it unlinks it).
             master = self.control.master_slot
             keep = master is not None and master != self.slot and self.is_alive(master)
-            self.recovery.reclaim_held(self.slot, self.gen, keep_stats=keep)
+            self.recovery.reclaim_held(self.slot, self.gen, keep_stats=keep,
+                                       registry_until=time.monotonic() + DETACH_REGISTRY_S)
             self.control.free_slot(self.slot)
             last = not any(self.liveness.holder(i) for i in range(self.control.nslots) if i != self.slot)
             if last:

@@ -128,12 +128,18 @@ class Recovery:
             dropped = True
         return dropped
 
-    def reclaim_held(self, index, gen, keep_stats=False):
+    def reclaim_held(self, index, gen, keep_stats=False, registry_until=None):
         """Clean up after the dead process (``index``, ``gen``) whose slot lock
         we hold: resolve its in-flight claim, close and unlink the rings it
         owned, take its bit off every ring, forget its memberships, unlink
         its stats segment (with ``keep_stats``, a serve child's own clean
-        detach, it stays for the master to read at reap: ``sweep_stats``)."""
+        detach, it stays for the master to read at reap: ``sweep_stats``).
+
+        ``registry_until``: a ``time.monotonic()`` deadline for forgetting
+        the memberships (a process's own detach, under the bus lock that
+        every attach and detach needs).  Past it, they are left for the next
+        attach's sweep of dead owners, and a stopped registry writer holds
+        up nobody for SQLite's busy timeout."""
         bus = self.bus
         stem = bus.stem
         slot = bus.control.read_slot(index)
@@ -169,7 +175,13 @@ class Recovery:
                         ring.discard_all()
                         if ring.retire(0, index):
                             segments.unlink(base)
-        bus.registry.drop_owner(index, gen)
+        if registry_until is None:
+            bus.registry.drop_owner(index, gen)
+        else:
+            try:
+                bus.registry.drop_owner(index, gen, until=registry_until)
+            except BusError as exc:
+                logger.info("left the memberships of slot %d of bus %s to the next attach: %s", index, bus.prefix, exc)
         # its unpublished blobs (it died mid-send); others wait for their deadline
         blobs.sweep(stem, lambda s, g: names.owner_tag(s, g) != tag and bus.is_alive(s, g))
         if not keep_stats:

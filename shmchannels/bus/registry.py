@@ -390,8 +390,9 @@ class Registry:
         self._call(lambda db: db.execute("DELETE FROM members WHERE grp = ? AND channel = ?", (group, channel)), until)
         self.control.bump_bucket(bucket_of(group))
 
-    def drop_owner(self, slot, gen):
-        """Forget every membership of channels owned by a dead process."""
+    def drop_owner(self, slot, gen, until=None):
+        """Forget every membership of channels owned by a dead process;
+        ``until`` as for ``add``."""
         tag = names.owner_tag(slot, gen)
 
         def drop(db):
@@ -400,7 +401,7 @@ class Registry:
                 db.execute("DELETE FROM members WHERE owner = ?", (tag,))
             return groups
 
-        groups = self._call(drop)
+        groups = self._call(drop, until)
         for g in groups:
             self.control.bump_bucket(bucket_of(g))
         return len(groups)

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -72,19 +73,25 @@ class _OffLoop:
     """This process's one thread for the registry writes of event loops that
     found the lock held.  One thread keeps them in order: while any is
     queued, later ones queue behind it instead of trying on the loop (a
-    discard must not overtake the add before it)."""
+    discard must not overtake the add before it).
+
+    A daemon thread, not a ThreadPoolExecutor: the interpreter joins an
+    executor's threads at exit, so a process leaving with a write queued
+    behind a stopped lock holder waited out SQLite's busy timeout (30 s).
+    A write still queued at exit is abandoned; the process's memberships go
+    with it (its detach drops them, or the next attach's sweep)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._pid = None
-        self._executor = None
+        self._queue = None
         self._last = None
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self):
         # the parent's thread is not in the child: start a fresh one there
         self._lock = threading.Lock()
-        self._pid = self._executor = self._last = None
+        self._pid = self._queue = self._last = None
 
     def pending(self):
         last = self._last
@@ -93,10 +100,25 @@ class _OffLoop:
     def submit(self, write, *args, **kwargs):
         with self._lock:
             if self._pid != os.getpid():
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shmchannels-registry")
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._run, args=(self._queue,), name="shmchannels-registry",
+                                 daemon=True).start()
                 self._pid = os.getpid()
-            self._last = self._executor.submit(write, *args, **kwargs)
-            return self._last
+            done = concurrent.futures.Future()
+            self._queue.put((done, write, args, kwargs))
+            self._last = done
+            return done
+
+    @staticmethod
+    def _run(writes):
+        while True:
+            done, write, args, kwargs = writes.get()
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(write(*args, **kwargs))
+            except BaseException as exc:
+                done.set_exception(exc)
 
 
 _off_loop = _OffLoop()

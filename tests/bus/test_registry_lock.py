@@ -243,3 +243,54 @@ async def test_a_cancelled_caller_still_gets_its_change_made(layer, holder_of):
     while layer.core.group_channels("room") != [member]:
         assert time.monotonic() < deadline, "the cancelled group_add was never made"
         await asyncio.sleep(0.01)
+
+
+_EXITER = textwrap.dedent("""
+    import asyncio, sys
+    from shmchannels.layers import SharedMemoryChannelLayer
+
+    async def main():
+        lay = SharedMemoryChannelLayer(prefix=sys.argv[1], capacity=1000)
+        ch = await lay.new_channel()
+        await lay.group_add("kept", ch)
+        print("added", flush=True)
+        sys.stdin.readline()  # the registry's lock is held by a stopped process now
+        change = asyncio.ensure_future(lay.group_add("left-behind", ch))
+        await asyncio.sleep(0.2)
+        assert not change.done(), "the write did not wait for the stopped holder"
+        print("queued", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def test_a_process_exits_promptly_with_a_group_change_queued_behind_a_stopped_holder(layer, holder_of, prefix):
+    """Its queued write is abandoned instead of holding the interpreter's
+    exit for SQLite's 30 s busy timeout, and its detach gives up on the
+    registry after a short bound (it holds the bus lock meanwhile, which
+    every other attach and detach needs): the memberships it could not
+    forget are dropped by the next attach's sweep."""
+    child = subprocess.Popen([sys.executable, "-c", _EXITER, prefix], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "added"
+        assert len(layer.core.group_channels("kept")) == 1
+        holder = holder_of(layer, release_after=60)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "queued"
+        started = time.monotonic()
+        assert child.wait(20) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        child.stdin.close()
+        child.stdout.close()
+    holder.release()
+    assert len(layer.core.group_channels("kept")) == 1  # the child's detach could not forget it ...
+    attach = [sys.executable, "-c", "import sys, shmchannels; shmchannels.ChannelLayer(prefix=sys.argv[1]).core.bus", prefix]
+    subprocess.run(attach, check=True, timeout=60)
+    assert layer.core.group_channels("kept") == []  # ... the next attach's sweep did
+    assert layer.core.group_channels("left-behind") == []  # the abandoned write never ran
