@@ -12,6 +12,7 @@ for a registry lock another process holds.
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -69,6 +70,10 @@ def fan_out(bus, group, targets, body, expiry_ns, get_capacity, blob=None):
     return delivered
 
 
+#: how long an exiting process lets its queued registry writes finish
+EXIT_GRACE_S = 2.0
+
+
 class _OffLoop:
     """This process's one thread for the registry writes of event loops that
     found the lock held.  One thread keeps them in order: while any is
@@ -78,8 +83,12 @@ class _OffLoop:
     A daemon thread, not a ThreadPoolExecutor: the interpreter joins an
     executor's threads at exit, so a process leaving with a write queued
     behind a stopped lock holder waited out SQLite's busy timeout (30 s).
-    A write still queued at exit is abandoned; the process's memberships go
-    with it (its detach drops them, or the next attach's sweep)."""
+    At exit the queued writes get ``EXIT_GRACE_S`` to finish (a cancelled
+    caller's change still happens when the lock is merely busy); what is
+    still queued after that is abandoned.  The process's own channels'
+    memberships go with it anyway (its detach drops them, or the next
+    attach's sweep); a named channel's membership that was abandoned is
+    logged."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -104,10 +113,21 @@ class _OffLoop:
                 threading.Thread(target=self._run, args=(self._queue,), name="shmchannels-registry",
                                  daemon=True).start()
                 self._pid = os.getpid()
+                # registered after the bus's detach hook, so it runs before it (atexit is LIFO)
+                atexit.register(self._finish_at_exit, self._pid)
             done = concurrent.futures.Future()
             self._queue.put((done, write, args, kwargs))
             self._last = done
             return done
+
+    def _finish_at_exit(self, pid):
+        last = self._last
+        if pid != os.getpid() or last is None or last.done():
+            return
+        concurrent.futures.wait([last], timeout=EXIT_GRACE_S)
+        if not last.done():
+            logger.warning("exiting with group changes still waiting for the registry's lock after %g s: "
+                           "they are abandoned", EXIT_GRACE_S)
 
     @staticmethod
     def _run(writes):
