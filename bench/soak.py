@@ -641,7 +641,7 @@ def fmt_int(n):
 
 
 def report(soak):
-    a, r = soak.args, soak.result
+    r = soak.result
     lost = r["lost_d"] + r["lost_j"] + r["lost_g"]
     last = soak.samples[-1][1] if soak.samples else {}
     dead_fds = sum((m or {}).get("dead_fds", 0) for m in last.values())
