@@ -67,14 +67,15 @@ class Flood:
         self.burst = memoryview(frame * max(1, (64 << 10) // len(frame)))
         self.offset = [0] * len(socks)
 
-    def run(self, seconds, until_stuck=False):
-        """For ``seconds`` (or, ``until_stuck``, until no socket has taken
-        anything for half a second); returns the bytes each socket got out."""
+    def run(self, seconds, until_stuck=None):
+        """For ``seconds`` (or, given ``until_stuck``, until no socket has
+        taken anything for that many seconds); returns the bytes each socket
+        got out."""
         sent = [0] * len(self.socks)
         deadline = time.monotonic() + seconds
         last_move = time.monotonic()
         while time.monotonic() < deadline:
-            if until_stuck and time.monotonic() - last_move > 0.5:
+            if until_stuck is not None and time.monotonic() - last_move > until_stuck:
                 break
             moved = False
             for i, s in enumerate(self.socks):
@@ -111,7 +112,11 @@ def test_clients_that_flood_and_never_read_leave_the_protocol_server_flat(prefix
         socks = [open_raw(s.port, f"flood{i}") for i in range(clients)]
         frame = client_frame(0x1, b"x" * 1024) if kind == "messages" else client_frame(0x9, b"p" * 100)
         flooding = Flood(socks, frame)
-        filled = flooding.run(90.0, until_stuck=True)  # the kernel's socket buffers (slow on a loaded box)
+        # The kernel's socket buffers (slow on a loaded box).  Stuck means 2 s
+        # without a byte taken: with 0.5 s, one CI run called 100 sockets
+        # stuck before they were (4 MiB in each, ~6 MiB when full), and each
+        # took 2 MiB more in the timed run below (0 on a quiet box).
+        filled = flooding.run(90.0, until_stuck=2.0)
         assert min(filled) > 0
         settled = rss_anon(protocol)
         sent = flooding.run(5.0)
