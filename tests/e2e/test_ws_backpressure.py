@@ -114,7 +114,7 @@ def test_clients_that_flood_and_never_read_leave_the_protocol_server_flat(prefix
         flooding = Flood(socks, frame)
         # The kernel's socket buffers (slow on a loaded box).  Stuck means 2 s
         # without a byte taken: with 0.5 s, one CI run called 100 sockets
-        # stuck before they were (4 MiB in each, ~6 MiB when full), and each
+        # stuck before they were full (a socket takes ~6 MiB here), and each
         # took 2 MiB more in the timed run below (0 on a quiet box).
         filled = flooding.run(90.0, until_stuck=2.0)
         assert min(filled) > 0
