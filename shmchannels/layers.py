@@ -171,7 +171,7 @@ class SharedMemoryChannelLayer(BaseChannelLayer):
                 return msg
         # Parked in this frame, not in a coroutine of the engine's: a group
         # message to 500 parked consumers resumes 500 receives, and a second
-        # frame cost each 9% more instructions (docs/decisions.md, "Group
+        # frame cost each 4% more instructions (docs/decisions.md, "Group
         # fan-out per member").  Core does the taking, the hub the parking.
         loop = asyncio.get_running_loop()
         target = channel if specific else None  # hub waiters of a plain channel wait for its ring

@@ -175,13 +175,12 @@ class Recovery:
                         ring.discard_all()
                         if ring.retire(0, index):
                             segments.unlink(base)
-        if registry_until is None:
-            bus.registry.drop_owner(index, gen)
-        else:
-            try:
-                bus.registry.drop_owner(index, gen, until=registry_until)
-            except BusError as exc:
-                logger.info("left the memberships of slot %d of bus %s to the next attach: %s", index, bus.prefix, exc)
+        try:
+            bus.registry.drop_owner(index, gen, until=registry_until)
+        except BusError as exc:
+            if registry_until is None:
+                raise
+            logger.info("left the memberships of slot %d of bus %s to the next attach: %s", index, bus.prefix, exc)
         # its unpublished blobs (it died mid-send); others wait for their deadline
         blobs.sweep(stem, lambda s, g: names.owner_tag(s, g) != tag and bus.is_alive(s, g))
         if not keep_stats:

@@ -8,6 +8,7 @@ each sender's messages in order, and no message is torn (CRC).
 import asyncio
 import multiprocessing
 import os
+import random
 import threading
 import time
 import zlib
@@ -210,8 +211,6 @@ def _parked_receiver(prefix, names_q, results, total):
 
 
 def _bursty_sender(prefix, channel, sender, count, seed):
-    import random
-
     rng = random.Random(seed)
     layer = shmchannels.ChannelLayer(prefix=prefix, capacity=100_000)
     seq = 0
